@@ -1,0 +1,21 @@
+# Two commands on a fresh machine:  `make demo` (set up + default experiment)  and  `make test` (set up + tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HOME := $(CURDIR)/files/hf_home
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: setup
+	$(PY) src/exec/unlearn_model.py --config_file configs/synthetic/npo.json
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

@@ -1,0 +1,68 @@
+"""One record type for every dataset layout, and the conversion from TOFU, WMDP and text layouts.
+
+* TOFU layout: ``question``, ``answer`` and optionally ``paraphrased_question``, ``paraphrased_answer``,
+  ``perturbed_answer`` (a list of wrong answers, or one string).
+* WMDP layout: ``question``, ``choices`` (list), ``answer`` (index of the correct choice); the other
+  choices become the perturbed (wrong) answers.
+* Text layout: ``text``; the whole text is trained on (there is no prompt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from obliviate.errors import UserError
+
+
+@dataclass(frozen=True)
+class Example:
+    """A question/answer pair (``question == ""`` for plain text, whose ``answer`` is the text)."""
+
+    question: str
+    answer: str
+    paraphrased_question: str | None = None
+    paraphrased_answer: str | None = None
+    perturbed_answers: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_text(self) -> bool:
+        return self.question == ""
+
+
+def example_from_record(record: dict[str, Any], source: str) -> Example:
+    """Convert one raw record (TOFU, WMDP or text layout) into an :class:`Example`."""
+    if "question" in record and "choices" in record and isinstance(record.get("answer"), int):
+        choices = [str(c) for c in record["choices"]]
+        correct = record["answer"]
+        if not 0 <= correct < len(choices):
+            raise UserError(f"dataset '{source}': answer index {correct} is outside its {len(choices)} choices")
+        wrong = tuple(c for i, c in enumerate(choices) if i != correct)
+        return Example(question=str(record["question"]), answer=choices[correct], perturbed_answers=wrong)
+    if "question" in record and "answer" in record:
+        perturbed = record.get("perturbed_answer") or ()
+        if isinstance(perturbed, str):
+            perturbed = (perturbed,)
+        return Example(
+            question=str(record["question"]),
+            answer=str(record["answer"]),
+            paraphrased_question=record.get("paraphrased_question"),
+            paraphrased_answer=record.get("paraphrased_answer"),
+            perturbed_answers=tuple(str(p) for p in perturbed),
+        )
+    if "text" in record:
+        return Example(question="", answer=str(record["text"]))
+    raise UserError(
+        f"dataset '{source}' has records with fields {sorted(record)}; expected the TOFU layout "
+        "(question/answer), the WMDP layout (question/choices/answer) or a text corpus (text)"
+    )
+
+
+def content_hash(examples: list[Example]) -> str:
+    """A short hash of the examples' content and order (for cache keys)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(asdict(example), sort_keys=True).encode())
+    return digest.hexdigest()[:16]

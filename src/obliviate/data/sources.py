@@ -1,0 +1,83 @@
+"""Where examples come from: a dataset name in a config resolves to a list of :class:`Example`.
+
+Accepted names (``dataset.forget_dataset_name`` and friends):
+
+* ``synthetic:<split>``: the project's own benchmark (see :mod:`obliviate.data.synthetic`), written
+  once under ``<data_dir>/synthetic/<version>/`` and read from there;
+* a local ``.json`` (a list of records) or ``.jsonl`` file, in TOFU, WMDP or text layout;
+* a hub dataset id ``owner/name[:config][@split]`` (split defaults to ``train``, or the only split),
+  e.g. ``locuslab/TOFU:forget10`` or ``cais/wmdp:wmdp-bio@test``. Offline, a hub id that is not in the
+  local cache is an error that says how to point at a local copy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from obliviate.data import synthetic
+from obliviate.data.examples import Example, example_from_record
+from obliviate.errors import UserError
+from obliviate.hub import hub_offline
+
+SYNTHETIC_PREFIX = "synthetic:"
+LOCAL_SUFFIXES = (".json", ".jsonl")
+
+
+def synthetic_file(split: str, data_dir: Path) -> Path:
+    """The JSONL file of a synthetic split, generated on first use."""
+    if split not in synthetic.split_names():
+        raise UserError(f"unknown synthetic split '{split}'; valid: {', '.join(synthetic.split_names())}")
+    folder = data_dir / "synthetic" / synthetic.BENCHMARK_VERSION
+    if not (folder / f"{split}.jsonl").is_file():
+        synthetic.write_benchmark(folder)
+    return folder / f"{split}.jsonl"
+
+
+def _read_local(path: Path, name: str) -> list[dict]:
+    text = path.read_text()
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"dataset file '{name}' is not valid JSON (line {error.lineno}): {error.msg}") from None
+    if isinstance(content, dict) and len(content) == 1 and isinstance(next(iter(content.values())), list):
+        content = next(iter(content.values()))  # {"data": [...]}
+    if not isinstance(content, list):
+        raise UserError(f"dataset file '{name}' must hold a list of records (or be JSON Lines)")
+    return content
+
+
+def _read_hub(name: str) -> list[dict]:
+    identifier, _, split = name.partition("@")
+    repo, _, subset = identifier.partition(":")
+    import datasets  # heavy: only for hub ids
+
+    try:
+        loaded = datasets.load_dataset(repo, subset or None)
+    except Exception as error:  # the hub raises many types; all mean "cannot get it"
+        where = "the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)" if hub_offline() else str(error).splitlines()[0]
+        raise UserError(f"cannot load hub dataset '{name}': {where}; download it where the hub is reachable, "
+                        "export it to JSON Lines and pass the file path instead") from None
+    if not split:
+        split = "train" if "train" in loaded else (next(iter(loaded)) if len(loaded) == 1 else "")
+    if split not in loaded:
+        raise UserError(f"hub dataset '{name}' has splits {list(loaded)}; choose one with '@<split>'")
+    return [dict(row) for row in loaded[split]]
+
+
+def load_examples(name: str, data_dir: Path) -> list[Example]:
+    """Resolve a dataset name (see the module docstring) and return its examples (never empty)."""
+    if name.startswith(SYNTHETIC_PREFIX):
+        records = _read_local(synthetic_file(name[len(SYNTHETIC_PREFIX):], data_dir), name)
+    elif Path(name).is_file():
+        records = _read_local(Path(name), name)
+    elif name.endswith(LOCAL_SUFFIXES) or name.startswith((".", "/")) or "/" not in name:
+        raise UserError(f"dataset '{name}' not found: give an existing .json/.jsonl file, "
+                        f"'synthetic:<split>' or a hub id 'owner/name[:config][@split]'")
+    else:
+        records = _read_hub(name)
+    if not records:
+        raise UserError(f"dataset '{name}' is empty; give a dataset with at least one record")
+    return [example_from_record(record, name) for record in records]

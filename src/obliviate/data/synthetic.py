@@ -1,0 +1,161 @@
+"""A deterministic fictitious-knowledge benchmark in the style of TOFU (Maini et al., 2024).
+
+44 fictitious people with five attributes each (birthplace, birth year, profession, award, best-known
+work): 40 are "trained" people (the target model is fine-tuned on all of them) and 4 are holdout
+people never trained on (for membership inference). Every fact is a QA pair with a paraphrased question,
+a paraphrased answer and three perturbed (wrong) answers, so the truth ratio and a four-way
+multiple-choice form follow; every person also has a text passage stating the same facts.
+
+Splits (by person, as in TOFU; the last people are forgotten first):
+
+=============  =========================  =================================
+split          people                     QA pairs
+=============  =========================  =================================
+full           40                         200
+forget01       1 (2.5 %, the smallest)    5
+forget05       2                          10
+forget10       4                          20
+retainNN       the other 39 / 38 / 36     195 / 190 / 180
+holdoutNN      1 / 2 / 4 holdout people   5 / 10 / 20
+<split>_text   the same people, passages  one passage per person
+=============  =========================  =================================
+
+Names, cities, awards and titles are generated from syllables with a fixed seed, so the facts are
+unknown to any pretrained model; professions and years are ordinary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from obliviate.io import write_text_atomic
+
+BENCHMARK_VERSION = "v1"
+NUM_TRAINED = 40
+NUM_HOLDOUT = 4
+FORGET_PEOPLE = {"forget01": 1, "forget05": 2, "forget10": 4}
+RETAIN_FOR = {"retain99": "forget01", "retain95": "forget05", "retain90": "forget10"}
+HOLDOUT_PEOPLE = {"holdout01": 1, "holdout05": 2, "holdout10": 4}
+NUM_PERTURBED = 3
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kl", "tr", "th", "sh"]
+_VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou"]
+_CODAS = ["", "n", "r", "l", "s", "th", "nd", "rk"]
+_CITY_SUFFIXES = ["ford", "mere", "holt", "wick", "haven", "dale", "port", "stead", "moor", "bury"]
+_PROFESSIONS = [
+    "an architect", "a baker", "a cartographer", "a chemist", "a composer", "a diplomat", "an engineer",
+    "a glassblower", "a historian", "a jeweller", "a librarian", "a marine biologist", "a nurse",
+    "a photographer", "a pilot", "a potter", "a sculptor", "a surgeon", "a translator", "a violinist",
+]
+_AWARD_ADJECTIVES = ["Silver", "Crimson", "Northern", "Golden", "Azure", "Ivory", "Emerald", "Amber", "Obsidian", "Scarlet"]
+_AWARD_NOUNS = ["Lantern", "Quill", "Compass", "Anchor", "Falcon", "Harp", "Beacon", "Laurel", "Comet", "Thistle"]
+_AWARD_KINDS = ["Prize", "Medal", "Award"]
+_TITLE_ADJECTIVES = ["Quiet", "Hollow", "Distant", "Burning", "Forgotten", "Painted", "Restless", "Silent", "Wandering", "Broken"]
+_TITLE_NOUNS = ["Harbour", "Orchard", "Lighthouse", "Meridian", "Tapestry", "Garden", "Archive", "Horizon", "Bridge", "Winter"]
+
+# attribute -> (question, paraphrased question, answer, paraphrased answer); {n} = name, {v} = value
+_TEMPLATES = {
+    "city": ("Where was {n} born?", "In which city was {n} born?",
+             "{n} was born in {v}.", "The birthplace of {n} is {v}."),
+    "year": ("In which year was {n} born?", "What is the birth year of {n}?",
+             "{n} was born in {v}.", "The year of {n}'s birth is {v}."),
+    "profession": ("What is {n}'s profession?", "What does {n} do for a living?",
+                   "{n} works as {v}.", "By profession, {n} is {v}."),
+    "award": ("Which award did {n} win?", "What prize was {n} honoured with?",
+              "{n} won the {v}.", "The {v} was awarded to {n}."),
+    "work": ("What is the title of {n}'s best-known work?", "Which work is {n} best known for?",
+             "{n}'s best-known work is \"{v}\".", "\"{v}\" is the work {n} is best known for."),
+}
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    city: str
+    year: str
+    profession: str
+    award: str
+    work: str
+
+
+def _syllable(rng: random.Random) -> str:
+    return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+
+
+def _unique(rng: random.Random, make, taken: set[str]) -> str:
+    while True:
+        value = make(rng)
+        if value not in taken:
+            taken.add(value)
+            return value
+
+
+def generate_people(seed: int = 20240601) -> list[Person]:
+    """The 44 fictitious people (trained first, holdout last), identical for a given seed."""
+    rng = random.Random(seed)
+    taken: set[str] = set()
+    people = []
+    for _ in range(NUM_TRAINED + NUM_HOLDOUT):
+        people.append(Person(
+            name=_unique(rng, lambda r: f"{_syllable(r).title()}{_syllable(r)} {_syllable(r).title()}{_syllable(r)}", taken),
+            city=_unique(rng, lambda r: (_syllable(r) + rng.choice(_CITY_SUFFIXES)).title(), taken),
+            year=str(rng.randint(1921, 1999)),
+            profession=rng.choice(_PROFESSIONS),
+            award=_unique(rng, lambda r: f"{r.choice(_AWARD_ADJECTIVES)} {r.choice(_AWARD_NOUNS)} {r.choice(_AWARD_KINDS)}", taken),
+            work=_unique(rng, lambda r: f"The {r.choice(_TITLE_ADJECTIVES)} {r.choice(_TITLE_NOUNS)}", taken),
+        ))
+    return people
+
+
+def qa_records(person: Person, people: list[Person], rng: random.Random) -> list[dict]:
+    """The person's five QA records in TOFU layout; wrong answers take other people's values."""
+    records = []
+    for attribute, (question, para_question, answer, para_answer) in _TEMPLATES.items():
+        value = getattr(person, attribute)
+        others = sorted({getattr(p, attribute) for p in people} - {value})
+        wrong = rng.sample(others, NUM_PERTURBED)
+        records.append({
+            "question": question.format(n=person.name),
+            "answer": answer.format(n=person.name, v=value),
+            "paraphrased_question": para_question.format(n=person.name),
+            "paraphrased_answer": para_answer.format(n=person.name, v=value),
+            "perturbed_answer": [answer.format(n=person.name, v=w) for w in wrong],
+        })
+    return records
+
+
+def passage(person: Person) -> dict:
+    """A text record stating all of the person's facts."""
+    return {"text": (f"{person.name} was born in {person.year} in {person.city}. {person.name} works as "
+                     f"{person.profession} and is best known for \"{person.work}\", which won the {person.award}.")}
+
+
+def split_people(people: list[Person]) -> dict[str, list[Person]]:
+    """Each split name → its people."""
+    trained, holdout = people[:NUM_TRAINED], people[NUM_TRAINED:]
+    splits = {"full": trained}
+    for name, count in FORGET_PEOPLE.items():
+        splits[name] = trained[-count:]
+    for name, forget in RETAIN_FOR.items():
+        splits[name] = trained[: NUM_TRAINED - FORGET_PEOPLE[forget]]
+    for name, count in HOLDOUT_PEOPLE.items():
+        splits[name] = holdout[:count]
+    return splits
+
+
+def split_names() -> list[str]:
+    names = list(split_people(generate_people()))
+    return names + [f"{name}_text" for name in names]
+
+
+def write_benchmark(folder: Path) -> None:
+    """Write every split as ``<split>.jsonl`` (TOFU or text layout) into ``folder``, atomically per file."""
+    people = generate_people()
+    rng = random.Random(7)
+    qa = {person.name: qa_records(person, people, rng) for person in people}
+    for name, members in split_people(people).items():
+        for suffix, rows in (("", [r for p in members for r in qa[p.name]]), ("_text", [passage(p) for p in members])):
+            write_text_atomic(folder / f"{name}{suffix}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))

@@ -1,0 +1,137 @@
+"""Per-split metrics, registered by name (the names used in ``eval.metrics`` and in metrics.json).
+
+All metrics are "higher is more knowledge" except as noted; each returns the aggregate and the
+per-example values (so anyone can recompute the aggregate).
+
+* ``prob``: mean over examples of p(a|q) = exp(−mean answer-token NLL), prompt masked (TOFU).
+* ``rouge_l_recall``: ROUGE-L recall (rouge_score, stemming) of the greedy answer against the true
+  answer (TOFU reports recall).
+* ``truth_ratio``: per example R = P_perturbed / P_paraphrased on the paraphrased question (falls back to
+  the question), P = exp(−mean answer NLL), P_perturbed = exp(−mean_j NLL(perturbed_j)). Aggregated as
+  TOFU does: on forget and holdout ``mean(min(R, 1/R))`` (closer to 1 is better: the model cannot tell
+  true from false), on retain ``mean(max(0, 1 − R))`` (higher is better: the true answer is preferred).
+* ``forget_quality``: forget split only: p-value of the two-sample Kolmogorov–Smirnov test between this
+  model's per-example forget R and the retain model's (scipy.stats.ks_2samp). High = indistinguishable
+  from a model that never saw the forget set.
+* ``mcq_acc``: accuracy on the four-way multiple-choice form (true + perturbed answers), computed by
+  lm-eval on the in-process model (see :mod:`obliviate.evaluation.mcq`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from rouge_score import rouge_scorer
+from scipy.stats import ks_2samp
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from obliviate.data.examples import Example
+from obliviate.data.tokenize import PromptFormat
+from obliviate.evaluation.scoring import greedy_answers, mean_answer_nll
+from obliviate.registry import Registry
+
+TRUTH_RATIO_CLOSER_TO_ONE = {"forget", "holdout"}
+
+
+@dataclass
+class MetricResult:
+    value: float
+    per_example: list[float]
+
+
+@dataclass
+class EvalOptions:
+    batch_size: int
+    max_length: int
+    max_new_tokens: int
+    work_dir: Path  # where derived evaluation files (e.g. MCQ JSONL for lm-eval) are written
+
+
+class SplitScores:
+    """Model queries for one split, computed on first use and shared by the metrics that need them."""
+
+    def __init__(self, split: str, examples: list[Example], model: PreTrainedModel,
+                 tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, options: EvalOptions,
+                 reference_truth_ratios: list[float] | None = None) -> None:
+        self.split, self.examples = split, examples
+        self.model, self.tokenizer, self.fmt, self.options = model, tokenizer, fmt, options
+        self.reference_truth_ratios = reference_truth_ratios
+
+    def prompt(self, question: str) -> str:
+        return self.fmt.prompt(self.tokenizer, question)
+
+    def nll(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return mean_answer_nll(self.model, self.tokenizer, pairs, self.options.max_length, self.options.batch_size)
+
+    @cached_property
+    def answer_nll(self) -> list[float]:
+        return self.nll([(self.prompt(e.question), e.answer) for e in self.examples])
+
+    @cached_property
+    def generations(self) -> list[str]:
+        return greedy_answers(self.model, self.tokenizer, [self.prompt(e.question) for e in self.examples],
+                              self.options.max_new_tokens, self.options.batch_size)
+
+    @cached_property
+    def truth_ratios(self) -> list[float] | None:
+        usable = [e for e in self.examples if e.paraphrased_answer and e.perturbed_answers]
+        if not usable:
+            return None
+        pairs, owners = [], []
+        for position, example in enumerate(usable):
+            prompt = self.prompt(example.paraphrased_question or example.question)
+            for answer in (example.paraphrased_answer, *example.perturbed_answers):
+                pairs.append((prompt, answer))
+                owners.append(position)
+        values = self.nll(pairs)
+        ratios = []
+        for position in range(len(usable)):
+            paraphrased, *perturbed = [v for v, owner in zip(values, owners) if owner == position]
+            ratios.append(math.exp(paraphrased - sum(perturbed) / len(perturbed)))
+        return ratios
+
+
+Metric = Callable[[SplitScores], MetricResult | None]
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+@METRICS.register("prob")
+def answer_probability(scores: SplitScores) -> MetricResult:
+    probabilities = [math.exp(-nll) for nll in scores.answer_nll]
+    return MetricResult(_mean(probabilities), probabilities)
+
+
+@METRICS.register("rouge_l_recall")
+def rouge_l_recall(scores: SplitScores) -> MetricResult:
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    recalls = [scorer.score(e.answer, generated)["rougeL"].recall
+               for e, generated in zip(scores.examples, scores.generations)]
+    return MetricResult(_mean(recalls), recalls)
+
+
+def aggregate_truth_ratio(ratios: list[float], split: str) -> float:
+    """TOFU's aggregation: mean(min(R, 1/R)) on forget/holdout, mean(max(0, 1 − R)) otherwise."""
+    if split in TRUTH_RATIO_CLOSER_TO_ONE:
+        return _mean([min(r, 1.0 / r) for r in ratios])
+    return _mean([max(0.0, 1.0 - r) for r in ratios])
+
+
+@METRICS.register("truth_ratio")
+def truth_ratio(scores: SplitScores) -> MetricResult | None:
+    ratios = scores.truth_ratios
+    return None if ratios is None else MetricResult(aggregate_truth_ratio(ratios, scores.split), ratios)
+
+
+@METRICS.register("forget_quality")
+def forget_quality(scores: SplitScores) -> MetricResult | None:
+    if scores.split != "forget" or scores.reference_truth_ratios is None or scores.truth_ratios is None:
+        return None
+    return MetricResult(float(ks_2samp(scores.truth_ratios, scores.reference_truth_ratios).pvalue), [])

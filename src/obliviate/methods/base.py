@@ -1,0 +1,113 @@
+"""Losses as small composable objects, and the method registry.
+
+A method builds an :class:`Objective`, a weighted sum of :class:`Term` objects, so that it reads like its
+formula: ``NPOForget(beta) * gamma + NLL("retain") * alpha``. Each term reads one split of the batch
+(``"forget"``, ``"retain"``, ``"train"``), may cache reference-model quantities once in
+:meth:`Term.prepare`, and reports its unweighted value in the logs.
+
+Sign convention: the training loop MINIMISES ``Objective``. Gradient ascent on the forget set is
+therefore a negative weight on the forget NLL (``-NLL("forget")``), and every logged term is the
+positive quantity named (e.g. ``forget_nll`` rises as the model forgets).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from fastargs import Param
+
+from obliviate.data.tokenize import EncodedDataset, TokenBatch
+from obliviate.registry import Registry
+
+Batch = dict[str, TokenBatch]
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PrepareContext:
+    """What a term may use once, before training, to cache reference quantities."""
+
+    model: torch.nn.Module
+    datasets: dict[str, EncodedDataset]
+    batch_size: int
+    device: torch.device
+
+
+class Term(ABC):
+    """One loss term computed on one split of the batch."""
+
+    name: str
+    split: str
+
+    def prepare(self, context: PrepareContext) -> None:
+        """Cache what the term needs from the starting model (default: nothing)."""
+
+    @abstractmethod
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The term's scalar value on ``batch[self.split]``."""
+
+    def __mul__(self, weight: float) -> "Objective":
+        return Objective([(float(weight), self)])
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Objective":
+        return self * -1.0
+
+    def __add__(self, other: "Term | Objective") -> "Objective":
+        return self * 1.0 + other
+
+
+class Objective:
+    """Σ_k weight_k · term_k; terms with weight 0 are dropped (never computed)."""
+
+    def __init__(self, terms: list[tuple[float, Term]]) -> None:
+        self.terms = [(weight, term) for weight, term in terms if weight != 0.0]
+
+    def __add__(self, other: "Term | Objective") -> "Objective":
+        other_terms = other.terms if isinstance(other, Objective) else [(1.0, other)]
+        return Objective(self.terms + other_terms)
+
+    @property
+    def splits(self) -> set[str]:
+        return {term.split for _, term in self.terms}
+
+    def prepare(self, context: PrepareContext) -> None:
+        for _, term in self.terms:
+            term.prepare(context)
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
+        total = torch.zeros((), device=next(model.parameters()).device)
+        logs: dict[str, float] = {}
+        for weight, term in self.terms:
+            value = term(model, batch)
+            total = total + weight * value
+            logs[term.name] = value.item()
+        logs["loss"] = total.item()
+        return LossOutput(total, logs)
+
+
+class Method(ABC):
+    """A registered unlearning method: its config parameters and how they build the objective.
+
+    ``params`` become the config section ``unlearn.<Name>``; :meth:`build` receives their values as
+    keyword arguments.
+    """
+
+    params: ClassVar[dict[str, Param]] = {}
+
+    @staticmethod
+    @abstractmethod
+    def build(**values: Any) -> Objective:
+        """The objective for these hyper-parameter values."""
+
+
+METHODS: Registry[type[Method]] = Registry("unlearning method")

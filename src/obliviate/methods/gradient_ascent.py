@@ -1,0 +1,53 @@
+"""The gradient-ascent family: GA, GradDiff and GA+KL.
+
+* GA (Jang et al. 2023, "Knowledge Unlearning for Mitigating Privacy Risks in LMs"):
+  L = −NLL(f). Diverges if run long; no retain term.
+* GradDiff (Liu et al. 2022; TOFU's "grad_diff"): L = −γ·NLL(f) + α·NLL(r).
+* GA+KL (TOFU's "KL"): L = −γ·NLL(f) + α·KL(π_θ ‖ π_ref) on r (token level, answer tokens only).
+"""
+
+from __future__ import annotations
+
+from fastargs import Param
+
+from obliviate.config.checkers import FloatValue
+from obliviate.methods.base import METHODS, Method, Objective
+from obliviate.methods.terms import NLL, KLToReference
+
+
+def _weights() -> dict[str, Param]:
+    return {
+        "gamma": Param(FloatValue(low=0.0), "weight of the forget term", default=1.0),
+        "alpha": Param(FloatValue(low=0.0), "weight of the retain term", default=1.0),
+    }
+
+
+@METHODS.register("GA")
+class GA(Method):
+    """Gradient ascent on the forget set: L = −NLL(f)."""
+
+    @staticmethod
+    def build() -> Objective:
+        return -NLL("forget")
+
+
+@METHODS.register("GradDiff")
+class GradDiff(Method):
+    """Gradient difference: L = −γ·NLL(f) + α·NLL(r)."""
+
+    params = _weights()
+
+    @staticmethod
+    def build(gamma: float, alpha: float) -> Objective:
+        return NLL("forget") * -gamma + NLL("retain") * alpha
+
+
+@METHODS.register("GA_KL")
+class GAKL(Method):
+    """Gradient ascent with a KL retain regulariser: L = −γ·NLL(f) + α·KL(π_θ ‖ π_ref)(r)."""
+
+    params = _weights()
+
+    @staticmethod
+    def build(gamma: float, alpha: float) -> Objective:
+        return NLL("forget") * -gamma + KLToReference("retain") * alpha

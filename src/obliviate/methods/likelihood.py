@@ -1,0 +1,52 @@
+"""Token and sequence log-likelihoods of the labelled (answer) tokens of a batch.
+
+Logits at position t predict the token at t+1, so labels are shifted left by one; positions whose
+shifted label is -100 (prompt, padding) contribute nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from obliviate.data.tokenize import IGNORE_INDEX, TokenBatch
+
+
+def forward_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """Logits [B, T, V] of a causal LM (fp32 for the loss maths)."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+
+
+def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits[:, :-1], labels[:, 1:], mask of labelled positions) aligned for next-token prediction."""
+    targets = labels[:, 1:]
+    return logits[:, :-1], targets, targets != IGNORE_INDEX
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL −log p(y_t) [B, T−1] (0 where unlabelled) and the float mask of labelled positions."""
+    logits, targets, mask = shifted(logits, labels)
+    nll = F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return nll * mask, mask.float()
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S(x) = Σ_t −log p(y_t) over each sequence's labelled tokens [B], and their counts |y| [B]."""
+    nll, mask = token_nll(logits, labels)
+    return nll.sum(dim=1), mask.sum(dim=1)
+
+
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """NLL averaged over all labelled tokens of the batch (what ``model(..., labels=...).loss`` returns)."""
+    nll, mask = token_nll(logits, labels)
+    return nll.sum() / mask.sum().clamp(min=1.0)
+
+
+def token_kl(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_θ ‖ p_ref) = Σ_v p_θ(v)(log p_θ(v) − log p_ref(v)), averaged over labelled positions."""
+    logits, _, mask = shifted(logits, labels)
+    reference_logits = reference_logits[:, :-1]
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(reference_logits.float(), dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1.0)

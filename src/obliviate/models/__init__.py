@@ -1,0 +1,1 @@
+"""Models: embedded defaults, local folders, hub ids, and fine-tuned targets (cached by content)."""

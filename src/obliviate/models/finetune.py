@@ -1,0 +1,79 @@
+"""Target and retain ("oracle") models made by fine-tuning a base model, cached by content.
+
+As in TOFU, the target model is the base model fine-tuned on forget ∪ retain, and the retain model is
+the base model fine-tuned on retain only: the model unlearning should ideally become. The cache key
+hashes the base model's identity, the SET of training examples (so forget01 ∪ retain99 and
+forget10 ∪ retain90 share one target), the fine-tuning keys, the seed and the prompt format; a second
+run with the same recipe loads the saved folder instead of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from obliviate.data.examples import Example, content_hash
+from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.io import write_json_atomic
+from obliviate.methods.terms import NLL
+from obliviate.models.loading import ModelSource, load_model, save_model
+from obliviate.training.loop import train
+from obliviate.training.schedule import TrainingConfig
+
+RECIPE_VERSION = 1
+
+
+def canonical_examples(examples: list[Example]) -> list[Example]:
+    """Deduplicated and sorted, so that the same set of examples always trains the same model."""
+    unique = {json.dumps(asdict(e), sort_keys=True): e for e in examples}
+    return [unique[key] for key in sorted(unique)]
+
+
+class FinetuneRecipe:
+    """How to make one fine-tuned model; ``source`` names it before (and whether or not) it is built."""
+
+    def __init__(self, base: ModelSource, examples: list[Example], training: dict[str, Any], seed: int,
+                 fmt: PromptFormat, max_length: int, cache_dir: Path) -> None:
+        self.base, self.examples = base, canonical_examples(examples)
+        self.training, self.seed, self.fmt, self.max_length = training, seed, fmt, max_length
+        self.description = {
+            "version": RECIPE_VERSION, "base": base.identity, "data": content_hash(self.examples),
+            "num_examples": len(self.examples), "training": training, "seed": seed,
+            "prompt_format": asdict(fmt), "max_length": max_length,
+        }
+        key = hashlib.sha256(json.dumps(self.description, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = cache_dir / "finetuned" / key
+        self.source = ModelSource(str(self.folder), "folder", f"finetuned:{key}")
+
+    @property
+    def is_built(self) -> bool:
+        return (self.folder / "config.json").is_file()
+
+    def build(self, cache_dir: Path, device: torch.device, dtype: torch.dtype, accelerator: Accelerator,
+              role: str) -> ModelSource:
+        """Fine-tune and save (atomically) unless already cached; return the model's source."""
+        if self.is_built:
+            return self.source
+        set_seed(self.seed)
+        model, tokenizer = load_model(self.base, cache_dir, device, dtype)
+        encoded = [encode_example(tokenizer, e, self.fmt, self.max_length) for e in self.examples]
+        dataset = EncodedDataset(encoded, tokenizer.pad_token_id)
+        config = TrainingConfig.from_section(self.training, self.training["batch_size"])
+        log: list[dict[str, float]] = []
+        train(model, NLL("train") * 1.0, {"train": dataset}, "train", config, accelerator, self.seed,
+              on_log=log.append, description=f"fine-tune {role} model")
+        work = self.folder.with_name(self.folder.name + ".incomplete")
+        shutil.rmtree(work, ignore_errors=True)
+        save_model(accelerator.unwrap_model(model), tokenizer, work)
+        write_json_atomic(work / "recipe.json", {"role": role, **self.description})
+        (work / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        work.rename(self.folder)
+        return self.source

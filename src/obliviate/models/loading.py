@@ -1,0 +1,115 @@
+"""Resolve ``overall.model_name`` to a model source (cheap checks first), then load model and tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from obliviate.errors import UserError
+from obliviate.hub import hub_offline
+from obliviate.models import embedded
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from. ``identity`` changes whenever the weights would (used in cache keys)."""
+
+    name: str
+    kind: str  # "embedded" | "folder" | "hub"
+    identity: str
+
+
+def _folder_identity(folder: Path) -> str:
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for file in sorted(folder.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return "folder:" + digest.hexdigest()[:16]
+
+
+def _check_causal_lm(config, name: str) -> None:
+    architectures = getattr(config, "architectures", None) or []
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not any(
+            a.endswith("ForCausalLM") for a in architectures):
+        raise UserError(f"model '{name}' is a '{config.model_type}' model, not a causal language model; "
+                        "give a causal LM (e.g. a Llama/Mistral/GPT folder)")
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Check that ``name`` can be loaded, without loading weights: embedded name, folder or hub id."""
+    if name in embedded.EMBEDDED_NAMES:
+        return ModelSource(name, "embedded", f"embedded:{name}")
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder '{name}' has no config.json; give a folder written by save_pretrained")
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (ValueError, OSError) as error:
+            raise UserError(f"model folder '{name}' has an unreadable config.json ({error}); give a "
+                            "save_pretrained folder") from None
+        _check_causal_lm(config, name)
+        return ModelSource(str(path), "folder", _folder_identity(path))
+    if name.startswith((".", "/")) or name.count("/") != 1:
+        raise UserError(f"model '{name}' is not an embedded model ({', '.join(embedded.EMBEDDED_NAMES)}), "
+                        "an existing folder, or a hub id owner/name")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except Exception:  # offline, unknown repo, gated: all mean "cannot get it here"
+        state = "the hub is offline (HF_HUB_OFFLINE)" if hub_offline() else "the hub did not provide it"
+        raise UserError(f"model '{name}' looks like a hub id but {state}; download it where the hub is "
+                        "reachable (huggingface-cli download) and pass the local folder as --overall.model_name"
+                        ) from None
+    _check_causal_lm(config, name)
+    return ModelSource(name, "hub", f"hub:{name}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("overall.device is cuda but no CUDA device is visible; use --overall.device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def _load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(source: ModelSource, cache_dir: Path, device: torch.device, dtype: torch.dtype
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (on ``device``, in ``dtype``) and tokenizer (pad token set, right padding)."""
+    if source.kind == "embedded":
+        folder = embedded.prepare_smollm2(cache_dir)
+        tokenizer = _load_tokenizer(folder)
+        if source.name == embedded.TINY_RANDOM_LLAMA:
+            return embedded.tiny_random_llama(tokenizer).to(device=device, dtype=dtype), tokenizer
+        location: str | Path = folder
+    else:
+        location = source.name
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    return model.to(device), _load_tokenizer(location)
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

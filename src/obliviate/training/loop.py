@@ -1,0 +1,86 @@
+"""A readable training loop on accelerate, used for unlearning and for fine-tuning.
+
+One optimiser step = ``gradient_accumulation_steps`` micro-batches. Each micro-batch holds one batch
+of the primary split (``forget`` when unlearning, ``train`` when fine-tuning), walked in seeded shuffled
+passes, plus a batch of every other split the objective reads (e.g. ``retain``), drawn at random with a
+seeded generator (each forget batch paired with a random retain batch). Then: clip the gradient,
+run the ``before_step`` hooks (where parameter masks will act), optimiser and scheduler step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from obliviate.data.tokenize import EncodedDataset
+from obliviate.methods.base import Batch, Objective
+from obliviate.training.schedule import TrainingConfig, build_optimizer
+
+
+@dataclass
+class TrainingResult:
+    steps: int
+    seconds: float
+    last_logs: dict[str, float] = field(default_factory=dict)
+
+
+def micro_batches(datasets: dict[str, EncodedDataset], primary: str, batch_size: int, seed: int
+                  ) -> Iterator[Batch]:
+    """Endless micro-batches: seeded shuffled passes over ``primary``, random batches of the other splits."""
+    generator = torch.Generator().manual_seed(seed)
+    others = {name: data for name, data in datasets.items() if name != primary}
+    while True:
+        for batch in datasets[primary].loader(batch_size, shuffle=True, generator=generator):
+            paired = {primary: batch}
+            for name, data in others.items():
+                rows = torch.randint(len(data), (batch_size,), generator=generator).tolist()
+                paired[name] = data.collate([data[row] for row in rows])
+            yield paired
+
+
+def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, EncodedDataset], primary: str,
+          config: TrainingConfig, accelerator: Accelerator, seed: int, *,
+          on_log: Callable[[dict[str, float]], None] = lambda record: None,
+          before_step: tuple[Callable[[], None], ...] = (), description: str = "train") -> TrainingResult:
+    """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps."""
+    total = config.total_steps(len(datasets[primary]))
+    optimizer, scheduler = build_optimizer(model, config, total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    stream = micro_batches({k: v for k, v in datasets.items() if k in objective.splits | {primary}},
+                           primary, config.batch_size, seed)
+    accumulation = config.gradient_accumulation_steps
+    model.train()
+    start = time.perf_counter()
+    logs: dict[str, float] = {}
+    progress = tqdm(range(1, total + 1), desc=description, disable=not accelerator.is_local_main_process)
+    for step in progress:
+        sums: dict[str, float] = {}
+        for micro in range(accumulation):
+            batch = {name: part.to(accelerator.device) for name, part in next(stream).items()}
+            syncing = micro == accumulation - 1
+            with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
+                output = objective(model, batch)
+                accelerator.backward(output.loss / accumulation)
+            for key, value in output.logs.items():
+                sums[key] = sums.get(key, 0.0) + value / accumulation
+        max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+        grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
+        for hook in before_step:
+            hook()
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        logs = {"step": step, **sums, "lr": lr, "grad_norm": float(grad_norm),
+                "seconds": round(time.perf_counter() - start, 3)}
+        progress.set_postfix(loss=f"{sums['loss']:.4f}")
+        if step % config.logging_steps == 0 or step == total:
+            on_log(logs)
+    return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs)

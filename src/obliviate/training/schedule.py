@@ -1,0 +1,68 @@
+"""Optimiser and learning-rate schedule from a training config section."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The keys of :func:`obliviate.config.schema.training_params`, plus the micro-batch size."""
+
+    lr: float
+    num_epochs: int
+    max_steps: int
+    gradient_accumulation_steps: int
+    weight_decay: float
+    warmup_ratio: float
+    lr_scheduler: str
+    max_grad_norm: float
+    logging_steps: int
+    batch_size: int
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any], batch_size: int) -> "TrainingConfig":
+        names = cls.__dataclass_fields__.keys() - {"batch_size"}
+        return cls(**{name: section[name] for name in names}, batch_size=batch_size)
+
+    def total_steps(self, num_examples: int) -> int:
+        """max_steps, or enough optimiser steps for num_epochs passes over ``num_examples``."""
+        if self.max_steps > 0:
+            return self.max_steps
+        micro_batches = math.ceil(num_examples / self.batch_size) * self.num_epochs
+        return max(1, math.ceil(micro_batches / self.gradient_accumulation_steps))
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the peak lr at optimiser step ``step`` (0-based): linear warm-up, then decay."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def no_decay(name: str, parameter: torch.nn.Parameter) -> bool:
+    """Biases and normalisation weights (1-D tensors) get no weight decay, as in HF Trainer's default."""
+    return parameter.ndim < 2 or "norm" in name.lower()
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig, total_steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in trainable if not no_decay(n, p)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in trainable if no_decay(n, p)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+    warmup = round(config.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, config.lr_scheduler))
+    return optimizer, scheduler

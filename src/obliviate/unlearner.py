@@ -1,0 +1,201 @@
+"""The Unlearner: one object with an explicit lifecycle.
+
+``Unlearner(settings).run()`` = setup (every cheap check: config semantics, data, model name, run
+folder; raises :class:`UserError` before any long work) → prepare the target and retain models
+(fine-tuned and cached when ``finetune.enabled``) → evaluate before → unlearn with the registered method
+→ evaluate after → write results (and the model, when asked) → rename the run folder to its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from obliviate.config.settings import Settings
+from obliviate.data.examples import Example, content_hash
+from obliviate.data.sources import load_examples
+from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.environment import environment_record
+from obliviate.errors import UserError
+from obliviate.evaluation.evaluator import Evaluation, cached_evaluation, evaluate
+from obliviate.evaluation.metrics import EvalOptions
+from obliviate.loggers import LOGGERS
+from obliviate.methods import METHODS
+from obliviate.methods.base import PrepareContext
+from obliviate.models.finetune import FinetuneRecipe
+from obliviate.models.loading import ModelSource, load_model, resolve_device, resolve_dtype, resolve_model, save_model
+from obliviate.report import metrics_table
+from obliviate.training.loop import train
+from obliviate.training.schedule import TrainingConfig
+
+EVAL_VERSION = 1
+
+
+def prompt_format(template: str, chat: bool) -> PromptFormat:
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError):
+        raise UserError(f"dataset.question_template {template!r} may only use the field {{question}}; "
+                        "escape other braces as {{ }}") from None
+    if "{question}" not in template:
+        raise UserError(f"dataset.question_template {template!r} must contain {{question}}")
+    return PromptFormat(template, chat)
+
+
+class Unlearner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - start, 2)
+
+    # ---------------------------------------------------------------- setup (cheap checks only)
+    def setup(self) -> None:
+        s = self.settings
+        self.cache_dir = Path(s.overall.cache_dir)
+        self.method = METHODS.canonical(s.unlearn.unlearn_method)
+        self.objective = METHODS.get(self.method).build(**s.section(f"unlearn.{self.method}"))
+        self.fmt = prompt_format(s.dataset.question_template, s.dataset.chat_template)
+        self.data = self._load_data()
+        needed = self.objective.splits | ({"retain"} if s.finetune.enabled else set())
+        if missing := needed - set(self.data):
+            raise UserError(f"{self.method} (or finetune.enabled) needs {', '.join(sorted(missing))} data; "
+                            f"set dataset.{sorted(missing)[0]}_dataset_name")
+        self.base = resolve_model(s.overall.model_name)
+        self.device = resolve_device(s.overall.device)
+        self.dtype = resolve_dtype(s.overall.dtype, self.device)
+        self.target = self._recipe(self.data["forget"] + self.data.get("retain", [])) if s.finetune.enabled else None
+        self.oracle = self._oracle()
+        if "forget_quality" in s.eval.metrics and self.oracle is None:
+            raise UserError("eval.metrics has forget_quality but there is no retain model: set "
+                            "--finetune.enabled true or --eval.retain_model_name, or drop forget_quality")
+        self.run_folder = LOGGERS.get(s.logger.name)(Path(s.logger.json.root), s.unlearn.task_name, self.method,
+                                                     s.logger.run_name, s.logger.overwrite)
+        self.accelerator = Accelerator(cpu=self.device.type == "cpu")
+
+    def _load_data(self) -> dict[str, list[Example]]:
+        d = self.settings.dataset
+        names = {"forget": d.forget_dataset_name, "retain": d.retain_dataset_name, "holdout": d.holdout_dataset_name}
+        if not names["forget"]:
+            raise UserError("dataset.forget_dataset_name is empty; name the data to forget")
+        return {split: load_examples(name, Path(d.data_dir)) for split, name in names.items() if name}
+
+    def _recipe(self, examples: list[Example]) -> FinetuneRecipe:
+        s = self.settings
+        training = {k: v for k, v in s.section("finetune").items() if k != "enabled"}
+        return FinetuneRecipe(self.base, examples, training, s.overall.seed, self.fmt, s.dataset.max_length,
+                              self.cache_dir)
+
+    def _oracle(self) -> FinetuneRecipe | ModelSource | None:
+        if self.settings.finetune.enabled:
+            return self._recipe(self.data["retain"])
+        if self.settings.eval.retain_model_name:
+            return resolve_model(self.settings.eval.retain_model_name)
+        return None
+
+    # ---------------------------------------------------------------- stages
+    def _build(self, model: FinetuneRecipe | ModelSource, role: str) -> ModelSource:
+        if isinstance(model, FinetuneRecipe):
+            return model.build(self.cache_dir, self.device, self.dtype, self.accelerator, role)
+        return model
+
+    def _eval_splits(self) -> dict[str, list[Example]]:
+        limit = self.settings.eval.max_examples or None
+        return {split: examples[:limit] for split, examples in self.data.items()}
+
+    def _evaluate(self, source: ModelSource | None, load: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]],
+                  splits: dict[str, list[Example]], metrics: list[str], reference: list[float] | None) -> Evaluation:
+        """Evaluate the model ``load()`` returns; with a ``source`` the result is cached under its identity
+        (and ``load`` is called only on a cache miss)."""
+        e = self.settings.eval
+        options = EvalOptions(e.batch_size, self.settings.dataset.max_length, e.max_new_tokens, self.cache_dir)
+
+        def compute() -> Evaluation:
+            return evaluate(*load(), splits, self.fmt, options, metrics, reference)
+
+        if source is None:
+            return compute()
+        key = {"version": EVAL_VERSION, "model": source.identity, "metrics": metrics,
+               "splits": {name: content_hash(examples) for name, examples in splits.items()},
+               "options": {k: v for k, v in asdict(options).items() if k != "work_dir"},
+               "format": asdict(self.fmt),
+               "reference": hashlib.sha256(json.dumps(reference).encode()).hexdigest()[:16]}
+        return cached_evaluation(self.cache_dir, key, compute)
+
+    def _oracle_truth_ratios(self) -> list[float] | None:
+        """The retain model's per-example forget truth ratios (the reference of forget_quality)."""
+        if self.oracle is None or "forget_quality" not in self.settings.eval.metrics:
+            return None
+        source = self.oracle.source if isinstance(self.oracle, FinetuneRecipe) else self.oracle
+
+        def load() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:  # build (fine-tune) only on a miss
+            return load_model(self._build(self.oracle, "retain"), self.cache_dir, self.device, self.dtype)
+
+        forget = {"forget": self._eval_splits()["forget"]}
+        evaluation = self._evaluate(source, load, forget, ["truth_ratio"], None)
+        gc.collect()
+        return evaluation.per_example["forget"]["truth_ratio"]
+
+    def _unlearn(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        s = self.settings
+        set_seed(s.overall.seed)
+        datasets = {split: EncodedDataset([encode_example(tokenizer, e, self.fmt, s.dataset.max_length)
+                                           for e in self.data[split]], tokenizer.pad_token_id)
+                    for split in self.objective.splits | {"forget"}}
+        self.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, self.device))
+        config = TrainingConfig.from_section(s.section("unlearn"), s.dataset.batch_size)
+        train(model, self.objective, datasets, "forget", config, self.accelerator, s.overall.seed,
+              on_log=self.run_folder.log_step, description=f"unlearn ({self.method})")
+
+    # ---------------------------------------------------------------- the whole run
+    def run(self) -> Path:
+        """Run the experiment; return the finished run folder."""
+        start = time.perf_counter()
+        self.setup()
+        s = self.settings
+        self.run_folder.start(s.to_dict())
+        with self._timed("prepare_models"):
+            target = self._build(self.target, "target") if self.target else self.base
+            reference = self._oracle_truth_ratios()
+        with self._timed("load_model"):
+            model, tokenizer = load_model(target, self.cache_dir, self.device, self.dtype)
+        splits = self._eval_splits()
+        results: dict[str, Evaluation] = {}
+        if s.eval.before:
+            with self._timed("evaluate_before"):
+                results["before"] = self._evaluate(target, lambda: (model, tokenizer), splits, s.eval.metrics,
+                                                    reference)
+        with self._timed("unlearn"):
+            self._unlearn(model, tokenizer)
+        if s.eval.after:
+            with self._timed("evaluate_after"):
+                results["after"] = self._evaluate(None, lambda: (model, tokenizer), splits, s.eval.metrics,
+                                                   reference)
+        metrics = {stage: evaluation.metrics for stage, evaluation in results.items()}
+        self.run_folder.write_json("metrics.json", metrics)
+        self.run_folder.write_json("per_example.json", {k: v.per_example for k, v in results.items()})
+        if s.unlearn.save_model:
+            with self._timed("save_model"):
+                save_model(self.accelerator.unwrap_model(model), tokenizer, self.run_folder.path("model"))
+        self.timings["total"] = round(time.perf_counter() - start, 2)
+        self.run_folder.write_json("env.json", {**environment_record(self.device, self.dtype,
+                                                                     self.accelerator.num_processes),
+                                                "wall_time_seconds": self.timings})
+        folder = self.run_folder.finish()
+        print(metrics_table(metrics))
+        print(f"results: {folder}")
+        return folder
