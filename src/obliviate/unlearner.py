@@ -1,7 +1,7 @@
 """The Unlearner: one object with an explicit lifecycle.
 
-``Unlearner(settings).run()`` = setup (every cheap check: config semantics, data, model name, run
-folder; raises :class:`UserError` before any long work) → prepare the target and retain models
+``Unlearner(settings).run()`` = setup (every cheap check: config semantics, data, model name; raises
+:class:`UserError` before any long work) → reserve the run folder (an existing one is an error) → prepare the target and retain models
 (fine-tuned and cached when ``finetune.enabled``) → evaluate before → unlearn with the registered method
 → evaluate after → write results (and the model, when asked) → rename the run folder to its final name.
 """
@@ -83,8 +83,6 @@ class Unlearner:
         if "forget_quality" in s.eval.metrics and self.oracle is None:
             raise UserError("eval.metrics has forget_quality but there is no retain model: set "
                             "--finetune.enabled true or --eval.retain_model_name, or drop forget_quality")
-        self.run_folder = LOGGERS.get(s.logger.name)(Path(s.logger.json.root), s.unlearn.task_name, self.method,
-                                                     s.logger.run_name, s.logger.overwrite)
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")
 
     def _load_data(self) -> dict[str, list[Example]]:
@@ -112,6 +110,13 @@ class Unlearner:
         if isinstance(model, FinetuneRecipe):
             return model.build(self.cache_dir, self.device, self.dtype, self.accelerator, role)
         return model
+
+    def finetune_models(self) -> dict[str, ModelSource]:
+        """Build (or find cached) the fine-tuned target and retain models; call after :meth:`setup`."""
+        if self.target is None:
+            raise UserError("finetune.enabled is false in this experiment, so there is nothing to fine-tune; "
+                            "pass --finetune.enabled true")
+        return {role: self._build(recipe, role) for role, recipe in (("target", self.target), ("retain", self.oracle))}
 
     def _eval_splits(self) -> dict[str, list[Example]]:
         limit = self.settings.eval.max_examples or None
@@ -167,6 +172,8 @@ class Unlearner:
         start = time.perf_counter()
         self.setup()
         s = self.settings
+        self.run_folder = LOGGERS.get(s.logger.name)(Path(s.logger.json.root), s.unlearn.task_name, self.method,
+                                                     s.logger.run_name, s.logger.overwrite)
         self.run_folder.start(s.to_dict())
         with self._timed("prepare_models"):
             target = self._build(self.target, "target") if self.target else self.base

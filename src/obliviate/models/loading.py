@@ -36,11 +36,13 @@ def _folder_identity(folder: Path) -> str:
 
 
 def _check_causal_lm(config, name: str) -> None:
+    """The saved architectures decide (e.g. BertModel is not generative); without any, the model type."""
     architectures = getattr(config, "architectures", None) or []
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not any(
-            a.endswith("ForCausalLM") for a in architectures):
-        raise UserError(f"model '{name}' is a '{config.model_type}' model, not a causal language model; "
-                        "give a causal LM (e.g. a Llama/Mistral/GPT folder)")
+    causal = (any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) if architectures
+              else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    if not causal:
+        raise UserError(f"model '{name}' is a '{config.model_type}' model ({', '.join(architectures) or 'no head'}), "
+                        "not a causal language model; give a causal LM (e.g. a Llama/Mistral/GPT folder)")
 
 
 def resolve_model(name: str) -> ModelSource:
@@ -86,7 +88,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -99,14 +101,14 @@ def load_model(source: ModelSource, cache_dir: Path, device: torch.device, dtype
     """Model (on ``device``, in ``dtype``) and tokenizer (pad token set, right padding)."""
     if source.kind == "embedded":
         folder = embedded.prepare_smollm2(cache_dir)
-        tokenizer = _load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder)
         if source.name == embedded.TINY_RANDOM_LLAMA:
             return embedded.tiny_random_llama(tokenizer).to(device=device, dtype=dtype), tokenizer
         location: str | Path = folder
     else:
         location = source.name
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
-    return model.to(device), _load_tokenizer(location)
+    return model.to(device), load_tokenizer(location)
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:

@@ -1,0 +1,116 @@
+"""The whole CLI on tiny-random-llama, and every bad input: one line, exit status 2, nothing written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from obliviate.cli import run
+from obliviate.config.loader import parse_config
+from obliviate.config.schema import experiment_schema
+from obliviate.unlearner import Unlearner
+
+ROOT = Path(__file__).resolve().parents[1]
+NPO_CONFIG = str(ROOT / "configs" / "synthetic" / "npo.json")
+
+
+def cli(*argv):
+    return run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", list(argv))
+
+
+@pytest.fixture
+def fast(tmp_path, cache_dir):
+    """Overrides that make the default experiment a seconds-long smoke test in tmp folders."""
+    return ["--config_file", NPO_CONFIG, "--overall.model_name", "tiny-random-llama",
+            "--overall.cache_dir", str(cache_dir), "--dataset.data_dir", str(tmp_path / "data"),
+            "--logger.json.root", str(tmp_path / "results"), "--unlearn.max_steps", "2",
+            "--finetune.max_steps", "2", "--eval.max_examples", "4", "--eval.max_new_tokens", "4"]
+
+
+def test_full_run_writes_every_result_file(fast, tmp_path, capsys):
+    assert cli(*fast, "--logger.run_name", "first") == 0
+    folder = tmp_path / "results" / "synthetic" / "NPO" / "first"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "env.json", "metrics.json",
+                                                         "per_example.json", "train_log.jsonl"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics) == {"before", "after"}
+    assert set(metrics["after"]) == {"forget", "retain", "holdout"}
+    assert set(metrics["after"]["forget"]) == {"prob", "rouge_l_recall", "truth_ratio", "forget_quality", "mcq_acc"}
+    assert set(metrics["after"]["retain"]) == {"prob", "rouge_l_recall", "truth_ratio", "mcq_acc"}
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and {"npo", "retain_nll", "lr", "grad_norm", "seconds"} <= set(log[0])
+    env = json.loads((folder / "env.json").read_text())
+    assert env["world_size"] == 1 and env["packages"]["torch"] and env["wall_time_seconds"]["total"] > 0
+    assert "results:" in capsys.readouterr().out
+    # the saved config reproduces the run's settings
+    saved = parse_config(["--config_file", str(folder / "config.json")], experiment_schema())
+    assert saved.unlearn.max_steps == 2 and saved.overall.model_name == "tiny-random-llama"
+    assert not list((tmp_path / "results").rglob("*.incomplete"))
+
+
+def test_second_run_reuses_fine_tuned_models_and_before_evaluation(fast, tmp_path, cache_dir):
+    assert cli(*fast, "--logger.run_name", "a") == 0
+    built = {p: p.stat().st_mtime_ns for p in (cache_dir / "finetuned").glob("*/config.json")}
+    evaluations = sorted((cache_dir / "evaluations").iterdir())
+    assert len(built) == 2  # target and retain model
+    assert cli(*fast, "--logger.run_name", "b") == 0
+    assert {p: p.stat().st_mtime_ns for p in (cache_dir / "finetuned").glob("*/config.json")} == built
+    assert sorted((cache_dir / "evaluations").iterdir()) == evaluations
+    first, second = (json.loads((tmp_path / "results/synthetic/NPO" / n / "metrics.json").read_text()) for n in "ab")
+    assert first == second  # same seed, same result
+
+
+def test_existing_run_is_not_overwritten_unless_asked(fast, tmp_path, capsys):
+    assert cli(*fast, "--eval.before", "false", "--logger.run_name", "same") == 0
+    capsys.readouterr()
+    assert cli(*fast, "--logger.run_name", "same") == 2
+    assert "already exists; choose another --logger.run_name or pass --logger.overwrite true" in capsys.readouterr().err
+    assert cli(*fast, "--eval.before", "false", "--logger.run_name", "same", "--logger.overwrite", "1") == 0
+
+
+def _bert_folder(tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    return str(folder)
+
+
+def _empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing data file": (lambda t: ["--dataset.forget_dataset_name", "nope.jsonl"], "dataset 'nope.jsonl' not found"),
+    "misspelled key": (lambda t: ["--unlearn.lrr", "1e-5"], "did you mean 'unlearn.lr'"),
+    "unknown method": (lambda t: ["--unlearn.unlearn_method", "npoo"], "must be one of GA|GA_KL|GradDiff|NPO|SimNPO"),
+    "out of range": (lambda t: ["--unlearn.lr", "-1"], "unlearn.lr='-1' must be a number >= 0.0"),
+    "not a causal LM": (lambda t: ["--overall.model_name", _bert_folder(t)], "not a causal language model"),
+    "empty forget set": (lambda t: ["--dataset.forget_dataset_name", _empty_file(t)], "is empty"),
+    "hub id offline": (lambda t: ["--overall.model_name", "someone/model"], "the hub is offline"),
+    "no retain model": (lambda t: ["--finetune.enabled", "false"], "there is no retain model"),
+    "no retain data": (lambda t: ["--dataset.retain_dataset_name", ""], "needs retain data"),
+    "bad template": (lambda t: ["--dataset.question_template", "Q: {q}"], "may only use the field {question}"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, fast, tmp_path, capsys):
+    extra, message = BAD_INPUTS[case]
+    assert cli(*fast, *extra(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "results").exists()
+    assert not (Path(fast[fast.index("--overall.cache_dir") + 1]) / "finetuned").exists()
+
+
+def test_entry_point_exit_status_and_help():
+    script = str(ROOT / "src" / "exec" / "unlearn_model.py")
+    bad = subprocess.run([sys.executable, script, "--config_file", NPO_CONFIG, "--unlearn.lrr", "1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown key 'unlearn.lrr'")
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert shown.returncode == 0 and "--unlearn.NPO.beta" in shown.stdout

@@ -1,0 +1,95 @@
+"""Each loss against hand-computed values on tiny tensors; prompt and padding never count."""
+
+import math
+
+import pytest
+import torch
+
+from obliviate.data.tokenize import IGNORE_INDEX as X
+from obliviate.methods.likelihood import mean_nll, sequence_nll, token_kl, token_nll
+from obliviate.methods.npo import npo_loss, simnpo_loss
+
+# Two sequences of 4 positions over a 3-token vocabulary. Labels: position 0 is prompt (ignored),
+# row 1 has padding at the end. After the shift, logits[:, t] predict labels[:, t+1].
+LOGITS = torch.tensor([
+    [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [9.0, 9.0, 9.0]],
+    [[1.0, 1.0, 0.0], [0.0, 2.0, 0.0], [5.0, 5.0, 5.0], [7.0, 0.0, 7.0]],
+])
+LABELS = torch.tensor([[X, 0, 1, 2], [X, 1, X, X]])
+
+
+def nll_of(logits_row, target):
+    return -math.log(math.exp(logits_row[target]) / sum(math.exp(v) for v in logits_row))
+
+
+# By hand: row 0 predicts label 0 from [2,0,0], 1 from [0,1,0], 2 from [0,0,3]; row 1 predicts 1 from [1,1,0].
+ROW0 = [nll_of([2, 0, 0], 0), nll_of([0, 1, 0], 1), nll_of([0, 0, 3], 2)]
+ROW1 = [nll_of([1, 1, 0], 1)]
+
+
+def test_token_nll_counts_only_labelled_positions():
+    nll, mask = token_nll(LOGITS, LABELS)
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert nll[0].tolist() == pytest.approx(ROW0, rel=1e-6)
+    assert nll[1].tolist() == pytest.approx([ROW1[0], 0.0, 0.0], rel=1e-6)
+
+
+def test_sequence_nll_is_a_per_sequence_sum():
+    sums, counts = sequence_nll(LOGITS, LABELS)
+    assert sums.tolist() == pytest.approx([sum(ROW0), ROW1[0]], rel=1e-6)
+    assert counts.tolist() == [3.0, 1.0]
+
+
+def test_mean_nll_is_the_token_mean_and_matches_cross_entropy():
+    expected = (sum(ROW0) + ROW1[0]) / 4
+    assert mean_nll(LOGITS, LABELS).item() == pytest.approx(expected, rel=1e-6)
+    reference = torch.nn.functional.cross_entropy(LOGITS[:, :-1].reshape(-1, 3), LABELS[:, 1:].reshape(-1))
+    assert mean_nll(LOGITS, LABELS).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_padding_logits_do_not_change_any_loss():
+    changed = LOGITS.clone()
+    changed[1, 2:] = torch.randn(2, 3) * 100  # positions whose targets are padding
+    changed[:, -1] = torch.randn(2, 3) * 100  # the last position predicts nothing
+    for function in (mean_nll, lambda lg, lb: sequence_nll(lg, lb)[0]):
+        assert torch.allclose(function(changed, LABELS), function(LOGITS, LABELS))
+
+
+def test_npo_loss_hand_values():
+    beta = 0.5
+    current, reference = torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])
+    # (2/β)·mean[−log σ(β(S_θ − S_ref))] = 4·mean[−log σ(0.5), −log σ(0)]
+    expected = 4 * (-math.log(1 / (1 + math.exp(-0.5))) + math.log(2)) / 2
+    assert npo_loss(current, reference, beta).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_npo_starts_at_2_over_beta_log_2_and_falls_as_forget_answers_become_unlikely():
+    beta = 0.1
+    same = torch.tensor([5.0, 7.0])
+    assert npo_loss(same, same, beta).item() == pytest.approx(2 / beta * math.log(2), rel=1e-6)
+    assert npo_loss(same + 1.0, same, beta) < npo_loss(same, same, beta)  # higher NLL on forget → lower loss
+    current = same.clone().requires_grad_(True)
+    npo_loss(current, same, beta).backward()
+    assert (current.grad < 0).all()  # gradient descent raises the forget NLL
+
+
+def test_simnpo_loss_hand_values():
+    beta, delta = 2.0, 0.5
+    sums, lengths = torch.tensor([6.0, 2.0]), torch.tensor([3.0, 4.0])
+    # (2/β)·mean[−log σ(β·S/|y| − δ)]: arguments 2·2 − 0.5 = 3.5 and 2·0.5 − 0.5 = 0.5
+    expected = (math.log(1 + math.exp(-3.5)) + math.log(1 + math.exp(-0.5))) / 2
+    assert simnpo_loss(sums, lengths, beta, delta).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_hand_value_and_zero_for_identical_distributions():
+    logits = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [3.0, 3.0]]])
+    reference = torch.tensor([[[0.0, 1.0], [0.0, 0.0], [0.0, 9.0]]])
+    labels = torch.tensor([[X, 0, 1]])
+    p = [math.exp(1) / (1 + math.exp(1)), 1 / (1 + math.exp(1))]
+    q = [p[1], p[0]]
+    kl_first = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    kl_second = 0.0  # both uniform
+    assert token_kl(logits, reference, labels).item() == pytest.approx((kl_first + kl_second) / 2, rel=1e-5)
+    assert token_kl(logits, logits, labels).item() == pytest.approx(0.0, abs=1e-7)
+    # an unlabelled (prompt) position never counts
+    assert token_kl(logits, reference, torch.tensor([[X, X, 1]])).item() == pytest.approx(0.0, abs=1e-7)
