@@ -114,3 +114,16 @@ def test_entry_point_exit_status_and_help():
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown key 'unlearn.lrr'")
     shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert shown.returncode == 0 and "--unlearn.NPO.beta" in shown.stdout
+
+
+def test_finetune_entry_point_builds_both_models_once(fast, cache_dir, capsys):
+    sys.path.insert(0, str(ROOT / "src" / "exec"))
+    from finetune import finetune
+
+    assert run(finetune, "finetune.py", fast) == 0
+    printed = capsys.readouterr().out
+    assert "target model: " in printed and "retain model: " in printed
+    built = sorted((cache_dir / "finetuned").glob("*/recipe.json"))
+    assert [json.loads(p.read_text())["role"] for p in built].count("target") == 1 and len(built) == 2
+    assert run(finetune, "finetune.py", [*fast, "--finetune.enabled", "false"]) == 2
+    assert "nothing to fine-tune" in capsys.readouterr().err

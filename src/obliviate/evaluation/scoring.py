@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.tokenize import collate, encode
@@ -18,7 +19,7 @@ def mean_answer_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     encoded = [encode(tokenizer, prompt, answer, max_length) for prompt, answer in pairs]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
     result = [0.0] * len(encoded)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring answers", leave=False):
         rows = order[start:start + batch_size]
         batch = collate([encoded[i] for i in rows], rows, tokenizer.pad_token_id).to(device)
         sums, counts = sequence_nll(forward_logits(model, batch), batch.labels)
@@ -37,7 +38,7 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(prompts), batch_size):
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generating answers", leave=False):
             inputs = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)

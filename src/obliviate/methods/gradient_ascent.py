@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue
-from obliviate.methods.base import METHODS, Method, Objective
+from obliviate.methods.base import METHODS, Method, Objective, Term
 from obliviate.methods.terms import NLL, KLToReference
 
 
@@ -38,16 +38,18 @@ class GradDiff(Method):
     params = _weights()
 
     @staticmethod
-    def build(gamma: float, alpha: float) -> Objective:
-        return NLL("forget") * -gamma + NLL("retain") * alpha
+    def retain_term() -> Term:
+        return NLL("retain")
+
+    @classmethod
+    def build(cls, gamma: float, alpha: float) -> Objective:
+        return NLL("forget") * -gamma + cls.retain_term() * alpha
 
 
 @METHODS.register("GA_KL")
-class GAKL(Method):
+class GAKL(GradDiff):
     """Gradient ascent with a KL retain regulariser: L = −γ·NLL(f) + α·KL(π_θ ‖ π_ref)(r)."""
 
-    params = _weights()
-
     @staticmethod
-    def build(gamma: float, alpha: float) -> Objective:
-        return NLL("forget") * -gamma + KLToReference("retain") * alpha
+    def retain_term() -> Term:
+        return KLToReference("retain")
