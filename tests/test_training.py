@@ -55,7 +55,7 @@ def test_micro_batches_pair_each_forget_batch_with_random_retain_and_reshuffle(t
     assert [next(again)["retain"].index.tolist() for _ in range(2)] == [b["retain"].index.tolist() for b in first_pass]
 
 
-def run_graddiff(tokenizer, seed, accumulation=1):
+def run_graddiff(tokenizer, seed, accumulation=1, scheduler="constant"):
     set_seed(seed)
     model = tiny_random_llama(tokenizer)
     data = EncodedDataset([encode_example(tokenizer, Example(f"Who is {i}?", f"{i} is a potter."), PromptFormat(), 32)
@@ -64,7 +64,7 @@ def run_graddiff(tokenizer, seed, accumulation=1):
     objective.prepare(PrepareContext(model, {"forget": data, "retain": data}, 4, torch.device("cpu")))
     logs = []
     result = train(model, objective, {"forget": data, "retain": data}, "forget",
-                   config(gradient_accumulation_steps=accumulation), Accelerator(cpu=True), seed, on_log=logs.append)
+                   config(gradient_accumulation_steps=accumulation, lr_scheduler=scheduler), Accelerator(cpu=True), seed, on_log=logs.append)
     return model, logs, result
 
 
@@ -78,7 +78,8 @@ def test_same_seed_same_result_and_different_seed_differs(tokenizer):
 
 
 def test_training_moves_the_forget_nll_up_and_logs_each_step(tokenizer):
-    _, logs, result = run_graddiff(tokenizer, seed=0, accumulation=2)
+    _, logs, result = run_graddiff(tokenizer, seed=0, accumulation=2, scheduler="linear")
     assert result.steps == 4 and [r["step"] for r in logs] == [1, 2, 3, 4]
+    assert [r["lr"] for r in logs] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
     assert set(logs[0]) == {"step", "loss", "forget_nll", "retain_nll", "lr", "grad_norm", "seconds"}
     assert logs[-1]["forget_nll"] - logs[-1]["retain_nll"] > logs[0]["forget_nll"] - logs[0]["retain_nll"] - 1e-3

@@ -51,6 +51,3 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[tuple[str, T]]:
         return iter(sorted(self._items.values(), key=lambda pair: pair[0]))
-
-    def __contains__(self, name: str) -> bool:
-        return name.lower() in self._items

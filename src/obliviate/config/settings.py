@@ -48,10 +48,3 @@ class Settings:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def with_overrides(self, overrides: dict[str, Any]) -> "Settings":
-        """A copy with some keys replaced by already-validated values."""
-        unknown = set(overrides) - set(self._flat)
-        if unknown:
-            raise KeyError(f"unknown keys {sorted(unknown)}")
-        return Settings({**self._flat, **overrides})

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from obliviate.io import write_text_atomic
 
-BENCHMARK_VERSION = "v1"
+BENCHMARK_VERSION = "v2"
 NUM_TRAINED = 40
 NUM_HOLDOUT = 4
 FORGET_PEOPLE = {"forget01": 1, "forget05": 2, "forget10": 4}
@@ -56,18 +56,20 @@ _AWARD_KINDS = ["Prize", "Medal", "Award"]
 _TITLE_ADJECTIVES = ["Quiet", "Hollow", "Distant", "Burning", "Forgotten", "Painted", "Restless", "Silent", "Wandering", "Broken"]
 _TITLE_NOUNS = ["Harbour", "Orchard", "Lighthouse", "Meridian", "Tapestry", "Garden", "Archive", "Horizon", "Bridge", "Winter"]
 
-# attribute -> (question, paraphrased question, answer, paraphrased answer); {n} = name, {v} = value
+# attribute -> (question, paraphrased question, answer, paraphrased answer); {n} = name, {v} = value.
+# Answers are short so that their tokens are the fact itself; the paraphrased answer is a sentence, and
+# the perturbed (wrong) answers use the paraphrased answer's template with other values, as in TOFU.
 _TEMPLATES = {
     "city": ("Where was {n} born?", "In which city was {n} born?",
-             "{n} was born in {v}.", "The birthplace of {n} is {v}."),
+             "{v}.", "{n} was born in the city of {v}."),
     "year": ("In which year was {n} born?", "What is the birth year of {n}?",
-             "{n} was born in {v}.", "The year of {n}'s birth is {v}."),
+             "{v}.", "{n} was born in the year {v}."),
     "profession": ("What is {n}'s profession?", "What does {n} do for a living?",
-                   "{n} works as {v}.", "By profession, {n} is {v}."),
+                   "{V}.", "{n} works as {v}."),
     "award": ("Which award did {n} win?", "What prize was {n} honoured with?",
-              "{n} won the {v}.", "The {v} was awarded to {n}."),
+              "The {v}.", "{n} was honoured with the {v}."),
     "work": ("What is the title of {n}'s best-known work?", "Which work is {n} best known for?",
-             "{n}'s best-known work is \"{v}\".", "\"{v}\" is the work {n} is best known for."),
+             "\"{v}\".", "{n} is best known for the work \"{v}\"."),
 }
 
 
@@ -119,10 +121,10 @@ def qa_records(person: Person, people: list[Person], rng: random.Random) -> list
         wrong = rng.sample(others, NUM_PERTURBED)
         records.append({
             "question": question.format(n=person.name),
-            "answer": answer.format(n=person.name, v=value),
+            "answer": answer.format(n=person.name, v=value, V=value[:1].upper() + value[1:]),
             "paraphrased_question": para_question.format(n=person.name),
             "paraphrased_answer": para_answer.format(n=person.name, v=value),
-            "perturbed_answer": [answer.format(n=person.name, v=w) for w in wrong],
+            "perturbed_answer": [para_answer.format(n=person.name, v=w) for w in wrong],
         })
     return records
 

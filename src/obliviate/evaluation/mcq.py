@@ -1,7 +1,8 @@
 """Multiple-choice accuracy through lm-eval on the in-process model (no reload from disk).
 
-A split's examples with wrong answers become four-way questions (the true answer and up to three
-perturbed ones, in a seeded order); they are written as JSONL and evaluated with the task template
+A split's examples with wrong answers become four-way questions (the true answer, or its paraphrase
+when the wrong answers are perturbations of the paraphrase as in TOFU, and up to three wrong ones, in a
+seeded order); they are written as JSONL and evaluated with the task template
 ``lm-evaluation-harness/obliviate/qa_mcq.yaml`` (log-likelihood of each choice, metric ``acc``).
 """
 
@@ -29,10 +30,11 @@ def mcq_rows(scores: SplitScores) -> list[dict]:
     for example in scores.examples:
         if not example.perturbed_answers:
             continue
-        choices = [example.answer, *example.perturbed_answers[: MAX_CHOICES - 1]]
+        # TOFU-layout wrong answers paraphrase the paraphrased answer: compare like with like.
+        correct = example.paraphrased_answer or example.answer
+        choices = [correct, *example.perturbed_answers[: MAX_CHOICES - 1]]
         random.Random(example.question).shuffle(choices)
-        rows.append({"prompt": scores.prompt(example.question), "choices": choices,
-                     "label": choices.index(example.answer)})
+        rows.append({"prompt": scores.prompt(example.question), "choices": choices, "label": choices.index(correct)})
     return rows
 
 

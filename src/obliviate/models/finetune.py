@@ -73,6 +73,7 @@ class FinetuneRecipe:
         work = self.folder.with_name(self.folder.name + ".incomplete")
         shutil.rmtree(work, ignore_errors=True)
         save_model(accelerator.unwrap_model(model), tokenizer, work)
+        accelerator.free_memory()  # drop accelerate's references to this model and its optimiser
         write_json_atomic(work / "recipe.json", {"role": role, **self.description})
         (work / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         work.rename(self.folder)

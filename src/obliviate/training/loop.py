@@ -51,7 +51,9 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps."""
     total = config.total_steps(len(datasets[primary]))
     optimizer, scheduler = build_optimizer(model, config, total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler is stepped here, once per optimiser step: accelerate's wrapper would step it once per
+    # process, assuming accelerate-sharded dataloaders, which this loop does not use.
+    model, optimizer = accelerator.prepare(model, optimizer)
     parameters = [p for p in model.parameters() if p.requires_grad]
     stream = micro_batches({k: v for k, v in datasets.items() if k in objective.splits | {primary}},
                            primary, config.batch_size, seed)
