@@ -1,7 +1,7 @@
 """Parse ``--config_file`` JSON files and dotted command-line overrides into validated :class:`Settings`.
 
 Built on fastargs (its ``Config``/``Section``/``Param`` hold the declarations and values), with the
-measured defects of fastargs 1.2.0 kept away from users (see ``docs/config.md``):
+measured defects of fastargs 1.2.0 kept away from users (README, "Fastargs"):
 
 * ``--config_file``, ``--config-file`` and ``-C`` all name a config file (repeatable, applied in order);
 * precedence: defaults < files (in order) < command line; ``null`` in a file means "the default";

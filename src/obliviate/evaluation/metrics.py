@@ -3,7 +3,8 @@
 All metrics are "higher is more knowledge" except as noted; each returns the aggregate and the
 per-example values (so anyone can recompute the aggregate).
 
-* ``prob``: mean over examples of p(a|q) = exp(−mean answer-token NLL), prompt masked (TOFU).
+* ``prob``: mean over examples of p(a|q) = exp(−mean NLL of the answer tokens and the closing EOS),
+  prompt masked (TOFU).
 * ``rouge_l_recall``: ROUGE-L recall (rouge_score, stemming) of the greedy answer against the true
   answer (TOFU reports recall).
 * ``truth_ratio``: per example R = P_perturbed / P_paraphrased on the paraphrased question (falls back to
@@ -81,16 +82,15 @@ class SplitScores:
         usable = [e for e in self.examples if e.paraphrased_answer and e.perturbed_answers]
         if not usable:
             return None
-        pairs, owners = [], []
-        for position, example in enumerate(usable):
+        pairs = []
+        for example in usable:
             prompt = self.prompt(example.paraphrased_question or example.question)
-            for answer in (example.paraphrased_answer, *example.perturbed_answers):
-                pairs.append((prompt, answer))
-                owners.append(position)
-        values = self.nll(pairs)
+            pairs += [(prompt, answer) for answer in (example.paraphrased_answer, *example.perturbed_answers)]
+        values = iter(self.nll(pairs))
         ratios = []
-        for position in range(len(usable)):
-            paraphrased, *perturbed = [v for v, owner in zip(values, owners) if owner == position]
+        for example in usable:
+            paraphrased = next(values)
+            perturbed = [next(values) for _ in example.perturbed_answers]
             ratios.append(math.exp(paraphrased - sum(perturbed) / len(perturbed)))
         return ratios
 
