@@ -127,3 +127,27 @@ def test_finetune_entry_point_builds_both_models_once(fast, cache_dir, capsys):
     assert [json.loads(p.read_text())["role"] for p in built].count("target") == 1 and len(built) == 2
     assert run(finetune, "finetune.py", [*fast, "--finetune.enabled", "false", "--eval.metrics", "prob"]) == 2
     assert "nothing to fine-tune" in capsys.readouterr().err
+
+
+def test_missing_mask_is_built_saved_and_then_reused(fast, tmp_path):
+    path = tmp_path / "mask" / "tiny_wagle.safetensors"
+    args = [*fast, "--unlearn.mask_path", str(path), "--mask.ratio", "0.5", "--eval.before", "false"]
+    assert cli(*args, "--logger.run_name", "one") == 0
+    assert path.is_file() and path.with_suffix(".png").is_file()
+    stats = json.loads((tmp_path / "results/synthetic/NPO/one/mask_stats.json").read_text())
+    assert stats["metadata"]["score"] == "wagle" and 0 < stats["trainable_fraction"] < 0.5
+    built = path.stat().st_mtime_ns
+    assert cli(*args, "--logger.run_name", "two") == 0
+    assert path.stat().st_mtime_ns == built
+
+
+def test_mask_that_does_not_fit_the_model_fails_before_any_work(fast, tmp_path, capsys):
+    import torch
+
+    from obliviate.masks.mask import ParameterMask
+
+    path = tmp_path / "wrong.safetensors"
+    ParameterMask({"model.layers.0.mlp.up_proj.weight": torch.ones(2, 2, dtype=torch.bool)}).save(path)
+    assert cli(*fast, "--unlearn.mask_path", str(path)) == 2
+    assert "does not fit the model: 1 shapes differ" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

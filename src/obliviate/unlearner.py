@@ -30,10 +30,14 @@ from obliviate.errors import UserError
 from obliviate.evaluation.evaluator import Evaluation, cached_evaluation, evaluate
 from obliviate.evaluation.metrics import EvalOptions
 from obliviate.loggers import LOGGERS
+from obliviate.masks.build import build_mask, select_names
+from obliviate.masks.mask import ParameterMask
+from obliviate.masks.plots import plot_mask_statistics
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
 from obliviate.models.finetune import FinetuneRecipe
-from obliviate.models.loading import ModelSource, load_model, resolve_device, resolve_dtype, resolve_model, save_model
+from obliviate.models.loading import (ModelSource, load_model, parameter_shapes, resolve_device, resolve_dtype,
+                                      resolve_model, save_model)
 from obliviate.report import metrics_table
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
@@ -83,7 +87,27 @@ class Unlearner:
         if "forget_quality" in s.eval.metrics and self.oracle is None:
             raise UserError("eval.metrics has forget_quality but there is no retain model: set "
                             "--finetune.enabled true or --eval.retain_model_name, or drop forget_quality")
+        self.mask = self._check_mask()
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")
+
+    def _check_mask(self) -> ParameterMask | None:
+        """Load an existing mask and check it against the model's parameters (no weights loaded), or check
+        that the mask section can build one; both before any long work."""
+        if not self.mask_path:
+            return None
+        shapes = parameter_shapes(self.base, self.cache_dir)
+        if self.mask_path.exists():
+            mask = ParameterMask.load(self.mask_path)
+            mask.check(shapes, f"'{self.mask_path}'")
+            return mask
+        select_names(list(shapes), self.settings.mask.include, self.settings.mask.exclude)
+        if self.settings.mask.score == "wagle" and "retain" not in self.data:
+            raise UserError("mask.score wagle needs retain data; set dataset.retain_dataset_name")
+        return None
+
+    @property
+    def mask_path(self) -> Path | None:
+        return Path(self.settings.unlearn.mask_path) if self.settings.unlearn.mask_path else None
 
     def _load_data(self) -> dict[str, list[Example]]:
         d = self.settings.dataset
@@ -155,16 +179,34 @@ class Unlearner:
         gc.collect()
         return evaluation.per_example["forget"]["truth_ratio"]
 
+    def _encoded(self, tokenizer: PreTrainedTokenizerBase, splits: set[str]) -> dict[str, EncodedDataset]:
+        length = self.settings.dataset.max_length
+        return {split: EncodedDataset([encode_example(tokenizer, e, self.fmt, length) for e in self.data[split]],
+                                      tokenizer.pad_token_id)
+                for split in splits if split in self.data}
+
+    def build_mask(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> ParameterMask:
+        """Build the mask section's mask for ``model``, save it at ``path`` with a statistics plot beside it."""
+        s = self.settings
+        data = self._encoded(tokenizer, {"forget", "retain"})
+        description = {"model": self.base.identity if self.target is None else self.target.source.identity,
+                       "forget": s.dataset.forget_dataset_name, "retain": s.dataset.retain_dataset_name}
+        mask = build_mask(model, data["forget"], data.get("retain"), s.section("mask"), s.dataset.batch_size,
+                          s.overall.seed, description)
+        mask.save(path)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        plot_mask_statistics(mask.statistics(shapes), path.with_suffix(".png"),
+                             f"{path.name}: {s.mask.score} ratio {s.mask.ratio} ({s.mask.granularity})")
+        return mask
+
     def _unlearn(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         s = self.settings
         set_seed(s.overall.seed)
-        datasets = {split: EncodedDataset([encode_example(tokenizer, e, self.fmt, s.dataset.max_length)
-                                           for e in self.data[split]], tokenizer.pad_token_id)
-                    for split in self.objective.splits | {"forget"}}
+        datasets = self._encoded(tokenizer, self.objective.splits | {"forget"})
         self.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, self.device))
         config = TrainingConfig.from_section(s.section("unlearn"), s.dataset.batch_size)
         train(model, self.objective, datasets, "forget", config, self.accelerator, s.overall.seed,
-              on_log=self.run_folder.log_step, description=f"unlearn ({self.method})")
+              on_log=self.run_folder.log_step, mask=self.mask, description=f"unlearn ({self.method})")
 
     # ---------------------------------------------------------------- the whole run
     def run(self) -> Path:
@@ -186,6 +228,13 @@ class Unlearner:
             with self._timed("evaluate_before"):
                 results["before"] = self._evaluate(target, lambda: (model, tokenizer), splits, s.eval.metrics,
                                                     reference)
+        if self.mask_path:
+            if self.mask is None:
+                with self._timed("build_mask"):
+                    self.mask = self.build_mask(model, tokenizer, self.mask_path)
+            self.run_folder.write_json("mask_stats.json", {
+                "path": str(self.mask_path), "metadata": self.mask.metadata,
+                **self.mask.statistics({n: tuple(p.shape) for n, p in model.named_parameters()})})
         with self._timed("unlearn"):
             self._unlearn(model, tokenizer)
         if s.eval.after:

@@ -14,6 +14,7 @@ from obliviate.config.checkers import BoolValue, ChoiceValue, FloatValue, IntVal
 from obliviate.config.loader import Schema, SectionSpec
 from obliviate.evaluation import METRICS
 from obliviate.loggers import LOGGERS
+from obliviate.masks.scores import MASK_SCORES
 from obliviate.methods import METHODS
 
 
@@ -66,6 +67,8 @@ def experiment_schema() -> Schema:
                                default="synthetic"),
             **training_params(lr=1e-5, num_epochs=1, warmup_ratio=0.0),
             "save_model": Param(BoolValue(), "save the unlearned model in the run folder", default=False),
+            "mask_path": Param(StrValue(), "weight mask (.safetensors, or WAGLE .pt): loaded if it exists, else built "
+                               "from the mask section and saved there; empty for no mask", default=""),
         }),
         **method_sections(),
         "dataset": SectionSpec("Forget, retain and holdout data", {
@@ -101,6 +104,20 @@ def experiment_schema() -> Schema:
             "max_new_tokens": Param(IntValue(low=1), "greedy tokens generated for ROUGE", default=32),
             "retain_model_name": Param(StrValue(), "retain (oracle) model for forget_quality when finetune is "
                                        "disabled: a local folder or hub id; empty for none", default=""),
+        }),
+        "mask": SectionSpec("Building a weight mask (make_mask.py, or a missing unlearn.mask_path)", {
+            "score": Param(ChoiceValue(MASK_SCORES.names()), "saliency score (wagle = |(θ − G_r/μ)⊙G_f|)",
+                           default="wagle"),
+            "ratio": Param(FloatValue(low=0.0, high=1.0), "fraction of the selected weights kept trainable",
+                           default=0.8),
+            "granularity": Param(ChoiceValue(["global", "tensor", "row"]), "top ratio over all selected weights, "
+                                 "per tensor, or per output row (Wanda)", default="global"),
+            "include": Param(ListValue(StrValue()), "regexes of parameter names to select (empty = all)", default=[]),
+            "exclude": Param(ListValue(StrValue()), "regexes of names never selected (frozen); WAGLE itself "
+                             "ranked every parameter", default=["embed", "norm", "lm_head"]),
+            "mu": Param(FloatValue(low=1e-12), "WAGLE's μ (published configs: 1e-6)", default=1e-6),
+            "out": Param(StrValue(), "make_mask.py output (default: unlearn.mask_path, else "
+                         "mask/<task>_<score>_<ratio>.safetensors)", default=""),
         }),
         "logger": SectionSpec("Where results go", {
             "name": Param(ChoiceValue(LOGGERS.names()), "results logger", default="json"),

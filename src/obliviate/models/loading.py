@@ -115,3 +115,19 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def parameter_shapes(source: ModelSource, cache_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, from a weight-less (meta device) instance of the model."""
+    if source.kind == "embedded":
+        folder = embedded.prepare_smollm2(cache_dir)
+        if source.name == embedded.TINY_RANDOM_LLAMA:
+            with torch.device("meta"):
+                model = embedded.tiny_random_llama(load_tokenizer(folder))
+            return {n: tuple(p.shape) for n, p in model.named_parameters()}
+        location: str | Path = folder
+    else:
+        location = source.name
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location))
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}

@@ -4,7 +4,7 @@ One optimiser step = ``gradient_accumulation_steps`` micro-batches. Each micro-b
 of the primary split (``forget`` when unlearning, ``train`` when fine-tuning), walked in seeded shuffled
 passes, plus a batch of every other split the objective reads (e.g. ``retain``), drawn at random with a
 seeded generator (each forget batch paired with a random retain batch). Then: clip the gradient,
-run the ``before_step`` hooks (where parameter masks will act), optimiser and scheduler step.
+apply the parameter mask if any (the one place masks act), optimiser and scheduler step.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from obliviate.data.tokenize import EncodedDataset
+from obliviate.masks.mask import ParameterMask
 from obliviate.methods.base import Batch, Objective
 from obliviate.training.schedule import TrainingConfig, build_optimizer
 
@@ -47,10 +48,12 @@ def micro_batches(datasets: dict[str, EncodedDataset], primary: str, batch_size:
 def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, EncodedDataset], primary: str,
           config: TrainingConfig, accelerator: Accelerator, seed: int, *,
           on_log: Callable[[dict[str, float]], None] = lambda record: None,
-          before_step: tuple[Callable[[], None], ...] = (), description: str = "train") -> TrainingResult:
+          mask: ParameterMask | None = None, description: str = "train") -> TrainingResult:
     """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps."""
     total = config.total_steps(len(datasets[primary]))
-    optimizer, scheduler = build_optimizer(model, config, total)
+    if mask is not None:
+        mask.attach(model)
+    optimizer, scheduler = build_optimizer(model, config, total, mask.partially_masked() if mask else set())
     # The scheduler is stepped here, once per optimiser step: accelerate's wrapper would step it once per
     # process, assuming accelerate-sharded dataloaders, which this loop does not use.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -74,9 +77,9 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
                 sums[key] = sums.get(key, 0.0) + value / accumulation
         max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
         grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
-        for hook in before_step:
-            hook()
         lr = scheduler.get_last_lr()[0]
+        if mask is not None:
+            mask.before_step(lr, config.weight_decay)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

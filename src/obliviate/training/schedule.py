@@ -54,12 +54,16 @@ def no_decay(name: str, parameter: torch.nn.Parameter) -> bool:
     return parameter.ndim < 2 or "norm" in name.lower()
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig, total_steps: int
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig, total_steps: int,
+                    decayed_elsewhere: set[int] = frozenset()
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW + LambdaLR; parameters whose id is in ``decayed_elsewhere`` (masked ones) get no decay here."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    plain = [(n, p) for n, p in trainable if no_decay(n, p) or id(p) in decayed_elsewhere]
+    plain_ids = {id(p) for _, p in plain}
     groups = [
-        {"params": [p for n, p in trainable if not no_decay(n, p)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in trainable if no_decay(n, p)], "weight_decay": 0.0},
+        {"params": [p for _, p in trainable if id(p) not in plain_ids], "weight_decay": config.weight_decay},
+        {"params": [p for _, p in plain], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
     warmup = round(config.warmup_ratio * total_steps)

@@ -1,0 +1,1 @@
+"""Weight saliency masks: which parameters an unlearning method may change (WAGLE and its peers)."""

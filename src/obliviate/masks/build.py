@@ -1,0 +1,49 @@
+"""Build a mask from a config's ``mask`` section: select parameters, score them, keep the top ratio."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from obliviate.data.tokenize import EncodedDataset
+from obliviate.errors import UserError
+from obliviate.masks.mask import ParameterMask
+from obliviate.masks.scores import MASK_SCORES, ScoringInputs
+from obliviate.masks.selection import top_fraction, top_fraction_per_row
+
+
+def select_names(names: list[str], include: list[str], exclude: list[str]) -> list[str]:
+    """Names matching any ``include`` regex (all when empty) and no ``exclude`` regex."""
+    chosen = [n for n in names if (not include or any(re.search(p, n) for p in include))
+              and not any(re.search(p, n) for p in exclude)]
+    if not chosen:
+        raise UserError(f"mask.include {include} / mask.exclude {exclude} select no parameter; "
+                        f"names look like {names[len(names) // 2]}")
+    return chosen
+
+
+def build_mask(model: torch.nn.Module, forget: EncodedDataset, retain: EncodedDataset | None,
+               options: dict[str, Any], batch_size: int, seed: int, description: dict[str, str]) -> ParameterMask:
+    """Score the selected parameters of ``model`` and keep the top ``options['ratio']`` of them."""
+    names = select_names([n for n, _ in model.named_parameters()], options["include"], options["exclude"])
+    parameters = dict(model.named_parameters())
+    inputs = ScoringInputs(model, {n: parameters[n] for n in names}, forget, retain, batch_size, options["mu"], seed)
+    try:
+        scores = MASK_SCORES.get(options["score"])(inputs)
+    except ValueError as error:
+        raise UserError(f"mask.score {options['score']}: {error}") from None
+    ratio, granularity = options["ratio"], options["granularity"]
+    if granularity == "global":
+        kept = dict(zip(names, top_fraction([scores[n] for n in names], ratio)))
+    elif granularity == "tensor":
+        kept = {n: top_fraction([scores[n]], ratio)[0] for n in names}
+    else:  # row: per output row for matrices, per tensor otherwise
+        kept = {n: top_fraction_per_row(scores[n], ratio) if scores[n].ndim == 2 else top_fraction([scores[n]], ratio)[0]
+                for n in names}
+    metadata = {"score": options["score"], "ratio": str(ratio), "granularity": granularity,
+                "include": str(options["include"]), "exclude": str(options["exclude"]),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **description}
+    return ParameterMask({n: m.cpu() for n, m in kept.items()}, metadata)
