@@ -17,6 +17,7 @@ from obliviate.errors import UserError  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
 
 PLOTTED_SPLITS = ("forget", "retain")
+PLOTTED_METRICS = ("prob", "rouge_l_recall", "mcq_acc")  # higher = more knowledge, on every split
 
 
 def load_run(folder: Path) -> dict:
@@ -58,7 +59,8 @@ def to_markdown(columns: list[str], rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    metrics = [key for key in rows[0] if key.split(".")[0] in PLOTTED_SPLITS and key.split(".")[1] != "forget_quality"]
+    metrics = [f"{split}.{metric}" for split in PLOTTED_SPLITS for metric in PLOTTED_METRICS
+               if any(f"{split}.{metric}" in row for row in rows)]
     figure, axis = plt.subplots(figsize=(max(8, len(metrics) * 1.2), 4.5))
     width = 0.8 / len(rows)
     for position, row in enumerate(rows):

@@ -108,7 +108,7 @@ def experiment_schema() -> Schema:
         "mask": SectionSpec("Building a weight mask (make_mask.py, or a missing unlearn.mask_path)", {
             "score": Param(ChoiceValue(MASK_SCORES.names()), "saliency score (wagle = |(θ − G_r/μ)⊙G_f|)",
                            default="wagle"),
-            "ratio": Param(FloatValue(low=0.0, high=1.0), "fraction of the selected weights kept trainable",
+            "ratio": Param(FloatValue(low=1e-6, high=1.0), "fraction of the selected weights kept trainable (> 0)",
                            default=0.8),
             "granularity": Param(ChoiceValue(["global", "tensor", "row"]), "top ratio over all selected weights, "
                                  "per tensor, or per output row (Wanda)", default="global"),
