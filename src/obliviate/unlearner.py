@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.config.settings import Settings
@@ -43,6 +44,7 @@ from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
 
 EVAL_VERSION = 1
+EVAL_SPLITS = ("forget", "retain", "holdout")
 
 
 def prompt_format(template: str, chat: bool) -> PromptFormat:
@@ -72,7 +74,7 @@ class Unlearner:
         s = self.settings
         self.cache_dir = Path(s.overall.cache_dir)
         self.method = METHODS.canonical(s.unlearn.unlearn_method)
-        self.objective = METHODS.get(self.method).build(**s.section(f"unlearn.{self.method}"))
+        self.objective = METHODS.get(self.method).objective(s, self.method)
         self.fmt = prompt_format(s.dataset.question_template, s.dataset.chat_template)
         self.data = self._load_data()
         needed = self.objective.splits | ({"retain"} if s.finetune.enabled else set())
@@ -111,7 +113,8 @@ class Unlearner:
 
     def _load_data(self) -> dict[str, list[Example]]:
         d = self.settings.dataset
-        names = {"forget": d.forget_dataset_name, "retain": d.retain_dataset_name, "holdout": d.holdout_dataset_name}
+        names = {"forget": d.forget_dataset_name, "retain": d.retain_dataset_name, "holdout": d.holdout_dataset_name,
+                 **METHODS.get(self.method).datasets(self.settings, self.method)}
         if not names["forget"]:
             raise UserError("dataset.forget_dataset_name is empty; name the data to forget")
         return {split: load_examples(name, Path(d.data_dir)) for split, name in names.items() if name}
@@ -144,7 +147,7 @@ class Unlearner:
 
     def _eval_splits(self) -> dict[str, list[Example]]:
         limit = self.settings.eval.max_examples or None
-        return {split: examples[:limit] for split, examples in self.data.items()}
+        return {split: self.data[split][:limit] for split in EVAL_SPLITS if split in self.data}
 
     def _evaluate(self, source: ModelSource | None, load: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]],
                   splits: dict[str, list[Example]], metrics: list[str], reference: list[float] | None) -> Evaluation:
@@ -207,6 +210,8 @@ class Unlearner:
         config = TrainingConfig.from_section(s.section("unlearn"), s.dataset.batch_size)
         train(model, self.objective, datasets, "forget", config, self.accelerator, s.overall.seed,
               on_log=self.run_folder.log_step, mask=self.mask, description=f"unlearn ({self.method})")
+        if artifacts := self.objective.artifacts():
+            save_file({k: v.contiguous().cpu() for k, v in artifacts.items()}, str(self.run_folder.path("artifacts.safetensors")))
 
     # ---------------------------------------------------------------- the whole run
     def run(self) -> Path:

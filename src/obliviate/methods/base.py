@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from fastargs import Param
 
+from obliviate.config.settings import Settings
 from obliviate.data.tokenize import EncodedDataset, TokenBatch
 from obliviate.registry import Registry
 
@@ -47,8 +48,21 @@ class Term(ABC):
     name: str
     split: str
 
+    @property
+    def reads(self) -> set[str]:
+        """The batch splits this term reads (default: its own split)."""
+        return {self.split}
+
     def prepare(self, context: PrepareContext) -> None:
         """Cache what the term needs from the starting model (default: nothing)."""
+
+    def extra_logs(self) -> dict[str, float]:
+        """Values to log besides the term itself (default: none)."""
+        return {}
+
+    def artifacts(self) -> dict[str, torch.Tensor]:
+        """Tensors to save with the run, e.g. a random control vector (default: none)."""
+        return {}
 
     @abstractmethod
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -78,11 +92,14 @@ class Objective:
 
     @property
     def splits(self) -> set[str]:
-        return {term.split for _, term in self.terms}
+        return {split for _, term in self.terms for split in term.reads}
 
     def prepare(self, context: PrepareContext) -> None:
         for _, term in self.terms:
             term.prepare(context)
+
+    def artifacts(self) -> dict[str, torch.Tensor]:
+        return {key: value for _, term in self.terms for key, value in term.artifacts().items()}
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         total = torch.zeros((), device=next(model.parameters()).device)
@@ -91,6 +108,7 @@ class Objective:
             value = term(model, batch)
             total = total + weight * value
             logs[term.name] = value.item()
+            logs.update(term.extra_logs())
         logs["loss"] = total.item()
         return LossOutput(total, logs)
 
@@ -108,6 +126,16 @@ class Method(ABC):
     @abstractmethod
     def build(**values: Any) -> Objective:
         """The objective for these hyper-parameter values."""
+
+    @classmethod
+    def objective(cls, settings: Settings, name: str) -> Objective:
+        """The objective configured in ``settings`` (wrappers such as ILU also read other sections)."""
+        return cls.build(**settings.section(f"unlearn.{name}"))
+
+    @classmethod
+    def datasets(cls, settings: Settings, name: str) -> dict[str, str]:
+        """Extra splits the objective reads (split → dataset name), beyond forget and retain."""
+        return {}
 
 
 METHODS: Registry[type[Method]] = Registry("unlearning method")

@@ -1,0 +1,188 @@
+"""RMU: Representation Misdirection for Unlearning (Li et al. 2024, "The WMDP Benchmark", arXiv 2403.03218).
+
+With h_ℓ(x) the output of decoder layer ℓ (tokens × hidden size) and u a fixed random unit vector
+(drawn uniform in [0, 1)^d with the run's seed, then normalised; saved with the run as ``rmu_u``):
+
+    L = mean_{tokens, dims} (h_ℓ^θ(x_f) − c·u)²  +  α · mean_{tokens, dims} (h_ℓ^θ(x_r) − h_ℓ^ref(x_r))²
+
+Means run over the hidden size and the non-padding tokens. Only the selected parameters train (default:
+``mlp.down_proj`` of layers ℓ−2, ℓ−1, ℓ); every other parameter is frozen.
+
+The reference h_ℓ^ref comes from the frozen starting weights WITHOUT a second model: only the trained
+parameters differ from the start, so their starting values are kept (a small copy) and swapped in for a
+no-grad forward pass that stops at layer ℓ.
+
+Steering coefficient: c = ``steering_coeff`` (absolute; 6.5 for the released zephyr-7b RMU model, whose
+4096-wide layer-7 activations it was tuned on), or, when ``steering_norm_multiple`` > 0,
+c = steering_norm_multiple × mean per-token ‖h_ℓ^ref(x_f)‖₂ of the starting model on the forget set (the
+rule for other models: c is then relative to the model's own activation scale; the c used is logged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Iterator
+
+import torch
+from fastargs import Param
+
+from obliviate.config.checkers import FloatValue, IntValue, ListValue, StrValue
+from obliviate.data.tokenize import TokenBatch
+from obliviate.errors import UserError
+from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+
+
+class _StopForward(Exception):
+    pass
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layer stack of a causal LM (Llama/Mistral/Qwen: model.model.layers; GPT-2: transformer.h)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        module = model
+        for attribute in path.split("."):
+            module = getattr(module, attribute, None)
+            if module is None:
+                break
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    raise UserError(f"cannot find the decoder layers of {type(model).__name__}; RMU supports Llama-style models")
+
+
+def hidden_at_layer(model: torch.nn.Module, batch: TokenBatch, layer: int) -> torch.Tensor:
+    """Output of decoder layer ``layer`` [B, T, d]; the forward pass stops there (later layers never run)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"].float()
+
+
+def masked_mse(hidden: torch.Tensor, target: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """mean over non-padding tokens of mean over dims of (hidden − target)²."""
+    per_token = (hidden - target).pow(2).mean(dim=-1)
+    mask = attention_mask.float()
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class RMULoss(Term):
+    """The whole RMU objective (forget misdirection + α · retain activation matching) as one term."""
+
+    name = "rmu"
+    split = "forget"
+
+    def __init__(self, layer: int, trained_layers: list[int], param_pattern: str, steering_coeff: float,
+                 steering_norm_multiple: float, alpha: float, seed: int) -> None:
+        self.layer, self.param_pattern, self.alpha, self.seed = layer, param_pattern, alpha, seed
+        self.trained_layers = trained_layers or [layer - 2, layer - 1, layer]
+        self.steering_coeff, self.steering_norm_multiple = steering_coeff, steering_norm_multiple
+        self.control: torch.Tensor | None = None
+        self.starting_values: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self.last: dict[str, float] = {}
+
+    @property
+    def reads(self) -> set[str]:
+        return {"forget", "retain"} if self.alpha else {"forget"}
+
+    def trained_names(self, names: list[str]) -> list[str]:
+        layers = "|".join(str(i) for i in self.trained_layers)
+        pattern = re.compile(rf"\.(?:layers|h)\.({layers})\..*{self.param_pattern}")
+        return [n for n in names if pattern.search(n)]
+
+    @contextlib.contextmanager
+    def starting_weights(self) -> Iterator[None]:
+        """Swap the starting values into the trained parameters (no copy of the rest of the model)."""
+        current = [parameter.data for parameter, _ in self.starting_values]
+        for parameter, start in self.starting_values:
+            parameter.data = start
+        try:
+            yield
+        finally:
+            for (parameter, _), data in zip(self.starting_values, current):
+                parameter.data = data
+
+    @torch.no_grad()
+    def prepare(self, context: PrepareContext) -> None:
+        model = context.model
+        count = len(decoder_layers(model))
+        if not 0 <= self.layer < count or not all(0 <= i < count for i in self.trained_layers):
+            raise UserError(f"RMU layer {self.layer} / trained layers {self.trained_layers} outside the model's "
+                            f"{count} layers; set unlearn.RMU.layer and unlearn.RMU.trained_layers")
+        parameters = dict(model.named_parameters())
+        names = self.trained_names(list(parameters))
+        if not names:
+            raise UserError(f"unlearn.RMU.param_pattern '{self.param_pattern}' matches no parameter of layers "
+                            f"{self.trained_layers}")
+        for name, parameter in parameters.items():
+            parameter.requires_grad_(name in names)
+        self.starting_values = [(parameters[n], parameters[n].detach().clone()) for n in names]
+        generator = torch.Generator().manual_seed(self.seed)
+        hidden_size = model.config.hidden_size
+        control = torch.rand(hidden_size, generator=generator)
+        self.control = (control / control.norm()).to(context.device)
+        if self.steering_norm_multiple > 0:
+            norms, tokens = 0.0, 0.0
+            for batch in context.datasets["forget"].loader(context.batch_size):
+                batch = batch.to(context.device)
+                hidden = hidden_at_layer(model, batch, self.layer)
+                mask = batch.attention_mask.float()
+                norms += float((hidden.norm(dim=-1) * mask).sum())
+                tokens += float(mask.sum())
+            self.steering_coeff = self.steering_norm_multiple * norms / tokens
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        if self.control is None:
+            raise RuntimeError("RMULoss.prepare() must run before training")
+        forget = batch["forget"]
+        forget_loss = masked_mse(hidden_at_layer(model, forget, self.layer), self.steering_coeff * self.control,
+                                 forget.attention_mask)
+        total = forget_loss
+        self.last = {"rmu_forget": forget_loss.item(), "rmu_c": self.steering_coeff}
+        if self.alpha:
+            retain = batch["retain"]
+            with torch.no_grad(), self.starting_weights():
+                reference = hidden_at_layer(model, retain, self.layer)
+            retain_loss = masked_mse(hidden_at_layer(model, retain, self.layer), reference, retain.attention_mask)
+            total = total + self.alpha * retain_loss
+            self.last["rmu_retain"] = retain_loss.item()
+        return total
+
+    def extra_logs(self) -> dict[str, float]:
+        return self.last
+
+    def artifacts(self) -> dict[str, torch.Tensor]:
+        return {"rmu_u": self.control} if self.control is not None else {}
+
+
+@METHODS.register("RMU")
+class RMU(Method):
+    """RMU: misdirect layer-ℓ activations of forget data to c·u, keep retain activations."""
+
+    params = {
+        "layer": Param(IntValue(low=0), "ℓ: decoder layer whose output is steered (zephyr-7b: 7)", default=7),
+        "trained_layers": Param(ListValue(IntValue(low=0)), "layers whose matching parameters train "
+                                "(empty = ℓ−2, ℓ−1, ℓ)", default=[]),
+        "param_pattern": Param(StrValue(), "regex of trained parameter names within those layers",
+                               default=r"mlp\.down_proj\.weight"),
+        "steering_coeff": Param(FloatValue(low=0.0), "c, absolute (6.5 for the released zephyr-7b model)",
+                                default=6.5),
+        "steering_norm_multiple": Param(FloatValue(low=0.0), "if > 0: c = this × mean ‖h_ℓ‖ of the starting "
+                                        "model on forget tokens (for models other than 7B)", default=0.0),
+        "alpha": Param(FloatValue(low=0.0), "α: weight of retain activation matching (zephyr: 1200)",
+                       default=1200.0),
+        "seed": Param(IntValue(low=0), "seed of the random control vector u", default=0),
+    }
+
+    @staticmethod
+    def build(**values) -> Objective:
+        return RMULoss(**values) * 1.0
