@@ -13,8 +13,9 @@ from obliviate.data.tokenize import IGNORE_INDEX, TokenBatch
 
 
 def forward_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """Logits [B, T, V] of a causal LM (fp32 for the loss maths)."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    """Logits [B, T, V] of a causal LM, in at least fp32 for the loss maths (fp64 stays fp64)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,103 @@
+"""ILU: Invariant LLM Unlearning (Wang et al., ICML 2025, arXiv 2506.01339).
+
+Any base unlearning objective ℓ_u (NPO, RMU, GradDiff, ...) plus an IRMv1-style invariance penalty over
+fine-tuning "environment" data sets i (plain NLL ℓ_i on each):
+
+    L = ℓ_u(θ) + λ · Σ_i ‖ ∇_w ℓ_i(w ∘ θ) |_{w=1} ‖²
+
+By the chain rule ∇_w ℓ_i(w ∘ θ)|_{w=1} = θ ⊙ ∇_θ ℓ_i(θ), so the element-wise form is Σ_j (θ_j g_j)² and
+the scalar-w form (one multiplier for all weights) is (θᵀ g)², with g = ∇_θ ℓ_i over the trainable
+parameters. The penalty is computed with a real double backward (``create_graph=True``) and stays in
+the graph, so it shapes the update (public sibling code called ``.item()`` on it, making it a constant).
+Second derivatives through attention need the eager attention implementation, which ``prepare`` sets.
+It can be computed every k micro-batches (``every_k``; = steps without gradient accumulation); its
+value and seconds are logged each time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from fastargs import Param
+
+from obliviate.config.checkers import ChoiceValue, FloatValue, IntValue, ListValue, StrValue
+from obliviate.config.settings import Settings
+from obliviate.errors import UserError
+from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+from obliviate.methods.likelihood import forward_logits, mean_nll
+
+
+class InvariancePenalty(Term):
+    """Σ_i ‖θ ⊙ ∇_θ ℓ_i‖² (element-wise w) or Σ_i (θᵀ∇_θ ℓ_i)² (scalar w) over environment splits."""
+
+    name = "ilu_penalty"
+    split = "env0"
+
+    def __init__(self, environments: list[str], w_form: str, every_k: int) -> None:
+        self.environments, self.w_form, self.every_k = environments, w_form, every_k
+        self.calls = 0
+        self.last: dict[str, float] = {}
+
+    @property
+    def reads(self) -> set[str]:
+        return set(self.environments)
+
+    def prepare(self, context: PrepareContext) -> None:
+        # The double backward needs second derivatives of attention; fused SDPA kernels have none.
+        context.model.set_attn_implementation("eager")
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        self.calls += 1
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        if (self.calls - 1) % self.every_k:
+            self.last = {"ilu_computed": 0.0, "ilu_seconds": 0.0}
+            return torch.zeros((), device=parameters[0].device)
+        start = time.perf_counter()
+        penalty = torch.zeros((), device=parameters[0].device)
+        for environment in self.environments:
+            data = batch[environment]
+            loss = mean_nll(forward_logits(model, data), data.labels)
+            grads = torch.autograd.grad(loss, parameters, create_graph=True)
+            if self.w_form == "elementwise":
+                penalty = penalty + sum(((p * g) ** 2).sum() for p, g in zip(parameters, grads))
+            else:
+                penalty = penalty + sum((p * g).sum() for p, g in zip(parameters, grads)) ** 2
+        self.last = {"ilu_computed": 1.0, "ilu_seconds": time.perf_counter() - start}
+        return penalty
+
+    def extra_logs(self) -> dict[str, float]:
+        return self.last
+
+
+@METHODS.register("ILU")
+class ILU(Method):
+    """ILU: a base method + λ · invariance penalty over fine-tuning environments."""
+
+    params = {
+        "base_method": Param(ChoiceValue(METHODS.names()), "the unlearning objective made invariant (its own "
+                             "section unlearn.<base> configures it)", default="NPO"),
+        "lam": Param(FloatValue(low=0.0), "λ: weight of the invariance penalty", default=1.0),
+        "w_form": Param(ChoiceValue(["elementwise", "scalar"]), "dummy multiplier w: one per weight or one in all",
+                        default="elementwise"),
+        "environments": Param(ListValue(StrValue()), "fine-tuning data sets (same forms as dataset.*_name)",
+                              default=[]),
+        "every_k": Param(IntValue(low=1), "compute the penalty every k micro-batches", default=1),
+    }
+
+    @staticmethod
+    def build(base: Objective, lam: float, w_form: str, environments: list[str], every_k: int) -> Objective:
+        splits = [f"env{i}" for i in range(len(environments))]
+        return base + InvariancePenalty(splits, w_form, every_k) * lam
+
+    @classmethod
+    def objective(cls, settings: Settings, name: str) -> Objective:
+        values = settings.section(f"unlearn.{name}")
+        if not values["environments"]:
+            raise UserError("unlearn.ILU.environments is empty; name at least one fine-tuning data set")
+        base_name = values.pop("base_method")
+        return cls.build(METHODS.get(base_name).objective(settings, base_name), **values)
+
+    @classmethod
+    def datasets(cls, settings: Settings, name: str) -> dict[str, str]:
+        return {f"env{i}": dataset for i, dataset in enumerate(settings[f"unlearn.{name}.environments"])}
