@@ -73,3 +73,15 @@ def test_hub_dataset_while_offline_says_how_to_use_a_local_copy(tmp_path):
     with pytest.raises(UserError, match=r"cannot load hub dataset 'someone/absent-data:cfg': the hub is offline.*"
                                         r"pass the file path instead"):
         load_examples("someone/absent-data:cfg", tmp_path)
+
+
+def test_synthetic_downstream_tasks(tmp_path):
+    for task in ("math", "sentiment", "topic", "paraphrase"):
+        train = load_examples(f"synthetic:{task}_train", tmp_path)
+        test = load_examples(f"synthetic:{task}_test", tmp_path)
+        assert (len(train), len(test)) == (200, 50)
+        assert not {e.question for e in train} & {e.question for e in test}
+    math = load_examples("synthetic:math_train", tmp_path)[0]
+    numbers = [int(w.strip(",.?")) for w in math.question.split() if w.strip(",.?").isdigit()]
+    expected = numbers[0] + numbers[1] if "gets" in math.question else numbers[0] - numbers[1] + numbers[2]
+    assert math.answer == f"{expected}."
