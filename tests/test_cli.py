@@ -151,3 +151,31 @@ def test_mask_that_does_not_fit_the_model_fails_before_any_work(fast, tmp_path, 
     assert cli(*fast, "--unlearn.mask_path", str(path)) == 2
     assert "does not fit the model: 1 shapes differ" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_path):
+    args = [*fast, "--attack.datasets", "synthetic:math_train,relearn", "--attack.test_datasets",
+            '["synthetic:math_test", ""]', "--attack.max_steps", "3", "--attack.eval_every", "2",
+            "--attack.num_examples", "8", "--attack.lr", "1e-3", "--logger.run_name", "attacked"]
+    assert cli(*args) == 0
+    folder = tmp_path / "results" / "synthetic" / "NPO" / "attacked"
+    curves = json.loads((folder / "attacks.json").read_text())
+    assert set(curves) == {"synthetic:math_train", "relearn"}
+    assert [p["step"] for p in curves["relearn"]] == [0, 2, 3]
+    assert "exact_match" in curves["synthetic:math_train"][0]["task"] and "task" not in curves["relearn"][0]
+    # every attack starts from the unlearned model, whose forget metrics are the "after" evaluation
+    after = json.loads((folder / "metrics.json").read_text())["after"]["forget"]
+    assert curves["relearn"][0]["forget"] == curves["synthetic:math_train"][0]["forget"] == after
+    assert curves["relearn"][-1]["forget"]["prob"] > curves["relearn"][0]["forget"]["prob"]  # relearning works
+    logged = [json.loads(line) for line in (folder / "attack_train_log.jsonl").read_text().splitlines()]
+    assert [r["attack"] for r in logged] == ["synthetic:math_train"] * 3 + ["relearn"] * 3
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--attack.datasets", "synthetic:nope_train"], "unknown synthetic split 'nope_train'"),
+    (["--attack.datasets", "relearn", "--attack.test_datasets", "a.jsonl,b.jsonl"], "has 2 entries for 1"),
+])
+def test_bad_attack_config_fails_before_any_work(fast, tmp_path, capsys, extra, message):
+    assert cli(*fast, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

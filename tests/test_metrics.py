@@ -71,3 +71,10 @@ def test_mcq_rows_hold_the_true_answer_and_three_wrong_ones(tokenizer):
     assert sorted(row["choices"]) == ["right", "w1", "w2", "w3"]
     assert row["choices"][row["label"]] == "right"
     assert mcq_rows(scores) == [row]  # a fixed order
+
+
+def test_exact_match_ignores_case_spaces_final_period_and_later_lines():
+    examples = [Example("2+2?", "4."), Example("Sentiment?", "positive."), Example("x", "yes.")]
+    scores = FixedScores("task", examples, generations=["4\nQuestion: next", " Positive. ", "no."])
+    result = METRICS.get("exact_match")(scores)
+    assert result.per_example == [1.0, 1.0, 0.0] and result.value == pytest.approx(2 / 3)

@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from obliviate.attacks import plan_attacks, run_attacks
 from obliviate.config.settings import Settings
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.sources import load_examples
@@ -90,6 +91,8 @@ class Unlearner:
             raise UserError("eval.metrics has forget_quality but there is no retain model: set "
                             "--finetune.enabled true or --eval.retain_model_name, or drop forget_quality")
         self.mask = self._check_mask()
+        self.attacks = plan_attacks(s.attack.datasets, s.attack.test_datasets, s.attack.num_examples,
+                                    self.data["forget"], lambda name: load_examples(name, Path(s.dataset.data_dir)))
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")
 
     def _check_mask(self) -> ParameterMask | None:
@@ -153,8 +156,7 @@ class Unlearner:
                   splits: dict[str, list[Example]], metrics: list[str], reference: list[float] | None) -> Evaluation:
         """Evaluate the model ``load()`` returns; with a ``source`` the result is cached under its identity
         (and ``load`` is called only on a cache miss)."""
-        e = self.settings.eval
-        options = EvalOptions(e.batch_size, self.settings.dataset.max_length, e.max_new_tokens, self.cache_dir)
+        options = self._eval_options()
 
         def compute() -> Evaluation:
             return evaluate(*load(), splits, self.fmt, options, metrics, reference)
@@ -167,6 +169,33 @@ class Unlearner:
                "format": asdict(self.fmt),
                "reference": hashlib.sha256(json.dumps(reference).encode()).hexdigest()[:16]}
         return cached_evaluation(self.cache_dir, key, compute)
+
+    def _eval_options(self) -> EvalOptions:
+        e = self.settings.eval
+        return EvalOptions(e.batch_size, self.settings.dataset.max_length, e.max_new_tokens, self.cache_dir)
+
+    def _attack(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: list[float] | None) -> dict:
+        """Run the fine-tune attacks; forget metrics (and the task's accuracy) at each evaluation point."""
+        s = self.settings
+        forget = {"forget": self._eval_splits()["forget"]}
+        limit = s.eval.max_examples or None
+
+        def evaluate_point(test: list[Example]) -> dict:
+            point = {"forget": evaluate(model, tokenizer, forget, self.fmt, self._eval_options(), s.eval.metrics,
+                                        reference).metrics["forget"]}
+            if test:
+                point["task"] = evaluate(model, tokenizer, {"task": test[:limit]}, self.fmt, self._eval_options(),
+                                         ["exact_match"]).metrics["task"]
+            return point
+
+        a = s.attack
+        config = TrainingConfig(lr=a.lr, num_epochs=1, max_steps=a.max_steps, gradient_accumulation_steps=1,
+                                weight_decay=0.0, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0,
+                                logging_steps=1, batch_size=a.batch_size)
+        with self._timed("attacks"):
+            return run_attacks(model, tokenizer, self.attacks, self.fmt, s.dataset.max_length, config, a.eval_every,
+                               self.accelerator, s.overall.seed, evaluate_point,
+                               lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
 
     def _oracle_truth_ratios(self) -> list[float] | None:
         """The retain model's per-example forget truth ratios (the reference of forget_quality)."""
@@ -246,6 +275,8 @@ class Unlearner:
             with self._timed("evaluate_after"):
                 results["after"] = self._evaluate(None, lambda: (model, tokenizer), splits, s.eval.metrics,
                                                    reference)
+        if self.attacks:
+            self.run_folder.write_json("attacks.json", self._attack(model, tokenizer, reference))
         metrics = {stage: evaluation.metrics for stage, evaluation in results.items()}
         self.run_folder.write_json("metrics.json", metrics)
         self.run_folder.write_json("per_example.json", {k: v.per_example for k, v in results.items()})

@@ -13,6 +13,7 @@ from fastargs import Param
 from obliviate.config.checkers import BoolValue, ChoiceValue, FloatValue, IntValue, ListValue, StrValue
 from obliviate.config.loader import Schema, SectionSpec
 from obliviate.evaluation import METRICS
+from obliviate.evaluation.metrics import DEFAULT_METRICS
 from obliviate.loggers import LOGGERS
 from obliviate.masks.scores import MASK_SCORES
 from obliviate.methods import METHODS
@@ -96,7 +97,7 @@ def experiment_schema() -> Schema:
         }),
         "eval": SectionSpec("Evaluation before and after unlearning", {
             "metrics": Param(ListValue(ChoiceValue(METRICS.names())), "metrics to compute",
-                             default=METRICS.names()),
+                             default=DEFAULT_METRICS),
             "before": Param(BoolValue(), "evaluate the starting model", default=True),
             "after": Param(BoolValue(), "evaluate the unlearned model", default=True),
             "max_examples": Param(IntValue(low=0), "examples per split (0 = all)", default=0),
@@ -118,6 +119,18 @@ def experiment_schema() -> Schema:
             "mu": Param(FloatValue(low=1e-12), "WAGLE's μ (published configs: 1e-6)", default=1e-6),
             "out": Param(StrValue(), "make_mask.py output (default: unlearn.mask_path, else "
                          "mask/<task>_<score>_<ratio>.safetensors)", default=""),
+        }),
+        "attack": SectionSpec("Fine-tune attacks after unlearning (forget metrics along the way)", {
+            "datasets": Param(ListValue(StrValue()), "attack training data, each from the unlearned model: a data set "
+                              "name (e.g. synthetic:math_train) or 'relearn' (a forget slice); empty = no attack",
+                              default=[]),
+            "test_datasets": Param(ListValue(StrValue()), "per attack, a test set for the task's own exact_match "
+                                   "accuracy ('' for none); empty = none", default=[]),
+            "num_examples": Param(IntValue(low=0), "training examples per attack (0 = all)", default=0),
+            "max_steps": Param(IntValue(low=1), "fine-tuning steps per attack", default=20),
+            "lr": Param(FloatValue(low=0.0), "fine-tuning learning rate (AdamW, constant)", default=1e-5),
+            "batch_size": Param(IntValue(low=1), "fine-tuning batch size", default=4),
+            "eval_every": Param(IntValue(low=1), "evaluate every k steps (and at 0 and the end)", default=5),
         }),
         "logger": SectionSpec("Where results go", {
             "name": Param(ChoiceValue(LOGGERS.names()), "results logger", default="json"),

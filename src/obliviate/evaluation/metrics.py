@@ -14,6 +14,8 @@ per-example values (so anyone can recompute the aggregate).
 * ``forget_quality``: forget split only: p-value of the two-sample Kolmogorov–Smirnov test between this
   model's per-example forget R and the retain model's (scipy.stats.ks_2samp). High = indistinguishable
   from a model that never saw the forget set.
+* ``exact_match``: fraction of greedy answers whose first line equals the true answer (case, spaces and
+  final punctuation ignored): the accuracy of a downstream task with short answers.
 * ``mcq_acc``: accuracy on the four-way multiple-choice form (true + perturbed answers), computed by
   lm-eval on the in-process model (see :mod:`obliviate.evaluation.mcq`).
 """
@@ -36,6 +38,7 @@ from obliviate.evaluation.scoring import greedy_answers, mean_answer_nll
 from obliviate.registry import Registry
 
 TRUTH_RATIO_CLOSER_TO_ONE = {"forget", "holdout"}
+DEFAULT_METRICS = ["prob", "rouge_l_recall", "truth_ratio", "forget_quality", "mcq_acc"]
 
 
 @dataclass
@@ -115,6 +118,17 @@ def rouge_l_recall(scores: SplitScores) -> MetricResult:
     recalls = [scorer.score(e.answer, generated)["rougeL"].recall
                for e, generated in zip(scores.examples, scores.generations)]
     return MetricResult(_mean(recalls), recalls)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.strip().splitlines()[0].lower().split()).rstrip(".!") if text.strip() else ""
+
+
+@METRICS.register("exact_match")
+def exact_match(scores: SplitScores) -> MetricResult:
+    matches = [float(_normalise(generated) == _normalise(e.answer))
+               for e, generated in zip(scores.examples, scores.generations)]
+    return MetricResult(_mean(matches), matches)
 
 
 def aggregate_truth_ratio(ratios: list[float], split: str) -> float:

@@ -51,7 +51,10 @@ class RunFolder:
         write_json_atomic(self.path(name), data)
 
     def log_step(self, record: dict[str, Any]) -> None:
-        with self.path("train_log.jsonl").open("a") as stream:
+        self.append_jsonl("train_log.jsonl", record)
+
+    def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        with self.path(name).open("a") as stream:
             stream.write(json.dumps(record) + "\n")
 
     def finish(self) -> Path:

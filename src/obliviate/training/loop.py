@@ -48,7 +48,8 @@ def micro_batches(datasets: dict[str, EncodedDataset], primary: str, batch_size:
 def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, EncodedDataset], primary: str,
           config: TrainingConfig, accelerator: Accelerator, seed: int, *,
           on_log: Callable[[dict[str, float]], None] = lambda record: None,
-          mask: ParameterMask | None = None, description: str = "train") -> TrainingResult:
+          mask: ParameterMask | None = None, after_step: Callable[[int], None] | None = None,
+          description: str = "train") -> TrainingResult:
     """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps."""
     total = config.total_steps(len(datasets[primary]))
     if mask is not None:
@@ -88,4 +89,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
         progress.set_postfix(loss=f"{sums['loss']:.4f}")
         if step % config.logging_steps == 0 or step == total:
             on_log(logs)
+        if after_step is not None:  # e.g. evaluation points of a fine-tune attack
+            after_step(step)
+            model.train()
     return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs)
