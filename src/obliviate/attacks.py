@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
@@ -50,8 +52,8 @@ def plan_attacks(names: list[str], test_names: list[str], num_examples: int, for
     return attacks
 
 
-def run_attacks(model: torch.nn.Module, tokenizer, attacks: list[Attack], fmt: PromptFormat, max_length: int,
-                config: TrainingConfig, eval_every: int, accelerator, seed: int,
+def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, attacks: list[Attack], fmt: PromptFormat,
+                max_length: int, config: TrainingConfig, eval_every: int, accelerator: Accelerator, seed: int,
                 evaluate_point: Callable[[list[Example]], dict], log_step: Callable[[dict], None]) -> dict:
     """Fine-tune a fresh copy of the unlearned weights on each attack; return its evaluation curve."""
     unlearned = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
