@@ -163,7 +163,7 @@ class Unlearner:
 
         if source is None:
             return compute()
-        key = {"version": EVAL_VERSION, "model": source.identity, "metrics": metrics,
+        key = {"version": EVAL_VERSION, "model": source.identity, "metrics": sorted(metrics),
                "splits": {name: content_hash(examples) for name, examples in splits.items()},
                "options": {k: v for k, v in asdict(options).items() if k != "work_dir"},
                "format": asdict(self.fmt),
