@@ -18,6 +18,7 @@ from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
 from obliviate.methods.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
+from obliviate.models.loading import shapes_of
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
 
@@ -138,10 +139,6 @@ def test_wanda_refuses_non_linear_parameters(tiny):
 
 
 # ---------------------------------------------------------------- files and checks
-def shapes_of(model):
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
-
-
 def test_safetensors_round_trip_with_metadata(tiny, tmp_path):
     model, forget, retain = tiny
     options = {"score": "magnitude", "ratio": 0.5, "granularity": "tensor", "include": ["mlp"], "exclude": [], "mu": 1e-6}

@@ -9,6 +9,7 @@ from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
+from obliviate.methods.likelihood import forward_logits, mean_nll
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.training.loop import micro_batches, train
 from obliviate.training.schedule import TrainingConfig, build_optimizer, lr_factor
@@ -55,16 +56,28 @@ def test_micro_batches_pair_each_forget_batch_with_random_retain_and_reshuffle(t
     assert [next(again)["retain"].index.tolist() for _ in range(2)] == [b["retain"].index.tolist() for b in first_pass]
 
 
-def run_graddiff(tokenizer, seed, accumulation=1, scheduler="constant"):
+def encoded(tokenizer, question, answer, n=8):
+    return EncodedDataset([encode_example(tokenizer, Example(question.format(i), answer.format(i)), PromptFormat(), 32)
+                           for i in range(n)], tokenizer.pad_token_id)
+
+
+def full_set_nll(model, data):
+    with torch.no_grad():
+        batch = data.collate([data[i] for i in range(len(data))])
+        return mean_nll(forward_logits(model, batch), batch.labels).item()
+
+
+def run_graddiff(tokenizer, seed, accumulation=1, scheduler="constant", model=None):
     set_seed(seed)
-    model = tiny_random_llama(tokenizer)
-    data = EncodedDataset([encode_example(tokenizer, Example(f"Who is {i}?", f"{i} is a potter."), PromptFormat(), 32)
-                           for i in range(8)], tokenizer.pad_token_id)
+    model = model or tiny_random_llama(tokenizer)
+    forget = encoded(tokenizer, "Who is {}?", "{} is a potter.")
+    retain = encoded(tokenizer, "What colour is sky number {}?", "Sky {} is grey today.")
     objective = METHODS.get("GradDiff").build(gamma=1.0, alpha=1.0)
-    objective.prepare(PrepareContext(model, {"forget": data, "retain": data}, 4, torch.device("cpu")))
+    objective.prepare(PrepareContext(model, {"forget": forget, "retain": retain}, 4, torch.device("cpu")))
     logs = []
-    result = train(model, objective, {"forget": data, "retain": data}, "forget",
-                   config(gradient_accumulation_steps=accumulation, lr_scheduler=scheduler), Accelerator(cpu=True), seed, on_log=logs.append)
+    result = train(model, objective, {"forget": forget, "retain": retain}, "forget",
+                   config(gradient_accumulation_steps=accumulation, lr_scheduler=scheduler), Accelerator(cpu=True),
+                   seed, on_log=logs.append)
     return model, logs, result
 
 
@@ -77,9 +90,15 @@ def test_same_seed_same_result_and_different_seed_differs(tokenizer):
     assert [r["loss"] for r in logs_a] != [r["loss"] for r in logs_c]
 
 
-def test_training_moves_the_forget_nll_up_and_logs_each_step(tokenizer):
-    _, logs, result = run_graddiff(tokenizer, seed=0, accumulation=2, scheduler="linear")
+def test_graddiff_raises_forget_nll_more_than_retain_nll_and_logs_each_step(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    forget = encoded(tokenizer, "Who is {}?", "{} is a potter.")
+    retain = encoded(tokenizer, "What colour is sky number {}?", "Sky {} is grey today.")
+    before = full_set_nll(model, forget), full_set_nll(model, retain)
+    _, logs, result = run_graddiff(tokenizer, seed=0, accumulation=2, scheduler="linear", model=model)
+    after = full_set_nll(model, forget), full_set_nll(model, retain)
     assert result.steps == 4 and [r["step"] for r in logs] == [1, 2, 3, 4]
     assert [r["lr"] for r in logs] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
     assert set(logs[0]) == {"step", "loss", "forget_nll", "retain_nll", "lr", "grad_norm", "seconds"}
-    assert logs[-1]["forget_nll"] - logs[-1]["retain_nll"] > logs[0]["forget_nll"] - logs[0]["retain_nll"] - 1e-3
+    assert after[0] > before[0]  # gradient ascent on the forget set
+    assert after[0] - before[0] > after[1] - before[1]  # while descending on retain

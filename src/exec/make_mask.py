@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from obliviate.cli import run  # noqa: E402
 from obliviate.environment import peak_memory_mb  # noqa: E402
-from obliviate.models.loading import load_model  # noqa: E402
+from obliviate.models.loading import load_model, shapes_of  # noqa: E402
 from obliviate.unlearner import Unlearner  # noqa: E402
 
 
@@ -28,8 +28,7 @@ def make_mask(settings) -> None:
     model, tokenizer = load_model(target, unlearner.cache_dir, unlearner.device, unlearner.dtype)
     start = time.perf_counter()
     mask = unlearner.build_mask(model, tokenizer, out)
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    fraction = mask.statistics(shapes)["trainable_fraction"]
+    fraction = mask.statistics(shapes_of(model))["trainable_fraction"]
     print(f"mask: {out} (plot {out.with_suffix('.png')}); trainable fraction of all weights {fraction:.4f}; "
           f"built in {time.perf_counter() - start:.1f} s; peak memory {peak_memory_mb():.0f} MB")
 

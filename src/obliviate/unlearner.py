@@ -1,9 +1,10 @@
 """The Unlearner: one object with an explicit lifecycle.
 
-``Unlearner(settings).run()`` = setup (every cheap check: config semantics, data, model name; raises
-:class:`UserError` before any long work) → reserve the run folder (an existing one is an error) → prepare the target and retain models
-(fine-tuned and cached when ``finetune.enabled``) → evaluate before → unlearn with the registered method
-→ evaluate after → write results (and the model, when asked) → rename the run folder to its final name.
+``Unlearner(settings).run()`` = setup (every cheap check: config semantics, data, model name, mask fit,
+attack data; raises :class:`UserError` before any long work) → reserve the run folder (an existing one is
+an error) → prepare the target and retain models (fine-tuned and cached when ``finetune.enabled``) →
+evaluate before → build the mask if missing → unlearn with the registered method → evaluate after →
+fine-tune attacks → write results (and the model, when asked) → rename the run folder to its final name.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
 from obliviate.models.finetune import FinetuneRecipe
 from obliviate.models.loading import (ModelSource, load_model, parameter_shapes, resolve_device, resolve_dtype,
-                                      resolve_model, save_model)
+                                      resolve_model, save_model, shapes_of)
 from obliviate.report import metrics_table
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
@@ -180,11 +181,13 @@ class Unlearner:
         forget = {"forget": self._eval_splits()["forget"]}
         limit = s.eval.max_examples or None
 
+        options = self._eval_options()
+
         def evaluate_point(test: list[Example]) -> dict:
-            point = {"forget": evaluate(model, tokenizer, forget, self.fmt, self._eval_options(), s.eval.metrics,
+            point = {"forget": evaluate(model, tokenizer, forget, self.fmt, options, s.eval.metrics,
                                         reference).metrics["forget"]}
             if test:
-                point["task"] = evaluate(model, tokenizer, {"task": test[:limit]}, self.fmt, self._eval_options(),
+                point["task"] = evaluate(model, tokenizer, {"task": test[:limit]}, self.fmt, options,
                                          ["exact_match"]).metrics["task"]
             return point
 
@@ -226,8 +229,7 @@ class Unlearner:
         mask = build_mask(model, data["forget"], data.get("retain"), s.section("mask"), s.dataset.batch_size,
                           s.overall.seed, description)
         mask.save(path)
-        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-        plot_mask_statistics(mask.statistics(shapes), path.with_suffix(".png"),
+        plot_mask_statistics(mask.statistics(shapes_of(model)), path.with_suffix(".png"),
                              f"{path.name}: {s.mask.score} ratio {s.mask.ratio} ({s.mask.granularity})")
         return mask
 
@@ -268,7 +270,7 @@ class Unlearner:
                     self.mask = self.build_mask(model, tokenizer, self.mask_path)
             self.run_folder.write_json("mask_stats.json", {
                 "path": str(self.mask_path), "metadata": self.mask.metadata,
-                **self.mask.statistics({n: tuple(p.shape) for n, p in model.named_parameters()})})
+                **self.mask.statistics(shapes_of(model))})
         with self._timed("unlearn"):
             self._unlearn(model, tokenizer)
         if s.eval.after:

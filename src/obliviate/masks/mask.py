@@ -44,7 +44,7 @@ class ParameterMask:
     @classmethod
     def load(cls, path: Path) -> "ParameterMask":
         if not path.is_file():
-            raise UserError(f"mask file '{path}' does not exist")
+            raise UserError(f"mask file '{path}' does not exist; build it with src/exec/make_mask.py or fix the path")
         if path.suffix == ".pt":
             try:
                 content = torch.load(path, map_location="cpu", weights_only=True)

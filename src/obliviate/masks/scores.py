@@ -60,7 +60,7 @@ def accumulate_gradients(inputs: ScoringInputs, dataset: EncodedDataset) -> None
 @MASK_SCORES.register("wagle")
 def wagle(inputs: ScoringInputs) -> dict[str, torch.Tensor]:
     if inputs.retain is None:
-        raise ValueError("the wagle score needs retain data")
+        raise ValueError("the wagle score needs retain data; set dataset.retain_dataset_name")
     accumulate_gradients(inputs, inputs.retain)
     scores = {}
     for name, parameter in inputs.parameters.items():

@@ -96,19 +96,19 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _weights_location(source: ModelSource, cache_dir: Path) -> Path | str:
+    """Where ``from_pretrained`` finds the model (tiny-random-llama: the folder of its tokenizer)."""
+    return embedded.prepare_smollm2(cache_dir) if source.kind == "embedded" else source.name
+
+
 def load_model(source: ModelSource, cache_dir: Path, device: torch.device, dtype: torch.dtype
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (on ``device``, in ``dtype``) and tokenizer (pad token set, right padding)."""
-    if source.kind == "embedded":
-        folder = embedded.prepare_smollm2(cache_dir)
-        tokenizer = load_tokenizer(folder)
-        if source.name == embedded.TINY_RANDOM_LLAMA:
-            return embedded.tiny_random_llama(tokenizer).to(device=device, dtype=dtype), tokenizer
-        location: str | Path = folder
-    else:
-        location = source.name
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
-    return model.to(device), load_tokenizer(location)
+    location = _weights_location(source, cache_dir)
+    tokenizer = load_tokenizer(location)
+    if source.name == embedded.TINY_RANDOM_LLAMA:
+        return embedded.tiny_random_llama(tokenizer).to(device=device, dtype=dtype), tokenizer
+    return AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device), tokenizer
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
@@ -117,17 +117,15 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
     tokenizer.save_pretrained(folder)
 
 
+def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Each parameter's name and shape."""
+    return {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
+
+
 def parameter_shapes(source: ModelSource, cache_dir: Path) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, from a weight-less (meta device) instance of the model."""
-    if source.kind == "embedded":
-        folder = embedded.prepare_smollm2(cache_dir)
-        if source.name == embedded.TINY_RANDOM_LLAMA:
-            with torch.device("meta"):
-                model = embedded.tiny_random_llama(load_tokenizer(folder))
-            return {n: tuple(p.shape) for n, p in model.named_parameters()}
-        location: str | Path = folder
-    else:
-        location = source.name
+    location = _weights_location(source, cache_dir)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location))
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+        if source.name == embedded.TINY_RANDOM_LLAMA:
+            return shapes_of(embedded.tiny_random_llama(load_tokenizer(location)))
+        return shapes_of(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location)))
