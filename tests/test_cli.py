@@ -155,7 +155,7 @@ def test_mask_that_does_not_fit_the_model_fails_before_any_work(fast, tmp_path, 
 
 def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_path):
     args = [*fast, "--attack.datasets", "synthetic:math_train,relearn", "--attack.test_datasets",
-            '["synthetic:math_test", ""]', "--attack.max_steps", "3", "--attack.eval_every", "2",
+            '["synthetic:math_test", ""]', "--attack.max_steps", "2,3", "--attack.eval_every", "2",
             "--attack.num_examples", "8", "--attack.lr", "1e-3", "--logger.run_name", "attacked"]
     assert cli(*args) == 0
     folder = tmp_path / "results" / "synthetic" / "NPO" / "attacked"
@@ -168,12 +168,17 @@ def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_pat
     assert curves["relearn"][0]["forget"] == curves["synthetic:math_train"][0]["forget"] == after
     assert curves["relearn"][-1]["forget"]["prob"] > curves["relearn"][0]["forget"]["prob"]  # relearning works
     logged = [json.loads(line) for line in (folder / "attack_train_log.jsonl").read_text().splitlines()]
-    assert [r["attack"] for r in logged] == ["synthetic:math_train"] * 3 + ["relearn"] * 3
+    assert [r["attack"] for r in logged] == ["synthetic:math_train"] * 2 + ["relearn"] * 3  # steps per attack
+    assert [p["step"] for p in curves["synthetic:math_train"]] == [0, 2]
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--attack.datasets", "synthetic:nope_train"], "unknown synthetic split 'nope_train'"),
-    (["--attack.datasets", "relearn", "--attack.test_datasets", "a.jsonl,b.jsonl"], "has 2 entries for 1"),
+    (["--attack.datasets", "relearn", "--attack.test_datasets", "a.jsonl,b.jsonl"],
+     "attack.test_datasets has 2 values for 1 attack.datasets"),
+    (["--attack.datasets", "relearn,synthetic:math_train", "--attack.lr", "1e-4,1e-3,1e-2"],
+     "attack.lr has 3 values for 2 attack.datasets"),
+    (["--attack.datasets", "relearn,relearn"], "lists 'relearn' more than once"),
 ])
 def test_bad_attack_config_fails_before_any_work(fast, tmp_path, capsys, extra, message):
     assert cli(*fast, *extra) == 2

@@ -72,6 +72,10 @@ def test_lists_from_json_and_command_line(tmp_path):
     assert parse("--eval.metrics", "prob,rouge_l_recall").eval.metrics == ["prob", "rouge_l_recall"]
     with pytest.raises(ConfigError, match=r"eval\.metrics.*item 1 \('rouge'\)"):
         parse("--eval.metrics", "prob,rouge")
+    one = write(tmp_path, {"attack": {"lr": 1e-4, "max_steps": [10, 20]}})
+    assert parse("-C", one).attack.lr == [1e-4]  # one value in a file is a list of one
+    assert parse("-C", one).attack.max_steps == [10, 20]
+    assert parse("--attack.lr", "3e-4").attack.lr == [3e-4]
 
 
 def test_unknown_key_in_file_names_it_and_the_closest(tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from obliviate.data import synthetic
-from obliviate.data.examples import content_hash
+from obliviate.data.examples import Example, content_hash
 from obliviate.data.sources import load_examples
 from obliviate.errors import UserError
 
@@ -54,6 +54,34 @@ def test_local_files_in_tofu_wmdp_and_text_layouts(tmp_path):
     assert (example.answer, example.perturbed_answers) == ("y", ("w", "x", "z"))
     (example,) = load_examples(str(text), tmp_path)
     assert example.is_text and example.answer == "Some passage."
+
+
+def test_classification_layouts_become_questions_answered_by_label_names(tmp_path, monkeypatch):
+    import datasets
+
+    sst2 = datasets.Dataset.from_dict(
+        {"sentence": ["a gem of a film"], "label": [1]},
+        features=datasets.Features({"sentence": datasets.Value("string"),
+                                    "label": datasets.ClassLabel(names=["negative", "positive"])}))
+    mrpc = datasets.Dataset.from_dict(
+        {"sentence1": ["He left."], "sentence2": ["He went away."], "label": [1]},
+        features=datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                    "label": datasets.ClassLabel(names=["not_equivalent", "equivalent"])}))
+    hub = {"stanfordnlp/sst2": sst2, "nyu-mll/glue": mrpc}
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda repo, subset=None: datasets.DatasetDict({"train": hub[repo]}))
+    (example,) = load_examples("stanfordnlp/sst2", tmp_path)
+    assert example == Example("a gem of a film\nLabel (negative / positive)?", "positive")
+    (example,) = load_examples("nyu-mll/glue:mrpc@train", tmp_path)
+    assert example.question == "Sentence 1: He left.\nSentence 2: He went away.\nLabel (not_equivalent / equivalent)?"
+    assert example.answer == "equivalent"
+    news = tmp_path / "news.jsonl"  # local files may name labels directly
+    news.write_text(json.dumps({"text": "Rovers win the cup.", "label": "sports"}) + "\n")
+    assert load_examples(str(news), tmp_path) == [Example("Rovers win the cup.\nLabel?", "sports")]
+    unnamed = tmp_path / "unnamed.jsonl"
+    unnamed.write_text(json.dumps({"text": "x", "label": 3}) + "\n")
+    with pytest.raises(UserError, match="label 3 has no name; give label names as label_choices"):
+        load_examples(str(unnamed), tmp_path)
 
 
 def test_bad_datasets_give_one_line_errors(tmp_path):

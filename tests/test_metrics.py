@@ -78,3 +78,12 @@ def test_exact_match_ignores_case_spaces_final_period_and_later_lines():
     scores = FixedScores("task", examples, generations=["4\nQuestion: next", " Positive. ", "no."])
     result = METRICS.get("exact_match")(scores)
     assert result.per_example == [1.0, 1.0, 0.0] and result.value == pytest.approx(2 / 3)
+
+
+def test_exact_match_compares_the_final_number_of_gsm8k_solutions():
+    answer = "She buys 3 packs of 4 and 1,000 more.\n3 * 4 + 1000 = 1012\n#### 1,012"
+    examples = [Example("q", answer)] * 4
+    generations = ["3 * 4 = 12, so 1012 in all.", "#### 1012 (that is 12 more than 1000)",
+                   "It is 1012, or maybe 1013.", "I do not know."]
+    result = METRICS.get("exact_match")(FixedScores("task", examples, generations=generations))
+    assert result.per_example == [1.0, 1.0, 0.0, 0.0]

@@ -3,10 +3,12 @@
 Each entry of ``attack.datasets`` is fine-tuned on, starting from the unlearned weights every time:
 a downstream task unrelated to the forget set (``synthetic:math_train`` offline; a hub id such as
 ``openai/gsm8k:main`` on a GPU machine), or ``relearn``: the first ``attack.num_examples`` forget
-examples. At step 0 and every ``attack.eval_every`` steps the forget split is evaluated with
-``eval.metrics`` and, when the attack names a test set (``attack.test_datasets``, same order), the
-task's own accuracy (``exact_match`` of greedy answers), so curves can be drawn. Results go to
-``attacks.json``; training logs to ``attack_train_log.jsonl``.
+examples. ``attack.lr``, ``attack.max_steps``, ``attack.batch_size`` and ``attack.num_examples`` hold one
+value for every attack or one per attack. At step 0 and every ``attack.eval_every`` steps the forget
+split is evaluated with ``eval.metrics`` and, when the attack names a test set (``attack.test_datasets``,
+same order), the task's own accuracy (``exact_match`` of greedy answers), so curves can be drawn.
+Results go to ``attacks.json`` (keyed by the attack's data set name); training logs to
+``attack_train_log.jsonl``.
 
 The unlearned weights are kept as one CPU copy to restart each attack from them.
 """
@@ -14,7 +16,7 @@ The unlearned weights are kept as one CPU copy to restart each attack from them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -35,25 +37,39 @@ class Attack:
     name: str
     train: list[Example]
     test: list[Example]
+    lr: float
+    max_steps: int
+    batch_size: int
 
 
-def plan_attacks(names: list[str], test_names: list[str], num_examples: int, forget: list[Example],
-                 load: Callable[[str], list[Example]]) -> list[Attack]:
-    """Load every attack's data up front (so bad names fail before any long work)."""
-    if test_names and len(test_names) != len(names):
-        raise UserError(f"attack.test_datasets has {len(test_names)} entries for {len(names)} attack.datasets; "
-                        "give one per attack ('' for none) or none at all")
-    limit = num_examples or None
+def per_attack(values: list, key: str, count: int) -> list:
+    """Broadcast one value to every attack, or check there is one value per attack."""
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise UserError(f"attack.{key} has {len(values)} values for {count} attack.datasets; "
+                        "give one value for all attacks or one per attack")
+    return values
+
+
+def plan_attacks(section: dict[str, Any], forget: list[Example], load: Callable[[str], list[Example]]) -> list[Attack]:
+    """Load every attack's data and check its settings up front (so bad input fails before any long work)."""
+    names = section["datasets"]
+    if duplicates := sorted({name for name in names if names.count(name) > 1}):
+        raise UserError(f"attack.datasets lists {duplicates[0]!r} more than once; each attack needs its own data")
+    count = len(names)
+    tests = per_attack(section["test_datasets"], "test_datasets", count) if section["test_datasets"] else [""] * count
+    sizes, lrs, steps, batches = (per_attack(section[key], key, count)
+                                  for key in ("num_examples", "lr", "max_steps", "batch_size"))
     attacks = []
-    for position, name in enumerate(names):
+    for name, test, size, lr, max_steps, batch_size in zip(names, tests, sizes, lrs, steps, batches):
         examples = forget if name == RELEARN else load(name)
-        test_name = test_names[position] if test_names else ""
-        attacks.append(Attack(name, examples[:limit], load(test_name) if test_name else []))
+        attacks.append(Attack(name, examples[:size or None], load(test) if test else [], lr, max_steps, batch_size))
     return attacks
 
 
 def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, attacks: list[Attack], fmt: PromptFormat,
-                max_length: int, config: TrainingConfig, eval_every: int, accelerator: Accelerator, seed: int,
+                max_length: int, eval_every: int, accelerator: Accelerator, seed: int,
                 evaluate_point: Callable[[list[Example]], dict], log_step: Callable[[dict], None]) -> dict:
     """Fine-tune a fresh copy of the unlearned weights on each attack; return its evaluation curve."""
     unlearned = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
@@ -63,10 +79,13 @@ def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, atta
         model.requires_grad_(True)  # downstream fine-tuning updates every weight
         data = EncodedDataset([encode_example(tokenizer, e, fmt, max_length) for e in attack.train],
                               tokenizer.pad_token_id)
+        config = TrainingConfig(lr=attack.lr, num_epochs=1, max_steps=attack.max_steps, gradient_accumulation_steps=1,
+                                weight_decay=0.0, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0,
+                                logging_steps=1, batch_size=attack.batch_size)
         curve = [{"step": 0, **evaluate_point(attack.test)}]
 
         def evaluate_at(step: int, attack: Attack = attack, curve: list = curve) -> None:
-            if step % eval_every == 0 or step == config.max_steps:
+            if step % eval_every == 0 or step == attack.max_steps:
                 curve.append({"step": step, **evaluate_point(attack.test)})
 
         train(model, NLL("train") * 1.0, {"train": data}, "train", config, accelerator, seed,

@@ -92,8 +92,8 @@ class Unlearner:
             raise UserError("eval.metrics has forget_quality but there is no retain model: set "
                             "--finetune.enabled true or --eval.retain_model_name, or drop forget_quality")
         self.mask = self._check_mask()
-        self.attacks = plan_attacks(s.attack.datasets, s.attack.test_datasets, s.attack.num_examples,
-                                    self.data["forget"], lambda name: load_examples(name, Path(s.dataset.data_dir)))
+        self.attacks = plan_attacks(s.section("attack"), self.data["forget"],
+                                    lambda name: load_examples(name, Path(s.dataset.data_dir)))
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")
 
     def _check_mask(self) -> ParameterMask | None:
@@ -191,12 +191,8 @@ class Unlearner:
                                          ["exact_match"]).metrics["task"]
             return point
 
-        a = s.attack
-        config = TrainingConfig(lr=a.lr, num_epochs=1, max_steps=a.max_steps, gradient_accumulation_steps=1,
-                                weight_decay=0.0, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0,
-                                logging_steps=1, batch_size=a.batch_size)
         with self._timed("attacks"):
-            return run_attacks(model, tokenizer, self.attacks, self.fmt, s.dataset.max_length, config, a.eval_every,
+            return run_attacks(model, tokenizer, self.attacks, self.fmt, s.dataset.max_length, s.attack.eval_every,
                                self.accelerator, s.overall.seed, evaluate_point,
                                lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
 

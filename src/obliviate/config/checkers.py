@@ -125,7 +125,7 @@ class ChoiceValue(Checker):
 
 
 class ListValue(Checker):
-    """A list: a JSON list in a file, or ``[a, b]`` / ``a,b`` on the command line."""
+    """A list: a JSON list in a file, or ``[a, b]`` / ``a,b`` on the command line; one value is a list of one."""
 
     def __init__(self, item: Checker) -> None:
         self.item = item
@@ -141,7 +141,7 @@ class ListValue(Checker):
             else:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         if not isinstance(value, list):
-            raise ValueError(f"must be {self.help()}")
+            value = [value]  # one value is a list of one
         items = []
         for position, element in enumerate(value):
             try:

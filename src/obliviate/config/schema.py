@@ -126,10 +126,12 @@ def experiment_schema() -> Schema:
                               default=[]),
             "test_datasets": Param(ListValue(StrValue()), "per attack, a test set for the task's own exact_match "
                                    "accuracy ('' for none); empty = none", default=[]),
-            "num_examples": Param(IntValue(low=0), "training examples per attack (0 = all)", default=0),
-            "max_steps": Param(IntValue(low=1), "fine-tuning steps per attack", default=20),
-            "lr": Param(FloatValue(low=0.0), "fine-tuning learning rate (AdamW, constant)", default=1e-5),
-            "batch_size": Param(IntValue(low=1), "fine-tuning batch size", default=4),
+            "num_examples": Param(ListValue(IntValue(low=0)), "training examples per attack (0 = all); one value "
+                                  "for every attack or one per attack (same for the keys below)", default=[0]),
+            "max_steps": Param(ListValue(IntValue(low=1)), "fine-tuning steps per attack", default=[20]),
+            "lr": Param(ListValue(FloatValue(low=0.0)), "fine-tuning learning rate per attack (AdamW, constant)",
+                        default=[1e-5]),
+            "batch_size": Param(ListValue(IntValue(low=1)), "fine-tuning batch size per attack", default=[4]),
             "eval_every": Param(IntValue(low=1), "evaluate every k steps (and at 0 and the end)", default=5),
         }),
         "logger": SectionSpec("Where results go", {

@@ -4,6 +4,10 @@
   ``perturbed_answer`` (a list of wrong answers, or one string).
 * WMDP layout: ``question``, ``choices`` (list), ``answer`` (index of the correct choice); the other
   choices become the perturbed (wrong) answers.
+* Classification layout (SST-2, AG News, MRPC): ``label`` (a name, or an index into ``label_choices``)
+  with ``sentence`` or ``text``, or a pair ``sentence1``/``sentence2``; the question shows the text(s)
+  and the label choices, the answer is the label's name. Hub datasets get ``label_choices`` from their
+  ``ClassLabel`` feature.
 * Text layout: ``text``; the whole text is trained on (there is no prompt).
 """
 
@@ -52,12 +56,32 @@ def example_from_record(record: dict[str, Any], source: str) -> Example:
             paraphrased_answer=record.get("paraphrased_answer"),
             perturbed_answers=tuple(str(p) for p in perturbed),
         )
+    if "label" in record and ("sentence" in record or "text" in record or "sentence1" in record):
+        return _classification(record, source)
     if "text" in record:
         return Example(question="", answer=str(record["text"]))
     raise UserError(
         f"dataset '{source}' has records with fields {sorted(record)}; expected the TOFU layout "
-        "(question/answer), the WMDP layout (question/choices/answer) or a text corpus (text)"
+        "(question/answer), the WMDP layout (question/choices/answer), a classification layout "
+        "(sentence or text or sentence1/sentence2, with label) or a text corpus (text)"
     )
+
+
+def _classification(record: dict[str, Any], source: str) -> Example:
+    """A labelled text (or sentence pair) as a question whose answer is the label name."""
+    choices = [str(c) for c in record.get("label_choices") or []]
+    label = record["label"]
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(choices):
+            raise UserError(f"dataset '{source}': label {label} has no name; give label names as label_choices "
+                            "(a list) or write labels as names")
+        label = choices[label]
+    if "sentence1" in record:
+        text = f"Sentence 1: {record['sentence1']}\nSentence 2: {record.get('sentence2', '')}"
+    else:
+        text = str(record.get("sentence", record.get("text")))
+    options = f" ({' / '.join(choices)})" if choices else ""
+    return Example(question=f"{text}\nLabel{options}?", answer=str(label))
 
 
 def content_hash(examples: list[Example]) -> str:

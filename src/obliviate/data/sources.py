@@ -64,7 +64,10 @@ def _read_hub(name: str) -> list[dict]:
         split = "train" if "train" in loaded else (next(iter(loaded)) if len(loaded) == 1 else "")
     if split not in loaded:
         raise UserError(f"hub dataset '{name}' has splits {list(loaded)}; choose one with '@<split>'")
-    return [dict(row) for row in loaded[split]]
+    rows = loaded[split]
+    label = rows.features.get("label")
+    names = {"label_choices": list(label.names)} if isinstance(label, datasets.ClassLabel) else {}
+    return [{**row, **names} for row in rows]
 
 
 def load_examples(name: str, data_dir: Path) -> list[Example]:

@@ -15,7 +15,9 @@ per-example values (so anyone can recompute the aggregate).
   model's per-example forget R and the retain model's (scipy.stats.ks_2samp). High = indistinguishable
   from a model that never saw the forget set.
 * ``exact_match``: fraction of greedy answers whose first line equals the true answer (case, spaces and
-  final punctuation ignored): the accuracy of a downstream task with short answers.
+  final punctuation ignored): the accuracy of a downstream task with short answers. When the true
+  answer is a GSM8K solution ending in ``#### <number>``, the number is compared with the generation's
+  own ``####`` number, or else the last number it writes (commas ignored).
 * ``mcq_acc``: accuracy on the four-way multiple-choice form (true + perturbed answers), computed by
   lm-eval on the in-process model (see :mod:`obliviate.evaluation.mcq`).
 """
@@ -23,6 +25,7 @@ per-example values (so anyone can recompute the aggregate).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -124,9 +127,26 @@ def _normalise(text: str) -> str:
     return " ".join(text.strip().splitlines()[0].lower().split()).rstrip(".!") if text.strip() else ""
 
 
+FINAL_ANSWER_MARK = "####"
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _final_number(text: str) -> str:
+    """The number after the last ``####``, or else the last number in ``text`` ('' if none)."""
+    tail = text.rsplit(FINAL_ANSWER_MARK, 1)[1] if FINAL_ANSWER_MARK in text else text
+    numbers = _NUMBER.findall(tail)
+    return (numbers[0] if FINAL_ANSWER_MARK in text else numbers[-1]).replace(",", "") if numbers else ""
+
+
+def answers_match(generated: str, answer: str) -> bool:
+    if FINAL_ANSWER_MARK in answer:
+        return _final_number(generated) == _final_number(answer) != ""
+    return _normalise(generated) == _normalise(answer)
+
+
 @METRICS.register("exact_match")
 def exact_match(scores: SplitScores) -> MetricResult:
-    matches = [float(_normalise(generated) == _normalise(e.answer))
+    matches = [float(answers_match(generated, e.answer))
                for e, generated in zip(scores.examples, scores.generations)]
     return MetricResult(_mean(matches), matches)
 
