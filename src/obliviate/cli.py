@@ -15,11 +15,16 @@ from obliviate.errors import UserError
 USER_ERROR_EXIT = 2
 
 
-def run(action: Callable[[Settings], object], prog: str, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: sys.argv[1:]) into Settings and call ``action``; return the exit status."""
+def configure_process() -> None:
+    """Logging (our INFO lines, others' warnings) and quiet tokenizer threads, for every entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("obliviate").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run(action: Callable[[Settings], object], prog: str, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]) into Settings and call ``action``; return the exit status."""
+    configure_process()
     try:
         settings = parse_config(sys.argv[1:] if argv is None else argv, experiment_schema(), prog)
         action(settings)

@@ -31,12 +31,17 @@ class RunFolder:
         name = run_name or datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
         if "/" in name or name.startswith("."):
             raise UserError(f"logger.run_name '{name}' must be a plain folder name (no '/', not starting with '.')")
-        self.final = root / task / method / name
+        self.final = self.location(root, task, method, name)
         self.overwrite = overwrite
         if self.final.exists() and not overwrite:
             raise UserError(f"run folder '{self.final}' already exists; choose another --logger.run_name "
                             "or pass --logger.overwrite true")
         self.work = self.final.with_name(name + ".incomplete")
+
+    @staticmethod
+    def location(root: Path, task: str, method: str, run_name: str) -> Path:
+        """The finished run folder of a run (``run_name`` given)."""
+        return root / task / method / run_name
 
     def start(self, config: dict[str, Any]) -> None:
         if self.work.exists():

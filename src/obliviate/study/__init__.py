@@ -1,0 +1,1 @@
+"""Studies: methods × attacks × seeds from one file (see :mod:`obliviate.study.spec`)."""

@@ -1,0 +1,190 @@
+"""A study's table and plots, from the run folders of its finished cells.
+
+``study.csv`` has one row per (method, seed, attack): the forget metrics before unlearning (the target
+model), right after unlearning and at the end of the attack, their peak along the attack, the share of
+the forgotten amount that came back::
+
+    recovered = (forget_attacked − forget_after) / (forget_before − forget_after)
+
+(0 = nothing came back, 1 = back to the target model; for the first of ``forget_metrics``), the retain
+utility after unlearning, the attack task's own accuracy at its start and end, and wall times.
+``study.md`` holds the same rows averaged over seeds (± standard deviation), then every row, then the
+wall time of each stage per cell. Plots: ``forget_vs_attack_steps.png`` (forget metric, and the task's
+accuracy when measured, along each attack, one line per method, the band spanning the seeds) and
+``tradeoff.png`` (forget metric vs retain utility after unlearning, with the forget value each attack
+brought back drawn above each point).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from obliviate.comparison import to_csv, to_markdown  # noqa: E402
+from obliviate.io import write_text_atomic  # noqa: E402
+from obliviate.study.spec import Study  # noqa: E402
+
+TASK_METRIC = "exact_match"
+
+
+def finished_cells(study: Study) -> list[dict]:
+    """Each finished cell's method, seed and results (metrics.json, env.json, attacks.json)."""
+    cells = []
+    for cell in study.cells:
+        if cell.folder.is_dir():
+            files = {name: json.loads(path.read_text()) for name in ("metrics", "env", "attacks")
+                     if (path := cell.folder / f"{name}.json").is_file()}
+            cells.append({"method": cell.method, "seed": cell.seed, "attacks": {}, **files})
+    return cells
+
+
+def _recovered(before: float | None, after: float | None, attacked: float | None) -> float | None:
+    if None in (before, after, attacked) or before == after:
+        return None
+    return (attacked - after) / (before - after)
+
+
+def cell_rows(study: Study, cell: dict) -> list[dict]:
+    metrics = cell.get("metrics", {})
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    head = {"method": cell["method"], "seed": cell["seed"]}
+    common = {f"retain.{study.utility_metric}.after": after.get("retain", {}).get(study.utility_metric)}
+    seconds = cell.get("env", {}).get("wall_time_seconds", {})
+    common.update({"seconds.unlearn": seconds.get("unlearn"), "seconds.attacks": seconds.get("attacks")})
+    forget_before, forget_after = before.get("forget", {}), after.get("forget", {})
+    if not study.attacks:
+        values = {f"forget.{m}.{stage}": source.get(m) for m in study.forget_metrics
+                  for stage, source in (("before", forget_before), ("after", forget_after))}
+        return [{**head, "attack": "-", **values, **common}]
+    rows = []
+    for label, dataset in study.attacks.items():
+        curve = cell["attacks"].get(dataset, [])
+        row = {**head, "attack": label, "attack_steps": curve[-1]["step"] if curve else None}
+        for m in study.forget_metrics:
+            along = [point["forget"].get(m) for point in curve]
+            row.update({f"forget.{m}.before": forget_before.get(m), f"forget.{m}.after": forget_after.get(m),
+                        f"forget.{m}.attacked": along[-1] if along else None,
+                        f"forget.{m}.peak": max(along) if along else None})
+        first = study.forget_metrics[0]
+        row[f"recovered.{first}"] = _recovered(row[f"forget.{first}.before"], row[f"forget.{first}.after"],
+                                               row[f"forget.{first}.attacked"])
+        task = [point["task"][TASK_METRIC] for point in curve if "task" in point]
+        row.update({f"task.{TASK_METRIC}.start": task[0] if task else None,
+                    f"task.{TASK_METRIC}.end": task[-1] if task else None})
+        rows.append({**row, **common})
+    return rows
+
+
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """Rows averaged over seeds per (method, attack); 'mean ± std' text when there are several seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["method"], row["attack"])].append(row)
+    averaged = []
+    for (method, attack), members in groups.items():
+        row: dict = {"method": method, "attack": attack, "seeds": len(members)}
+        for key in members[0]:
+            values = [m[key] for m in members if isinstance(m.get(key), (int, float)) and key != "seed"]
+            if len(values) == len(members) and key not in row:
+                mean = statistics.fmean(values)
+                row[key] = f"{mean:.4g} ± {statistics.stdev(values):.2g}" if len(values) > 1 else mean
+        averaged.append(row)
+    return averaged
+
+
+def timing_rows(cells: list[dict]) -> list[dict]:
+    return [{"method": c["method"], "seed": c["seed"], **c.get("env", {}).get("wall_time_seconds", {})}
+            for c in cells]
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def plot_attack_curves(study: Study, cells: list[dict], path: Path) -> None:
+    metric = study.forget_metrics[0]
+    with_task = any("task" in p for c in cells for curve in c["attacks"].values() for p in curve)
+    rows = 2 if with_task else 1
+    figure, axes = plt.subplots(rows, len(study.attacks), figsize=(5 * len(study.attacks), 3.6 * rows),
+                                squeeze=False)
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    for column, (label, dataset) in enumerate(study.attacks.items()):
+        for method in methods:
+            curves = [c["attacks"][dataset] for c in cells if c["method"] == method and dataset in c["attacks"]]
+            if not curves:
+                continue
+            steps = [p["step"] for p in curves[0]]
+            panels = [(axes[0][column], lambda p: p["forget"][metric])]
+            if with_task and "task" in curves[0][0]:
+                panels.append((axes[1][column], lambda p: p["task"][TASK_METRIC]))
+            for axis, read in panels:
+                values = [[read(p) for p in curve] for curve in curves]
+                mean = [statistics.fmean(v) for v in zip(*values)]
+                line, = axis.plot(steps, mean, marker="o", label=method)
+                if len(values) > 1:
+                    axis.fill_between(steps, [min(v) for v in zip(*values)], [max(v) for v in zip(*values)],
+                                      color=line.get_color(), alpha=0.2)
+        before = [c["metrics"]["before"]["forget"][metric] for c in cells if "before" in c.get("metrics", {})]
+        if before:
+            axes[0][column].axhline(statistics.fmean(before), color="grey", linestyle=":", label="before unlearning")
+        axes[0][column].set(title=f"attack: {label}", xlabel="attack step", ylabel=f"forget {metric}")
+        axes[0][column].legend(fontsize=8)
+        if with_task:
+            axes[1][column].set(xlabel="attack step", ylabel=f"task {TASK_METRIC}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_tradeoff(study: Study, rows: list[dict], path: Path) -> None:
+    metric, utility = study.forget_metrics[0], f"retain.{study.utility_metric}.after"
+    figure, axis = plt.subplots(figsize=(6.5, 5))
+    markers = dict(zip(study.attacks, "^sDvP*X"))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method and r.get(utility) is not None]
+        if not mine:
+            continue
+        points = {(r["seed"], r[utility], r[f"forget.{metric}.after"]) for r in mine}
+        line, = axis.plot([p[1] for p in points], [p[2] for p in points], "o", label=f"{method} after unlearning")
+        for r in mine:
+            if r["attack"] in markers and r.get(f"forget.{metric}.attacked") is not None:
+                axis.plot([r[utility]] * 2, [r[f"forget.{metric}.after"], r[f"forget.{metric}.attacked"]],
+                          color=line.get_color(), alpha=0.4)
+                axis.plot(r[utility], r[f"forget.{metric}.attacked"], markers[r["attack"]], color=line.get_color(),
+                          label=f"{method} after {r['attack']} attack")
+    befores = [r for r in rows if r.get(f"forget.{metric}.before") is not None]
+    if befores:
+        axis.axhline(befores[0][f"forget.{metric}.before"], color="grey", linestyle=":", label="forget before unlearning")
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axis.legend(unique.values(), unique.keys(), fontsize=7)
+    axis.set(xlabel=f"retain {study.utility_metric} after unlearning (utility, higher = better)",
+             ylabel=f"forget {metric} (lower = more forgotten)", title=f"study {study.name}: forget vs utility")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(study: Study) -> None:
+    """study.csv, study.md and the two plots, from whatever cells have finished."""
+    cells = finished_cells(study)
+    if not cells:
+        return
+    rows = [row for cell in cells for row in cell_rows(study, cell)]
+    write_text_atomic(study.folder / "study.csv", to_csv(_columns(rows), rows))
+    averaged, timings = mean_rows(rows), timing_rows(cells)
+    write_text_atomic(study.folder / "study.md", "\n".join([
+        f"# Study {study.name}: {len(cells)} of {len(study.cells)} cells finished", "",
+        "## Mean over seeds", "", to_markdown(_columns(averaged), averaged),
+        "## Every cell", "", to_markdown(_columns(rows), rows),
+        "## Wall time per stage (seconds)", "", to_markdown(_columns(timings), timings)]))
+    if study.attacks:
+        plot_attack_curves(study, cells, study.folder / "forget_vs_attack_steps.png")
+    plot_tradeoff(study, rows, study.folder / "tradeoff.png")

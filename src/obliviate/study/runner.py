@@ -1,0 +1,59 @@
+"""Run a study's cells one after another, skipping finished ones, then write its table and plots.
+
+A cell is finished when its run folder exists: the Unlearner writes into ``<run>.incomplete/`` and
+renames it only at the very end, so an interrupted study (Ctrl-C, a killed job, a crash) leaves no
+finished-looking cell behind; running the study again redoes the interrupted cell (its ``.incomplete``
+folder is replaced) and skips the finished ones. A cell that fails is reported and the others still run;
+the study then exits non-zero.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shlex
+import traceback
+from pathlib import Path
+
+from obliviate.errors import UserError
+from obliviate.io import write_json_atomic
+from obliviate.study.report import write_report
+from obliviate.study.spec import load_study
+from obliviate.unlearner import Unlearner
+
+log = logging.getLogger(__name__)
+
+
+class StudyFailed(UserError):
+    """Some cells failed (their errors were printed); the finished ones are in the report."""
+
+
+def run_study(path: Path, extra_argv: list[str]) -> Path:
+    """Run every unfinished cell of the study file at ``path``; return the study folder."""
+    study = load_study(path, extra_argv)
+    for cell in study.cells:  # every cheap check of every cell before the first long one
+        Unlearner(cell.settings).setup()
+    study.folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(study.folder / "study.json", {
+        "study_file": str(path), "attacks": study.attacks,
+        "cells": [{"method": c.method, "seed": c.seed, "folder": str(c.folder),
+                   "command": shlex.join(["python", "src/exec/unlearn_model.py", *c.argv])} for c in study.cells]})
+    failed = []
+    for number, cell in enumerate(study.cells, 1):
+        where = f"cell {number}/{len(study.cells)} ({cell.method}, seed {cell.seed})"
+        if cell.folder.is_dir():
+            log.info("%s: finished before, skipped (%s)", where, cell.folder)
+            continue
+        log.info("%s: running", where)
+        try:
+            Unlearner(cell.settings).run()
+        except Exception as error:  # one broken cell must not lose the others
+            log.error("%s failed: %s\n%s", where, error, traceback.format_exc())
+            failed.append(f"{cell.method} seed {cell.seed}")
+        gc.collect()
+    write_report(study)
+    if failed:
+        raise StudyFailed(f"{len(failed)} study cells failed ({', '.join(failed)}); fix them and run the study "
+                          "again: finished cells are skipped")
+    return study.folder
+

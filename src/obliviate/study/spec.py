@@ -1,0 +1,196 @@
+"""A study file: methods × attacks × seeds, each (method, seed) cell a normal experiment with overrides.
+
+Study file (JSON; keys starting with ``_`` are comments)::
+
+    {
+      "name": "robustness",                            # results under <results_root>/<name>/
+      "results_root": "files/results/studies",         # optional (this default)
+      "base_config": "configs/synthetic/npo.json",     # optional: config used by methods without their own
+      "overrides": {"eval.max_examples": 20},          # dotted experiment keys, applied to every cell
+      "methods": {                                      # label -> overrides ("config_file" picks its config)
+        "NPO": {"config_file": "configs/synthetic/npo.json"},
+        "ILU(NPO)": {"config_file": "configs/synthetic/ilu_npo.json", "unlearn.ILU.lam": 1.0}
+      },
+      "attacks": {                                      # label -> attack settings (keys of the attack section)
+        "math": {"datasets": "synthetic:math_train", "test_datasets": "synthetic:math_test", "lr": 3e-4},
+        "relearn": {"datasets": "relearn", "num_examples": 20}
+      },
+      "seeds": [0, 1],
+      "forget_metrics": ["prob", "rouge_l_recall"],    # reported on the forget split; the first is plotted
+      "utility_metric": "prob"                         # on the retain split: the trade-off plot's x axis
+    }
+
+All attacks of a cell run inside its one experiment, each from the same unlearned weights (they differ
+only after unlearning, so unlearning once per (method, seed) is exact, not an approximation). Keys an
+attack leaves out take the cell config's value; ``attack.eval_every`` is common to all attacks (set it
+in ``overrides``). Precedence inside a cell: config file < study overrides < method overrides < seed and
+attacks < the study command line's own ``--section.key value`` overrides.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from obliviate.config.loader import parse_config
+from obliviate.config.schema import experiment_schema
+from obliviate.config.settings import Settings
+from obliviate.errors import UserError
+from obliviate.evaluation import METRICS
+from obliviate.loggers import RunFolder
+from obliviate.methods import METHODS
+
+STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
+              "utility_metric"}
+PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment of the study: a method at a seed, with every attack."""
+
+    method: str
+    seed: int
+    argv: tuple[str, ...]
+    settings: Settings
+
+    @property
+    def run_name(self) -> str:
+        return f"{slug(self.method)}_seed{self.seed}"
+
+    @property
+    def folder(self) -> Path:
+        """Where the finished experiment lives (the run folder its logger writes)."""
+        s = self.settings
+        return RunFolder.location(Path(s.logger.json.root), s.unlearn.task_name,
+                                  METHODS.canonical(s.unlearn.unlearn_method), s.logger.run_name)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    folder: Path
+    attacks: dict[str, str]  # label -> the attack's data set name (the key in attacks.json)
+    cells: list[Cell]
+    forget_metrics: list[str]
+    utility_metric: str
+
+
+def slug(label: str) -> str:
+    """A label as a folder name: 'ILU(NPO)' -> 'ILU_NPO'."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_") or "method"
+
+
+def as_argument(value: Any) -> str:
+    """A JSON value as the command line writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def overrides_argv(overrides: dict[str, Any], where: str) -> list[str]:
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where} must be an object of dotted experiment keys, e.g. {{\"unlearn.lr\": 1e-5}}")
+    return [part for key, value in overrides.items() if not key.startswith("_")
+            for part in (f"--{key}", as_argument(value))]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"study file '{path}' does not exist; pass an existing JSON file to --config_file")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"study file '{path}' is not valid JSON (line {error.lineno}): {error.msg}") from None
+    if not isinstance(content, dict):
+        raise UserError(f"study file '{path}' must hold a JSON object")
+    content = {k: v for k, v in content.items() if not k.startswith("_")}
+    for key in content:
+        if key not in STUDY_KEYS:
+            close = difflib.get_close_matches(key, sorted(STUDY_KEYS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(STUDY_KEYS))}"
+            raise UserError(f"unknown key '{key}' in study file '{path}'; {hint}")
+    for key in ("name", "methods"):
+        if not content.get(key):
+            raise UserError(f"study file '{path}' needs '{key}'")
+    return content
+
+
+def _attack_lists(attacks: dict[str, dict], defaults: Settings) -> tuple[dict[str, str], list[str]]:
+    """The attack section's per-attack lists as overrides; and each attack label's data set name."""
+    if not isinstance(attacks, dict):
+        raise UserError("study 'attacks' must be an object: label -> attack settings")
+    columns: dict[str, list] = {key: [] for key in PER_ATTACK_KEYS}
+    names = {}
+    for label, spec in attacks.items():
+        if not isinstance(spec, dict) or not spec.get("datasets"):
+            raise UserError(f"study attack '{label}' needs 'datasets' (a data set name or 'relearn')")
+        if unknown := sorted(set(spec) - set(PER_ATTACK_KEYS)):
+            raise UserError(f"study attack '{label}' has unknown key '{unknown[0]}'; per-attack keys are "
+                            f"{', '.join(PER_ATTACK_KEYS)} (attack.eval_every goes in 'overrides')")
+        names[label] = str(spec["datasets"])
+        for key in PER_ATTACK_KEYS:
+            default = defaults[f"attack.{key}"][0] if defaults[f"attack.{key}"] else ""
+            columns[key].append(spec.get(key, default))
+    if not names:
+        return {}, []
+    return names, [part for key, values in columns.items() for part in (f"--attack.{key}", json.dumps(values))]
+
+
+def load_study(path: Path, extra_argv: list[str]) -> Study:
+    """Read and check the study file and every cell's experiment config (no long work)."""
+    content = _read(path)
+    name = slug(str(content["name"]))
+    folder = Path(content.get("results_root", "files/results/studies")) / name
+    seeds = content.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise UserError(f"study 'seeds' must be a non-empty list of non-negative integers, not {seeds!r}")
+    forget_metrics = content.get("forget_metrics", ["prob", "rouge_l_recall"])
+    utility_metric = content.get("utility_metric", "prob")
+    for metric in [*forget_metrics, utility_metric]:
+        METRICS.get(metric)  # unknown names fail here, listing the valid ones
+    common = overrides_argv(content.get("overrides", {}), "study 'overrides'")
+    methods = content["methods"]
+    if not isinstance(methods, dict):
+        raise UserError("study 'methods' must be an object: label -> overrides")
+    if len({slug(label) for label in methods}) != len(methods):
+        raise UserError("study method labels must differ in their letters and digits (they name run folders)")
+    cells, attack_names = [], {}
+    for label, spec in methods.items():
+        spec = dict(spec or {})
+        config_file = spec.pop("config_file", content.get("base_config"))
+        if not config_file:
+            raise UserError(f"study method '{label}' has no config_file and the study has no base_config")
+        head = ["--config_file", str(config_file), *common, *overrides_argv(spec, f"study method '{label}'")]
+        defaults = _parse(head + extra_argv, label)
+        attack_names, attack_argv = _attack_lists(content.get("attacks", {}), defaults)
+        for seed in seeds:
+            run_name = f"{slug(label)}_seed{seed}"
+            argv = (*head, "--overall.seed", str(seed), *attack_argv, "--logger.json.root", str(folder / "runs"),
+                    "--logger.run_name", run_name, *extra_argv)
+            cells.append(Cell(label, seed, argv, _parse(list(argv), label)))
+    _check_metrics(cells, forget_metrics, utility_metric)
+    return Study(name, folder, attack_names, cells, forget_metrics, utility_metric)
+
+
+def _parse(argv: list[str], label: str) -> Settings:
+    try:
+        return parse_config(argv, experiment_schema(), "study.py")
+    except UserError as error:
+        raise UserError(f"study method '{label}': {error}") from None
+
+
+def _check_metrics(cells: list[Cell], forget_metrics: list[str], utility_metric: str) -> None:
+    for cell in cells:
+        computed = set(cell.settings.eval.metrics)
+        if missing := [m for m in dict.fromkeys([*forget_metrics, utility_metric]) if m not in computed]:
+            raise UserError(f"study reports {missing[0]} but method '{cell.method}' does not compute it; add it to "
+                            "eval.metrics (e.g. in the study's overrides) or change forget_metrics/utility_metric")
+        if cell.settings.logger.overwrite:
+            raise UserError("logger.overwrite would redo finished study cells; remove their run folders instead")

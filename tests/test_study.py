@@ -1,0 +1,148 @@
+"""The study runner on tiny-random-llama: cells, table, plots, skipping finished cells, resuming after an
+interruption (also one inside an attack), and bad study files failing before any work."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import obliviate.unlearner
+from obliviate.errors import UserError
+from obliviate.study.runner import StudyFailed, run_study
+from obliviate.study.spec import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def study_file(tmp_path, cache_dir):
+    def write(**changes) -> Path:
+        study = {
+            "_comment": "two methods x two attacks x one seed, seconds each",
+            "name": "tiny",
+            "results_root": str(tmp_path / "studies"),
+            "overrides": {"overall.model_name": "tiny-random-llama", "overall.cache_dir": str(cache_dir),
+                          "dataset.data_dir": str(tmp_path / "data"), "unlearn.max_steps": 2,
+                          "finetune.max_steps": 2, "eval.max_examples": 4, "eval.max_new_tokens": 4,
+                          "eval.metrics": ["prob", "rouge_l_recall"], "attack.eval_every": 1},
+            "methods": {"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json")},
+                        "GA(fast)": {"config_file": str(ROOT / "configs/synthetic/ga.json"), "unlearn.lr": 1e-4}},
+            "attacks": {"math": {"datasets": "synthetic:math_train", "test_datasets": "synthetic:math_test",
+                                 "max_steps": 2, "num_examples": 8, "lr": 1e-3},
+                        "relearn": {"datasets": "relearn", "max_steps": 3, "lr": 1e-3}},
+            "seeds": [0],
+        }
+        study.update(changes)
+        path = tmp_path / "study.json"
+        path.write_text(json.dumps(study))
+        return path
+    return write
+
+
+def read_rows(folder: Path) -> list[dict]:
+    with (folder / "study.csv").open() as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_study_runs_each_cell_once_and_writes_table_and_plots(study_file, tmp_path):
+    folder = run_study(study_file(), [])
+    assert folder == tmp_path / "studies" / "tiny"
+    rows = read_rows(folder)
+    assert [(r["method"], r["attack"]) for r in rows] == [("NPO", "math"), ("NPO", "relearn"),
+                                                         ("GA(fast)", "math"), ("GA(fast)", "relearn")]
+    assert {"forget.prob.before", "forget.prob.after", "forget.prob.attacked", "forget.prob.peak", "recovered.prob",
+            "retain.prob.after", "task.exact_match.end", "seconds.unlearn"} <= set(rows[0])
+    # the table is read from the cells' own results: recovered = (attacked - after) / (before - after)
+    run = folder / "runs" / "synthetic" / "GA" / "GA_fast_seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    curve = json.loads((run / "attacks.json").read_text())["relearn"]
+    assert [p["step"] for p in curve] == [0, 1, 2, 3]
+    before, after = metrics["before"]["forget"]["prob"], metrics["after"]["forget"]["prob"]
+    attacked = curve[-1]["forget"]["prob"]
+    assert float(rows[3]["recovered.prob"]) == pytest.approx((attacked - after) / (before - after), rel=1e-6)
+    assert float(rows[3]["forget.prob.peak"]) == pytest.approx(max(p["forget"]["prob"] for p in curve), rel=1e-6)
+    assert rows[2]["task.exact_match.end"] != "" and rows[3]["task.exact_match.end"] == ""
+    # each cell's command line is recorded and reproduces it as a normal experiment
+    cells = json.loads((folder / "study.json").read_text())["cells"]
+    assert cells[1]["command"].startswith("python src/exec/unlearn_model.py --config_file")
+    assert "--unlearn.lr 0.0001" in cells[1]["command"] and "--overall.seed 0" in cells[1]["command"]
+    assert (folder / "forget_vs_attack_steps.png").stat().st_size > 0 and (folder / "tradeoff.png").stat().st_size > 0
+    assert "## Mean over seeds" in (folder / "study.md").read_text()
+
+    finished = {p: p.stat().st_mtime_ns for p in (folder / "runs").rglob("metrics.json")}
+    run_study(study_file(), [])  # all done: nothing runs again
+    assert {p: p.stat().st_mtime_ns for p in (folder / "runs").rglob("metrics.json")} == finished
+
+
+def test_interrupted_study_resumes_with_the_unfinished_cell(study_file, tmp_path, monkeypatch):
+    real_attacks = obliviate.unlearner.run_attacks
+    calls = []
+
+    def interrupted_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the second cell, during its attacks
+        return real_attacks(*args, **kwargs)
+
+    monkeypatch.setattr(obliviate.unlearner, "run_attacks", interrupted_second_time)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study_file(), [])
+    runs = tmp_path / "studies" / "tiny" / "runs" / "synthetic"
+    first = runs / "NPO" / "NPO_seed0"
+    assert first.is_dir() and (runs / "GA" / "GA_fast_seed0.incomplete").is_dir()
+    assert not (runs / "GA" / "GA_fast_seed0").exists()
+    done_at = (first / "metrics.json").stat().st_mtime_ns
+
+    run_study(study_file(), [])
+    assert (first / "metrics.json").stat().st_mtime_ns == done_at  # finished cell skipped
+    assert (runs / "GA" / "GA_fast_seed0" / "attacks.json").is_file()
+    assert not list(runs.rglob("*.incomplete"))
+    assert len(read_rows(tmp_path / "studies" / "tiny")) == 4
+
+
+def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypatch):
+    real_unlearn = obliviate.unlearner.Unlearner._unlearn
+
+    def fail_for_npo(self, model, tokenizer):
+        if self.method == "NPO":
+            raise RuntimeError("diverged")
+        return real_unlearn(self, model, tokenizer)
+
+    monkeypatch.setattr(obliviate.unlearner.Unlearner, "_unlearn", fail_for_npo)
+    with pytest.raises(StudyFailed, match=r"1 study cells failed \(NPO seed 0\)"):
+        run_study(study_file(), [])
+    assert [r["method"] for r in read_rows(tmp_path / "studies" / "tiny")] == ["GA(fast)", "GA(fast)"]
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"method": {}}, "unknown key 'method' in study file .*; did you mean 'methods'"),
+    ({"seeds": [0, -1]}, "study 'seeds' must be a non-empty list of non-negative integers"),
+    ({"methods": {"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lrr": 1}}},
+     "study method 'NPO': unknown key 'unlearn.lrr' .*did you mean 'unlearn.lr'"),
+    ({"attacks": {"math": {"datasets": "synthetic:math_train", "steps": 3}}},
+     "study attack 'math' has unknown key 'steps'"),
+    ({"attacks": {"math": {"datasets": "synthetic:maths_train"}}}, "unknown synthetic split 'maths_train'"),
+    ({"forget_metrics": ["truth_ratio"]}, "study reports truth_ratio but method 'NPO' does not compute it"),
+])
+def test_bad_study_files_fail_before_any_work(study_file, tmp_path, changes, message):
+    with pytest.raises(UserError, match=message):
+        run_study(study_file(**changes), [])
+    assert not (tmp_path / "studies").exists()
+
+
+def test_study_command_line_overrides_every_cell(study_file):
+    study = load_study(study_file(), ["--unlearn.max_steps", "5"])
+    assert [cell.settings.unlearn.max_steps for cell in study.cells] == [5, 5]
+    assert study.cells[1].settings.unlearn.lr == 1e-4 and study.cells[1].settings.attack.lr == [1e-3, 1e-3]
+    assert study.cells[0].settings.attack.test_datasets == ["synthetic:math_test", ""]
+
+
+def test_study_entry_point_reports_bad_input_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "src/exec/study.py"), "--config_file",
+                             str(tmp_path / "missing.json")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: study file '{tmp_path / 'missing.json'}' does not exist; pass an " \
+                                    "existing JSON file to --config_file"
