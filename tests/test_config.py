@@ -176,7 +176,13 @@ def test_comment_keys_are_ignored(tmp_path):
 def test_every_shipped_config_validates():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json"))
-    assert configs
-    for config in configs:
+    from obliviate.study.spec import load_study
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    studies = sorted((folder / "studies").glob("*.json"))
+    experiments = sorted(set(folder.rglob("*.json")) - set(studies))
+    assert experiments and studies
+    for config in experiments:
         parse("--config_file", str(config))
+    for study in studies:  # the study file and every cell's experiment config
+        assert load_study(study, []).cells

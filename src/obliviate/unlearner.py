@@ -286,6 +286,7 @@ class Unlearner:
                                                                      self.accelerator.num_processes),
                                                 "wall_time_seconds": self.timings})
         folder = self.run_folder.finish()
-        print(metrics_table(metrics))
+        if metrics:
+            print(metrics_table(metrics))
         print(f"results: {folder}")
         return folder
