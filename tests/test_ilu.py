@@ -102,3 +102,11 @@ def test_ilu_wraps_its_base_method_and_needs_environments():
     assert METHODS.get("ILU").datasets(settings, "ILU") == {"env0": "synthetic:full_text"}
     with pytest.raises(UserError, match="unlearn.ILU.environments is empty"):
         METHODS.get("ILU").objective(parse_config([], experiment_schema()), "ILU")
+
+
+def test_ilu_reads_its_base_methods_extra_data():
+    settings = parse_config(["--unlearn.unlearn_method", "ILU", "--unlearn.ILU.environments", "synthetic:math_train",
+                             "--unlearn.ILU.base_method", "RMU", "--unlearn.RMU.extra_topics", "cyber.jsonl"],
+                            experiment_schema())
+    assert METHODS.get("ILU").datasets(settings, "ILU") == {"topic1": "cyber.jsonl", "env0": "synthetic:math_train"}
+    assert METHODS.get("ILU").objective(settings, "ILU").splits == {"forget", "topic1", "retain", "env0"}

@@ -97,5 +97,30 @@ def test_steering_coefficient_relative_to_activation_norm(tokenizer):
     batch = forget.collate([forget[i] for i in range(len(forget))])
     h, mask = hidden_reference(model, batch, 0), batch.attention_mask.float()
     expected = 2.0 * float((h.norm(dim=-1) * mask).sum() / mask.sum())
-    assert objective.terms[0][1].steering_coeff == pytest.approx(expected, rel=1e-5)
+    assert objective.terms[0][1].steering_coeffs == [pytest.approx(expected, rel=1e-5)]
     assert objective.splits == {"forget"}
+
+
+def test_each_topic_has_its_own_control_vector_and_micro_batches_cycle_through_topics(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    datasets = {"forget": data(tokenizer, 0), "topic1": data(tokenizer, 20), "retain": data(tokenizer, 50)}
+    objective = METHODS.get("RMU").build(**{**PARAMS, "steering_norm_multiple": 2.0}, extra_topics=["cyber.jsonl"])
+    objective.prepare(PrepareContext(model, datasets, 4, torch.device("cpu")))
+    term = objective.terms[0][1]
+    u = objective.artifacts()["rmu_u"]
+    assert u.shape == (2, model.config.hidden_size) and not torch.allclose(u[0], u[1])
+    assert torch.allclose(u.norm(dim=-1), torch.ones(2))
+    single = METHODS.get("RMU").build(**PARAMS)
+    single.prepare(PrepareContext(tiny_random_llama(tokenizer), datasets, 4, torch.device("cpu")))
+    assert torch.equal(single.artifacts()["rmu_u"][0], u[0])  # topic 0 keeps the one-topic vector
+    batch = {name: d.collate([d[i] for i in range(3)]) for name, d in datasets.items()}
+    topics = []
+    for _ in range(4):
+        output = objective(model, batch)
+        topics.append(output.logs["rmu_topic"])
+        h = hidden_reference(model, batch[["forget", "topic1"][topics[-1]]], 0)
+        mask = batch[["forget", "topic1"][topics[-1]]].attention_mask.float()
+        expected = (((h - term.steering_coeffs[topics[-1]] * u[topics[-1]]) ** 2).mean(-1) * mask).sum() / mask.sum()
+        assert output.logs["rmu_forget"] == pytest.approx(expected.item(), rel=1e-5)
+    assert topics == [0, 1, 0, 1]
+    assert term.steering_coeffs[0] != term.steering_coeffs[1]  # the norm rule per topic's own activations

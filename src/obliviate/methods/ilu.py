@@ -100,4 +100,6 @@ class ILU(Method):
 
     @classmethod
     def datasets(cls, settings: Settings, name: str) -> dict[str, str]:
-        return {f"env{i}": dataset for i, dataset in enumerate(settings[f"unlearn.{name}.environments"])}
+        base = settings[f"unlearn.{name}.base_method"]
+        return {**METHODS.get(base).datasets(settings, base),
+                **{f"env{i}": dataset for i, dataset in enumerate(settings[f"unlearn.{name}.environments"])}}

@@ -1,12 +1,17 @@
 """RMU: Representation Misdirection for Unlearning (Li et al. 2024, "The WMDP Benchmark", arXiv 2403.03218).
 
-With h_ℓ(x) the output of decoder layer ℓ (tokens × hidden size) and u a fixed random unit vector
-(drawn uniform in [0, 1)^d with the run's seed, then normalised; saved with the run as ``rmu_u``):
+With h_ℓ(x) the output of decoder layer ℓ (tokens × hidden size) and u a fixed random unit vector per
+forget topic (drawn uniform in [0, 1)^d with ``seed``, then normalised; saved with the run as ``rmu_u``,
+one row per topic):
 
     L = mean_{tokens, dims} (h_ℓ^θ(x_f) − c·u)²  +  α · mean_{tokens, dims} (h_ℓ^θ(x_r) − h_ℓ^ref(x_r))²
 
 Means run over the hidden size and the non-padding tokens. Only the selected parameters train (default:
 ``mlp.down_proj`` of layers ℓ−2, ℓ−1, ℓ); every other parameter is frozen.
+
+Topics: the forget set is topic 0; ``extra_topics`` names more forget data sets (e.g. WMDP's bio and
+cyber corpora), each with its own u (and its own c under the norm rule). As in the RMU code, successive
+micro-batches cycle through the topics: micro-batch k misdirects topic k mod n.
 
 The reference h_ℓ^ref comes from the frozen starting weights WITHOUT a second model: only the trained
 parameters differ from the start, so their starting values are kept (a small copy) and swapped in for a
@@ -22,13 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue, ListValue, StrValue
 from obliviate.data.tokenize import TokenBatch
+from obliviate.config.settings import Settings
 from obliviate.errors import UserError
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
 
@@ -75,6 +81,11 @@ def masked_mse(hidden: torch.Tensor, target: torch.Tensor, attention_mask: torch
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def topic_splits(count: int) -> list[str]:
+    """Split names of the extra forget topics (the forget set itself is topic 0)."""
+    return [f"topic{i}" for i in range(1, count + 1)]
+
+
 class RMULoss(Term):
     """The whole RMU objective (forget misdirection + α · retain activation matching) as one term."""
 
@@ -82,17 +93,20 @@ class RMULoss(Term):
     split = "forget"
 
     def __init__(self, layer: int, trained_layers: list[int], param_pattern: str, steering_coeff: float,
-                 steering_norm_multiple: float, alpha: float, seed: int) -> None:
+                 steering_norm_multiple: float, alpha: float, seed: int, extra_topics: int = 0) -> None:
         self.layer, self.param_pattern, self.alpha, self.seed = layer, param_pattern, alpha, seed
         self.trained_layers = trained_layers or [layer - 2, layer - 1, layer]
-        self.steering_coeff, self.steering_norm_multiple = steering_coeff, steering_norm_multiple
-        self.control: torch.Tensor | None = None
+        self.steering_norm_multiple = steering_norm_multiple
+        self.topics = ["forget", *topic_splits(extra_topics)]
+        self.steering_coeffs = [steering_coeff] * len(self.topics)
+        self.control: torch.Tensor | None = None  # [topics, hidden size]
+        self.calls = 0
         self.starting_values: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.last: dict[str, float] = {}
 
     @property
     def reads(self) -> set[str]:
-        return {"forget", "retain"} if self.alpha else {"forget"}
+        return {*self.topics, "retain"} if self.alpha else set(self.topics)
 
     def trained_names(self, names: list[str]) -> list[str]:
         layers = "|".join(str(i) for i in self.trained_layers)
@@ -127,27 +141,32 @@ class RMULoss(Term):
             parameter.requires_grad_(name in names)
         self.starting_values = [(parameters[n], parameters[n].detach().clone()) for n in names]
         generator = torch.Generator().manual_seed(self.seed)
-        hidden_size = model.config.hidden_size
-        control = torch.rand(hidden_size, generator=generator)
-        self.control = (control / control.norm()).to(context.device)
+        control = torch.rand(len(self.topics), model.config.hidden_size, generator=generator)
+        self.control = (control / control.norm(dim=-1, keepdim=True)).to(context.device)
         if self.steering_norm_multiple > 0:
-            norms, tokens = 0.0, 0.0
-            for batch in context.datasets["forget"].loader(context.batch_size):
-                batch = batch.to(context.device)
-                hidden = hidden_at_layer(model, batch, self.layer)
-                mask = batch.attention_mask.float()
-                norms += float((hidden.norm(dim=-1) * mask).sum())
-                tokens += float(mask.sum())
-            self.steering_coeff = self.steering_norm_multiple * norms / tokens
+            self.steering_coeffs = [self.steering_norm_multiple * self._mean_norm(model, context, topic)
+                                    for topic in self.topics]
+
+    def _mean_norm(self, model: torch.nn.Module, context: PrepareContext, split: str) -> float:
+        """Mean per-token ‖h_ℓ‖ of the starting model on a split's non-padding tokens."""
+        norms, tokens = 0.0, 0.0
+        for batch in context.datasets[split].loader(context.batch_size):
+            batch = batch.to(context.device)
+            mask = batch.attention_mask.float()
+            norms += float((hidden_at_layer(model, batch, self.layer).norm(dim=-1) * mask).sum())
+            tokens += float(mask.sum())
+        return norms / tokens
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         if self.control is None:
             raise RuntimeError("RMULoss.prepare() must run before training")
-        forget = batch["forget"]
-        forget_loss = masked_mse(hidden_at_layer(model, forget, self.layer), self.steering_coeff * self.control,
-                                 forget.attention_mask)
+        topic = self.calls % len(self.topics)
+        self.calls += 1
+        forget = batch[self.topics[topic]]
+        forget_loss = masked_mse(hidden_at_layer(model, forget, self.layer),
+                                 self.steering_coeffs[topic] * self.control[topic], forget.attention_mask)
         total = forget_loss
-        self.last = {"rmu_forget": forget_loss.item(), "rmu_c": self.steering_coeff}
+        self.last = {"rmu_forget": forget_loss.item(), "rmu_c": self.steering_coeffs[topic], "rmu_topic": topic}
         if self.alpha:
             retain = batch["retain"]
             with torch.no_grad(), self.starting_weights():
@@ -180,9 +199,16 @@ class RMU(Method):
                                         "model on forget tokens (for models other than 7B)", default=0.0),
         "alpha": Param(FloatValue(low=0.0), "α: weight of retain activation matching (zephyr: 1200)",
                        default=1200.0),
-        "seed": Param(IntValue(low=0), "seed of the random control vector u", default=0),
+        "seed": Param(IntValue(low=0), "seed of the random control vectors u", default=0),
+        "extra_topics": Param(ListValue(StrValue()), "more forget data sets, each a topic with its own u "
+                              "(the forget set is the first topic); micro-batches cycle through topics", default=[]),
     }
 
     @staticmethod
-    def build(**values) -> Objective:
-        return RMULoss(**values) * 1.0
+    def build(extra_topics: Sequence[str] = (), **values) -> Objective:
+        return RMULoss(**values, extra_topics=len(extra_topics)) * 1.0
+
+    @classmethod
+    def datasets(cls, settings: Settings, name: str) -> dict[str, str]:
+        return dict(zip(topic_splits(len(settings[f"unlearn.{name}.extra_topics"])),
+                        settings[f"unlearn.{name}.extra_topics"]))
