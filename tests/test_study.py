@@ -32,7 +32,7 @@ def study_file(tmp_path, cache_dir):
                         "GA(fast)": {"config_file": str(ROOT / "configs/synthetic/ga.json"), "unlearn.lr": 1e-4}},
             "attacks": {"math": {"datasets": "synthetic:math_train", "test_datasets": "synthetic:math_test",
                                  "max_steps": 2, "num_examples": 8, "lr": 1e-3},
-                        "relearn": {"datasets": "relearn", "max_steps": 3, "lr": 1e-3}},
+                        "relearn": {"datasets": "relearn", "max_steps": 3, "lr": 1e-3, "num_examples": 2}},
             "seeds": [0],
         }
         study.update(changes)
@@ -53,7 +53,7 @@ def test_study_runs_each_cell_once_and_writes_table_and_plots(study_file, tmp_pa
     rows = read_rows(folder)
     assert [(r["method"], r["attack"]) for r in rows] == [("NPO", "math"), ("NPO", "relearn"),
                                                          ("GA(fast)", "math"), ("GA(fast)", "relearn")]
-    assert {"forget.prob.before", "forget.prob.after", "forget.prob.attacked", "forget.prob.peak", "recovered.prob",
+    assert {"forget.prob.before", "forget.prob.after", "forget.prob.attacked", "forget.prob.worst", "recovered.prob",
             "retain.prob.after", "task.exact_match.end", "seconds.unlearn"} <= set(rows[0])
     # the table is read from the cells' own results: recovered = (attacked - after) / (before - after)
     run = folder / "runs" / "synthetic" / "GA" / "GA_fast_seed0"
@@ -63,8 +63,12 @@ def test_study_runs_each_cell_once_and_writes_table_and_plots(study_file, tmp_pa
     before, after = metrics["before"]["forget"]["prob"], metrics["after"]["forget"]["prob"]
     attacked = curve[-1]["forget"]["prob"]
     assert float(rows[3]["recovered.prob"]) == pytest.approx((attacked - after) / (before - after), rel=1e-6)
-    assert float(rows[3]["forget.prob.peak"]) == pytest.approx(max(p["forget"]["prob"] for p in curve), rel=1e-6)
+    assert float(rows[3]["forget.prob.worst"]) == pytest.approx(max(p["forget"]["prob"] for p in curve), rel=1e-6)
     assert rows[2]["task.exact_match.end"] != "" and rows[3]["task.exact_match.end"] == ""
+    # relearning on 2 of the 4 evaluated forget examples: the other 2 are also evaluated, as forget_unseen
+    assert all(set(p["forget_unseen"]) == {"prob", "rouge_l_recall"} for p in curve)
+    assert float(rows[3]["forget_unseen.prob.attacked"]) == pytest.approx(curve[-1]["forget_unseen"]["prob"], rel=1e-6)
+    assert rows[2]["forget_unseen.prob.attacked"] == ""
     # each cell's command line is recorded and reproduces it as a normal experiment
     cells = json.loads((folder / "study.json").read_text())["cells"]
     assert cells[1]["command"].startswith("python src/exec/unlearn_model.py --config_file")

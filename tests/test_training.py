@@ -54,6 +54,13 @@ def test_micro_batches_pair_each_forget_batch_with_random_retain_and_reshuffle(t
     assert all(b["retain"].index.shape == (2,) for b in first_pass)
     again = micro_batches({"forget": dataset(4), "retain": dataset(10)}, "forget", 2, seed=0)
     assert [next(again)["retain"].index.tolist() for _ in range(2)] == [b["retain"].index.tolist() for b in first_pass]
+    # the draw does not depend on the order the splits arrive in (a set's order changes between processes)
+    splits = {"forget": dataset(4), "retain": dataset(10), "env0": dataset(7)}
+    one = micro_batches(splits, "forget", 2, seed=0)
+    other = micro_batches(dict(reversed(splits.items())), "forget", 2, seed=0)
+    for _ in range(3):
+        a, b = next(one), next(other)
+        assert all(a[name].index.tolist() == b[name].index.tolist() for name in splits)
 
 
 def encoded(tokenizer, question, answer, n=8):

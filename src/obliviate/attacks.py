@@ -5,8 +5,9 @@ a downstream task unrelated to the forget set (``synthetic:math_train`` offline;
 ``openai/gsm8k:main`` on a GPU machine), or ``relearn``: the first ``attack.num_examples`` forget
 examples. ``attack.lr``, ``attack.max_steps``, ``attack.batch_size`` and ``attack.num_examples`` hold one
 value for every attack or one per attack. At step 0 and every ``attack.eval_every`` steps the forget
-split is evaluated with ``eval.metrics`` and, when the attack names a test set (``attack.test_datasets``,
-same order), the task's own accuracy (``exact_match`` of greedy answers), so curves can be drawn.
+split is evaluated with ``eval.metrics`` (for ``relearn`` on a slice, also the forget examples outside
+the slice, as ``forget_unseen``) and, when the attack names a test set (``attack.test_datasets``, same
+order), the task's own accuracy (``exact_match`` of greedy answers), so curves can be drawn.
 Results go to ``attacks.json`` (keyed by the attack's data set name); training logs to
 ``attack_train_log.jsonl``.
 
@@ -70,7 +71,7 @@ def plan_attacks(section: dict[str, Any], forget: list[Example], load: Callable[
 
 def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, attacks: list[Attack], fmt: PromptFormat,
                 max_length: int, eval_every: int, accelerator: Accelerator, seed: int,
-                evaluate_point: Callable[[list[Example]], dict], log_step: Callable[[dict], None]) -> dict:
+                evaluate_point: Callable[[Attack], dict], log_step: Callable[[dict], None]) -> dict:
     """Fine-tune a fresh copy of the unlearned weights on each attack; return its evaluation curve."""
     unlearned = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     results = {}
@@ -82,11 +83,11 @@ def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, atta
         config = TrainingConfig(lr=attack.lr, num_epochs=1, max_steps=attack.max_steps, gradient_accumulation_steps=1,
                                 weight_decay=0.0, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0,
                                 logging_steps=1, batch_size=attack.batch_size)
-        curve = [{"step": 0, **evaluate_point(attack.test)}]
+        curve = [{"step": 0, **evaluate_point(attack)}]
 
         def evaluate_at(step: int, attack: Attack = attack, curve: list = curve) -> None:
             if step % eval_every == 0 or step == attack.max_steps:
-                curve.append({"step": step, **evaluate_point(attack.test)})
+                curve.append({"step": step, **evaluate_point(attack)})
 
         train(model, NLL("train") * 1.0, {"train": data}, "train", config, accelerator, seed,
               on_log=lambda record, name=attack.name: log_step({"attack": name, **record}),

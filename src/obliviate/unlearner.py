@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from obliviate.attacks import plan_attacks, run_attacks
+from obliviate.attacks import RELEARN, Attack, plan_attacks, run_attacks
 from obliviate.config.settings import Settings
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.sources import load_examples
@@ -176,18 +176,27 @@ class Unlearner:
         return EvalOptions(e.batch_size, self.settings.dataset.max_length, e.max_new_tokens, self.cache_dir)
 
     def _attack(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: list[float] | None) -> dict:
-        """Run the fine-tune attacks; forget metrics (and the task's accuracy) at each evaluation point."""
-        s = self.settings
-        forget = {"forget": self._eval_splits()["forget"]}
-        limit = s.eval.max_examples or None
+        """Run the fine-tune attacks; forget metrics (and the task's accuracy) at each evaluation point.
 
+        A relearning attack on a slice of the forget set is also evaluated on the forget examples outside
+        the slice (``forget_unseen``): knowledge that comes back there was not simply trained in again.
+        """
+        s = self.settings
+        forget = self._eval_splits()["forget"]
+        limit = s.eval.max_examples or None
         options = self._eval_options()
 
-        def evaluate_point(test: list[Example]) -> dict:
-            point = {"forget": evaluate(model, tokenizer, forget, self.fmt, options, s.eval.metrics,
-                                        reference).metrics["forget"]}
-            if test:
-                point["task"] = evaluate(model, tokenizer, {"task": test[:limit]}, self.fmt, options,
+        def forget_metrics(examples: list[Example]) -> dict:
+            return evaluate(model, tokenizer, {"forget": examples}, self.fmt, options, s.eval.metrics,
+                            reference).metrics["forget"]
+
+        def evaluate_point(attack: Attack) -> dict:
+            point = {"forget": forget_metrics(forget)}
+            trained = set(attack.train)
+            if attack.name == RELEARN and 0 < len(unseen := [e for e in forget if e not in trained]) < len(forget):
+                point["forget_unseen"] = forget_metrics(unseen)
+            if attack.test:
+                point["task"] = evaluate(model, tokenizer, {"task": attack.test[:limit]}, self.fmt, options,
                                          ["exact_match"]).metrics["task"]
             return point
 

@@ -1,13 +1,16 @@
 """A study's table and plots, from the run folders of its finished cells.
 
 ``study.csv`` has one row per (method, seed, attack): the forget metrics before unlearning (the target
-model), right after unlearning and at the end of the attack, their peak along the attack, the share of
-the forgotten amount that came back::
+model), right after unlearning and at the end of the attack, their worst point along the attack (the
+most knowledge back: the maximum, or the minimum of ``forget_quality``), the share of the forgotten
+amount that came back::
 
     recovered = (forget_attacked − forget_after) / (forget_before − forget_after)
 
 (0 = nothing came back, 1 = back to the target model; for the first of ``forget_metrics``), the retain
-utility after unlearning, the attack task's own accuracy at its start and end, and wall times.
+utility after unlearning, the attack task's own accuracy at its start and end, and wall times; for a
+relearning attack on a slice, the forget metrics of the examples outside the slice (``forget_unseen``)
+right after unlearning and at the attack's end.
 ``study.md`` holds the same rows averaged over seeds (± standard deviation), then every row, then the
 wall time of each stage per cell. Plots: ``forget_vs_attack_steps.png`` (forget metric, and the task's
 accuracy when measured, along each attack, one line per method, the band spanning the seeds) and
@@ -32,6 +35,7 @@ from obliviate.io import write_text_atomic  # noqa: E402
 from obliviate.study.spec import Study  # noqa: E402
 
 TASK_METRIC = "exact_match"
+HIGHER_MEANS_FORGOTTEN = {"forget_quality"}  # for the other forget metrics, higher = more knowledge
 
 
 def finished_cells(study: Study) -> list[dict]:
@@ -69,9 +73,13 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
         row = {**head, "attack": label, "attack_steps": curve[-1]["step"] if curve else None}
         for m in study.forget_metrics:
             along = [point["forget"].get(m) for point in curve]
+            most_known = min if m in HIGHER_MEANS_FORGOTTEN else max
             row.update({f"forget.{m}.before": forget_before.get(m), f"forget.{m}.after": forget_after.get(m),
                         f"forget.{m}.attacked": along[-1] if along else None,
-                        f"forget.{m}.peak": max(along) if along else None})
+                        f"forget.{m}.worst": most_known(along) if along else None})
+            unseen = [point["forget_unseen"].get(m) for point in curve if "forget_unseen" in point]
+            if unseen:  # relearning on a slice: the forget examples it did not train on
+                row.update({f"forget_unseen.{m}.after": unseen[0], f"forget_unseen.{m}.attacked": unseen[-1]})
         first = study.forget_metrics[0]
         row[f"recovered.{first}"] = _recovered(row[f"forget.{first}.before"], row[f"forget.{first}.after"],
                                                row[f"forget.{first}.attacked"])

@@ -35,7 +35,7 @@ def micro_batches(datasets: dict[str, EncodedDataset], primary: str, batch_size:
                   ) -> Iterator[Batch]:
     """Endless micro-batches: seeded shuffled passes over ``primary``, random batches of the other splits."""
     generator = torch.Generator().manual_seed(seed)
-    others = {name: data for name, data in datasets.items() if name != primary}
+    others = {name: datasets[name] for name in sorted(datasets) if name != primary}  # fixed draw order
     while True:
         for batch in datasets[primary].loader(batch_size, shuffle=True, generator=generator):
             paired = {primary: batch}
