@@ -1,23 +1,32 @@
 """Metrics against hand computations and independent libraries (scipy, rouge_score)."""
 
 import math
+import zlib
 
 import pytest
+import torch
 from scipy.stats import ks_2samp
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.metrics import EvalOptions, SplitScores, aggregate_truth_ratio
+from obliviate.data.tokenize import collate, encode
 from obliviate.evaluation.mcq import mcq_rows
+from obliviate.evaluation.membership import add_membership_aucs, lowest_mean, membership_auc
+from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, token_statistics
+from obliviate.methods.likelihood import forward_logits, sequence_nll
+from obliviate.models.embedded import tiny_random_llama
 
 
 class FixedScores(SplitScores):
     """SplitScores whose model queries are given instead of computed."""
 
-    def __init__(self, split, examples, answer_nll=None, generations=None, truth_ratios=None, reference=None):
+    def __init__(self, split, examples, answer_nll=None, generations=None, truth_ratios=None, reference=None,
+                 answer_tokens=None):
         super().__init__(split, examples, None, None, PromptFormat(), EvalOptions(1, 8, 8, None), reference)
-        self.__dict__.update(answer_nll=answer_nll, generations=generations, truth_ratios=truth_ratios)
+        self.__dict__.update(answer_nll=answer_nll, generations=generations, truth_ratios=truth_ratios,
+                             answer_tokens=answer_tokens)
 
 
 EXAMPLES = [Example("Where was Ada born?", "Ada was born in London."), Example("Who?", "Bob.")]
@@ -87,3 +96,69 @@ def test_exact_match_compares_the_final_number_of_gsm8k_solutions():
                    "It is 1012, or maybe 1013.", "I do not know."]
     result = METRICS.get("exact_match")(FixedScores("task", examples, generations=generations))
     assert result.per_example == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_token_statistics_against_hand_computation():
+    # one row: a prompt token (label -100) then two answer tokens; vocabulary of 3
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 3.0], [1.0, 1.0, 1.0]]])
+    labels = torch.tensor([[-100, 2, 0]])  # position t's logits predict label t+1
+    (stats,) = token_statistics(logits, labels)
+
+    def log_softmax(row):
+        total = math.log(sum(math.exp(v) for v in row))
+        return [v - total for v in row]
+
+    rows = [log_softmax([2.0, 0.0, 0.0]), log_softmax([0.0, 1.0, 3.0])]
+    targets = [2, 0]
+    assert stats.log_probs == pytest.approx(tuple(r[t] for r, t in zip(rows, targets)), rel=1e-6)
+    assert stats.is_argmax == (False, False)  # argmaxes are 0 and 2
+    for value, row, target in zip(stats.standardised, rows, targets):
+        mu = sum(math.exp(v) * v for v in row)
+        sigma = math.sqrt(sum(math.exp(v) * v * v for v in row) - mu * mu)
+        assert value == pytest.approx((row[target] - mu) / sigma, rel=1e-5)
+    assert stats.mean_nll == pytest.approx(-(rows[0][2] + rows[1][0]) / 2, rel=1e-6)
+
+
+def test_answer_tokens_give_the_same_mean_nll_as_the_training_loss(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    pairs = [("Question: who?\nAnswer:", "Ada Lovelace."), ("Question: where is it?\nAnswer:", "Far away.")]
+    stats = answer_tokens(model, tokenizer, pairs, 32, 2)
+    batch = collate([encode(tokenizer, p, a, 32) for p, a in pairs], [0, 1], tokenizer.pad_token_id)
+    with torch.no_grad():
+        sums, counts = sequence_nll(forward_logits(model, batch), batch.labels)
+    assert [s.mean_nll for s in stats] == pytest.approx((sums / counts).tolist(), rel=1e-5)
+    assert [len(s.log_probs) for s in stats] == counts.int().tolist()  # answer tokens + EOS only
+
+
+def tokens(log_probs, is_argmax=None, standardised=None):
+    return AnswerTokens(tuple(log_probs), tuple(is_argmax or [True] * len(log_probs)),
+                        tuple(standardised or log_probs))
+
+
+def test_exact_memorization_and_extraction_strength():
+    cases = [tokens([-1.0] * 5, [True, True, False, True, True]), tokens([-1.0] * 4, [True] * 4),
+             tokens([-1.0] * 4, [True, True, True, False])]
+    scores = FixedScores("forget", [Example("q", "a")] * 3, answer_tokens=cases)
+    em = METRICS.get("exact_memorization")(scores)
+    assert em.per_example == pytest.approx([0.8, 1.0, 0.75])
+    es = METRICS.get("extraction_strength")(scores)
+    # k = shortest prefix after which the argmax reproduces the rest: 3 of 5, 0 of 4, 4 of 4
+    assert es.per_example == pytest.approx([1 - 3 / 5, 1.0, 0.0]) and es.value == pytest.approx((0.4 + 1.0) / 3)
+
+
+def test_membership_scores_signs_and_auc():
+    example = Example("q", "aaaaaaaaaa")  # compresses to len(zlib.compress(b"aaaaaaaaaa")) bytes
+    stats = tokens([-0.1, -2.0, -0.5, -3.0, -0.2], standardised=[1.0, -1.5, 0.2, -2.5, 0.8])
+    scores = FixedScores("forget", [example], answer_tokens=[stats])
+    mean_nll = (0.1 + 2.0 + 0.5 + 3.0 + 0.2) / 5
+    assert METRICS.get("mia_loss")(scores).value == pytest.approx(-mean_nll)  # higher = more member-like
+    assert METRICS.get("mia_zlib")(scores).value == pytest.approx(-mean_nll / len(zlib.compress(b"aaaaaaaaaa")))
+    assert METRICS.get("mia_min_k")(scores).value == pytest.approx((-3.0 - 2.0) / 2)  # floor(0.4 * 5) = 2 lowest
+    assert lowest_mean((-1.0, -4.0)) == -4.0  # at least one token
+    assert METRICS.get("mia_min_k_plus_plus")(scores).value == pytest.approx((-2.5 - 1.5) / 2)
+    # AUC: members [0.9, 0.8, 0.3] vs non-members [0.5, 0.1]: 5 of 6 pairs ordered right
+    assert membership_auc([0.9, 0.8, 0.3], [0.5, 0.1]) == pytest.approx(5 / 6)
+    assert membership_auc([0.1, 0.2], [0.8, 0.9]) == 0.0  # forget looks less familiar than unseen data
+    metrics = {"forget": {"mia_loss": -1.0}, "holdout": {"mia_loss": -2.0}}
+    add_membership_aucs(metrics, {"forget": {"mia_loss": [0.9, 0.8, 0.3]}, "holdout": {"mia_loss": [0.5, 0.1]}})
+    assert metrics["forget"]["mia_loss_auc"] == pytest.approx(5 / 6) and "mia_loss_auc" not in metrics["holdout"]

@@ -18,6 +18,11 @@ per-example values (so anyone can recompute the aggregate).
   final punctuation ignored): the accuracy of a downstream task with short answers. When the true
   answer is a GSM8K solution ending in ``#### <number>``, the number is compared with the generation's
   own ``####`` number, or else the last number it writes (commas ignored).
+* ``exact_memorization``: fraction of answer tokens equal to the teacher-forced argmax; ``extraction_strength``:
+  1 − k/|y| with k the shortest answer prefix after which the argmax reproduces the rest (1 = extracted).
+* ``mia_loss``, ``mia_zlib``, ``mia_min_k``, ``mia_min_k_plus_plus``: membership scores of each answer
+  (higher = more likely trained on; see :mod:`obliviate.evaluation.membership`), and on the forget split
+  ``<name>_auc``: ROC AUC of forget (positive class) against holdout.
 * ``mcq_acc``: accuracy on the four-way multiple-choice form (true + perturbed answers), computed by
   lm-eval on the in-process model (see :mod:`obliviate.evaluation.mcq`).
 """
@@ -37,7 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
-from obliviate.evaluation.scoring import greedy_answers, mean_answer_nll
+from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, greedy_answers
 from obliviate.registry import Registry
 
 TRUTH_RATIO_CLOSER_TO_ONE = {"forget", "holdout"}
@@ -71,12 +76,20 @@ class SplitScores:
     def prompt(self, question: str) -> str:
         return self.fmt.prompt(self.tokenizer, question)
 
+    def tokens(self, pairs: list[tuple[str, str]]) -> list[AnswerTokens]:
+        return answer_tokens(self.model, self.tokenizer, pairs, self.options.max_length, self.options.batch_size)
+
     def nll(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return mean_answer_nll(self.model, self.tokenizer, pairs, self.options.max_length, self.options.batch_size)
+        return [stats.mean_nll for stats in self.tokens(pairs)]
+
+    @cached_property
+    def answer_tokens(self) -> list[AnswerTokens]:
+        """Teacher-forced token statistics of each example's own answer (one forward pass, shared)."""
+        return self.tokens([(self.prompt(e.question), e.answer) for e in self.examples])
 
     @cached_property
     def answer_nll(self) -> list[float]:
-        return self.nll([(self.prompt(e.question), e.answer) for e in self.examples])
+        return [stats.mean_nll for stats in self.answer_tokens]
 
     @cached_property
     def generations(self) -> list[str]:
@@ -149,6 +162,28 @@ def exact_match(scores: SplitScores) -> MetricResult:
     matches = [float(answers_match(generated, e.answer))
                for e, generated in zip(scores.examples, scores.generations)]
     return MetricResult(_mean(matches), matches)
+
+
+@METRICS.register("exact_memorization")
+def exact_memorization(scores: SplitScores) -> MetricResult:
+    """Fraction of answer tokens that are the teacher-forced argmax (Tirumala et al. 2022)."""
+    values = [_mean([float(hit) for hit in stats.is_argmax]) for stats in scores.answer_tokens]
+    return MetricResult(_mean(values), values)
+
+
+def extraction_strength_of(is_argmax: tuple[bool, ...]) -> float:
+    """1 − k/|y|, k the shortest answer prefix after which teacher-forced argmax gives the whole rest."""
+    k = len(is_argmax)
+    while k > 0 and is_argmax[k - 1]:
+        k -= 1
+    return 1.0 - k / len(is_argmax)
+
+
+@METRICS.register("extraction_strength")
+def extraction_strength(scores: SplitScores) -> MetricResult:
+    """Extraction strength (Carlini et al. 2021, as in open-unlearning): 1 = the whole answer is extracted."""
+    values = [extraction_strength_of(stats.is_argmax) for stats in scores.answer_tokens]
+    return MetricResult(_mean(values), values)
 
 
 def aggregate_truth_ratio(ratios: list[float], split: str) -> float:
