@@ -36,9 +36,10 @@ def test_full_run_writes_every_result_file(fast, tmp_path, capsys):
                                                          "per_example.json", "train_log.jsonl"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics) == {"before", "after"}
-    assert set(metrics["after"]) == {"forget", "retain", "holdout"}
+    assert set(metrics["after"]) == {"forget", "retain", "holdout", "real_authors", "world_facts", "model"}
     assert set(metrics["after"]["forget"]) == {"prob", "rouge_l_recall", "truth_ratio", "forget_quality", "mcq_acc"}
     assert set(metrics["after"]["retain"]) == {"prob", "rouge_l_recall", "truth_ratio", "mcq_acc"}
+    assert set(metrics["after"]["model"]) == {"model_utility", "forget_quality_log10"}
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and {"npo", "retain_nll", "lr", "grad_norm", "seconds"} <= set(log[0])
     env = json.loads((folder / "env.json").read_text())

@@ -13,7 +13,8 @@ from obliviate.evaluation import METRICS
 from obliviate.evaluation.metrics import EvalOptions, SplitScores, aggregate_truth_ratio
 from obliviate.data.tokenize import collate, encode
 from obliviate.evaluation.mcq import mcq_rows
-from obliviate.evaluation.membership import add_membership_aucs, lowest_mean, membership_auc
+from obliviate.evaluation.membership import lowest_mean, membership_auc
+from obliviate.evaluation.model_level import add_model_metrics
 from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, token_statistics
 from obliviate.methods.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
@@ -160,5 +161,36 @@ def test_membership_scores_signs_and_auc():
     assert membership_auc([0.9, 0.8, 0.3], [0.5, 0.1]) == pytest.approx(5 / 6)
     assert membership_auc([0.1, 0.2], [0.8, 0.9]) == 0.0  # forget looks less familiar than unseen data
     metrics = {"forget": {"mia_loss": -1.0}, "holdout": {"mia_loss": -2.0}}
-    add_membership_aucs(metrics, {"forget": {"mia_loss": [0.9, 0.8, 0.3]}, "holdout": {"mia_loss": [0.5, 0.1]}})
-    assert metrics["forget"]["mia_loss_auc"] == pytest.approx(5 / 6) and "mia_loss_auc" not in metrics["holdout"]
+    add_model_metrics(metrics, {"forget": {"mia_loss": [0.9, 0.8, 0.3]}, "holdout": {"mia_loss": [0.5, 0.1]}})
+    assert metrics["model"] == {"mia_loss_auc": pytest.approx(5 / 6)}  # forget is the positive class
+
+
+def test_model_utility_is_the_harmonic_mean_of_nine_values_and_forget_quality_gets_log10():
+    values = {"retain": {"prob": 0.9, "rouge_l_recall": 0.8, "truth_ratio": 0.5},
+              "real_authors": {"prob": 0.6, "rouge_l_recall": 0.7, "truth_ratio": 0.4},
+              "world_facts": {"prob": 0.5, "rouge_l_recall": 1.0, "truth_ratio": 0.3}}
+    nine = [0.9, 0.8, 0.5, 0.6, 0.7, 0.4, 0.5, 1.0, 0.3]
+    metrics = {**values, "forget": {"forget_quality": 1e-5}}
+    add_model_metrics(metrics, {})
+    assert metrics["model"]["model_utility"] == pytest.approx(9 / sum(1 / v for v in nine))
+    assert metrics["model"]["forget_quality_log10"] == pytest.approx(-5.0)
+    collapsed = {**values, "world_facts": {**values["world_facts"], "truth_ratio": 0.0}, "forget": {"forget_quality": 0.0}}
+    add_model_metrics(collapsed, {})
+    assert collapsed["model"] == {"model_utility": 0.0, "forget_quality_log10": -300.0}
+    partial = {"retain": values["retain"]}  # without the knowledge splits there is no model utility
+    add_model_metrics(partial, {})
+    assert "model" not in partial
+
+
+def test_probability_is_normalised_over_the_options_on_knowledge_splits():
+    nll = {"Paris.": 0.1, "Lyon.": 1.0, "Nice.": 2.0}
+
+    class Scores(FixedScores):
+        def nll(self, pairs):
+            return [nll[answer] for _, answer in pairs]
+
+    example = Example("Capital of France?", "Paris.", perturbed_answers=("Lyon.", "Nice."))
+    p = [math.exp(-nll[a]) for a in ("Paris.", "Lyon.", "Nice.")]
+    knowledge = METRICS.get("prob")(Scores("world_facts", [example], answer_nll=[0.1]))
+    assert knowledge.value == pytest.approx(p[0] / sum(p))
+    assert METRICS.get("prob")(Scores("retain", [example], answer_nll=[0.1])).value == pytest.approx(p[0])

@@ -46,7 +46,7 @@ from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
 
 EVAL_VERSION = 1
-EVAL_SPLITS = ("forget", "retain", "holdout")
+EVAL_SPLITS = ("forget", "retain", "holdout", "real_authors", "world_facts")
 
 
 def prompt_format(template: str, chat: bool) -> PromptFormat:
@@ -118,6 +118,7 @@ class Unlearner:
     def _load_data(self) -> dict[str, list[Example]]:
         d = self.settings.dataset
         names = {"forget": d.forget_dataset_name, "retain": d.retain_dataset_name, "holdout": d.holdout_dataset_name,
+                 "real_authors": d.real_authors_dataset_name, "world_facts": d.world_facts_dataset_name,
                  **METHODS.get(self.method).datasets(self.settings, self.method)}
         if not names["forget"]:
             raise UserError("dataset.forget_dataset_name is empty; name the data to forget")

@@ -72,12 +72,17 @@ def experiment_schema() -> Schema:
                                "from the mask section and saved there; empty for no mask", default=""),
         }),
         **method_sections(),
-        "dataset": SectionSpec("Forget, retain and holdout data", {
+        "dataset": SectionSpec("Forget, retain, holdout and real-world knowledge data", {
             "forget_dataset_name": Param(StrValue(), "synthetic:<split>, a .json/.jsonl file or a hub id "
                                          "owner/name[:config][@split]", default="synthetic:forget10"),
             "retain_dataset_name": Param(StrValue(), "same forms; empty for none", default="synthetic:retain90"),
             "holdout_dataset_name": Param(StrValue(), "never-trained data evaluated as 'holdout'; empty for none",
                                           default="synthetic:holdout10"),
+            "real_authors_dataset_name": Param(StrValue(), "real-world knowledge evaluated as 'real_authors' "
+                                               "(TOFU utility; e.g. locuslab/TOFU:real_authors_perturbed); empty "
+                                               "for none", default="synthetic:real_authors"),
+            "world_facts_dataset_name": Param(StrValue(), "real-world knowledge evaluated as 'world_facts' "
+                                              "(TOFU utility); empty for none", default="synthetic:world_facts"),
             "batch_size": Param(IntValue(low=1), "unlearning micro-batch size (each of forget and retain)",
                                 default=4),
             "max_length": Param(IntValue(low=8), "tokens per example (prompt + answer), truncated",

@@ -21,7 +21,9 @@ holdoutNN      1 / 2 / 4 holdout people   5 / 10 / 20
 =============  =========================  =================================
 
 The downstream fine-tuning tasks of :mod:`obliviate.data.synthetic_tasks` (``math_train``,
-``math_test``, ``sentiment_*``, ``topic_*``, ``paraphrase_*``) are served under the same prefix.
+``math_test``, ``sentiment_*``, ``topic_*``, ``paraphrase_*``) and the real-world knowledge splits of
+:mod:`obliviate.data.synthetic_knowledge` (``real_authors``, ``world_facts``) are served under the same
+prefix.
 
 Names, cities, awards and titles are generated from syllables with a fixed seed, so the facts are
 unknown to any pretrained model; professions and years are ordinary.
@@ -34,6 +36,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from obliviate.data.synthetic_knowledge import knowledge_splits
 from obliviate.data.synthetic_tasks import task_splits
 from obliviate.io import write_text_atomic
 
@@ -152,9 +155,14 @@ def split_people(people: list[Person]) -> dict[str, list[Person]]:
     return splits
 
 
+def ready_made_splits() -> dict[str, list[dict]]:
+    """Splits that are not about the fictitious people: downstream tasks and real-world knowledge."""
+    return {**task_splits(), **knowledge_splits()}
+
+
 def split_names() -> list[str]:
     names = list(split_people(generate_people()))
-    return names + [f"{name}_text" for name in names] + list(task_splits())
+    return names + [f"{name}_text" for name in names] + list(ready_made_splits())
 
 
 def write_benchmark(folder: Path) -> None:
@@ -165,5 +173,5 @@ def write_benchmark(folder: Path) -> None:
     for name, members in split_people(people).items():
         for suffix, rows in (("", [r for p in members for r in qa[p.name]]), ("_text", [passage(p) for p in members])):
             write_text_atomic(folder / f"{name}{suffix}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    for name, rows in task_splits().items():
+    for name, rows in ready_made_splits().items():
         write_text_atomic(folder / f"{name}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))

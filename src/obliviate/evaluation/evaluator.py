@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
 from obliviate.evaluation import METRICS
-from obliviate.evaluation.membership import add_membership_aucs
+from obliviate.evaluation.model_level import add_model_metrics
 from obliviate.evaluation.metrics import EvalOptions, SplitScores
 from obliviate.io import write_json_atomic
 
@@ -46,7 +46,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits:
             if value is not None:
                 result.metrics[split][name] = value.value
                 result.per_example[split][name] = value.per_example
-    add_membership_aucs(result.metrics, result.per_example)
+    add_model_metrics(result.metrics, result.per_example)
     return result
 
 

@@ -11,8 +11,9 @@ on). From the answer tokens' teacher-forced log-probabilities log p(y_t):
 * ``mia_min_k_plus_plus`` (Zhang et al. 2024, Min-K%++): the same over (log p(y_t) − μ_t)/σ_t, μ_t and σ_t
   the mean and standard deviation of log p under the model's own next-token distribution.
 
-A split's value is its mean score. On the forget split, ``<name>_auc`` is the ROC AUC (sklearn) of the
-scores with the FORGET examples as the positive class against the holdout examples: 1 = forget examples
+A split's value is its mean score. ``model.<name>_auc`` (see :mod:`obliviate.evaluation.model_level`)
+is the ROC AUC (sklearn) of the scores with the FORGET examples as the positive class against the
+holdout examples: 1 = forget examples
 are recognised as trained on, 0.5 = indistinguishable from never-seen data (the aim of unlearning),
 below 0.5 = the forget set looks less familiar than unseen data (over-unlearning).
 """
@@ -74,12 +75,3 @@ for _name in MEMBERSHIP_SCORES:
 def membership_auc(members: list[float], non_members: list[float]) -> float:
     """ROC AUC of the scores, members (the forget split) as the positive class."""
     return float(roc_auc_score([1] * len(members) + [0] * len(non_members), members + non_members))
-
-
-def add_membership_aucs(metrics: dict[str, dict[str, float]], per_example: dict[str, dict[str, list[float]]]) -> None:
-    """Add ``<attack>_auc`` to the forget split's metrics for every membership score computed on both
-    the forget and the holdout split."""
-    forget, holdout = per_example.get("forget", {}), per_example.get(AUC_AGAINST, {})
-    for name in MEMBERSHIP_SCORES:
-        if name in forget and name in holdout:
-            metrics["forget"][f"{name}_auc"] = membership_auc(forget[name], holdout[name])

@@ -4,13 +4,15 @@ All metrics are "higher is more knowledge" except as noted; each returns the agg
 per-example values (so anyone can recompute the aggregate).
 
 * ``prob``: mean over examples of p(a|q) = exp(−mean NLL of the answer tokens and the closing EOS),
-  prompt masked (TOFU).
+  prompt masked (TOFU). On the real-world knowledge splits (``real_authors``, ``world_facts``) TOFU's
+  normalised form p_true / (p_true + Σ p_wrong) over the example's options (true + perturbed answers).
 * ``rouge_l_recall``: ROUGE-L recall (rouge_score, stemming) of the greedy answer against the true
   answer (TOFU reports recall).
 * ``truth_ratio``: per example R = P_perturbed / P_paraphrased on the paraphrased question (falls back to
   the question), P = exp(−mean answer NLL), P_perturbed = exp(−mean_j NLL(perturbed_j)). Aggregated as
   TOFU does: on forget and holdout ``mean(min(R, 1/R))`` (closer to 1 is better: the model cannot tell
-  true from false), on retain ``mean(max(0, 1 − R))`` (higher is better: the true answer is preferred).
+  true from false), on the other splits (retain, real_authors, world_facts) ``mean(max(0, 1 − R))``
+  (higher is better: the true answer is preferred).
 * ``forget_quality``: forget split only: p-value of the two-sample Kolmogorov–Smirnov test between this
   model's per-example forget R and the retain model's (scipy.stats.ks_2samp). High = indistinguishable
   from a model that never saw the forget set.
@@ -21,8 +23,8 @@ per-example values (so anyone can recompute the aggregate).
 * ``exact_memorization``: fraction of answer tokens equal to the teacher-forced argmax; ``extraction_strength``:
   1 − k/|y| with k the shortest answer prefix after which the argmax reproduces the rest (1 = extracted).
 * ``mia_loss``, ``mia_zlib``, ``mia_min_k``, ``mia_min_k_plus_plus``: membership scores of each answer
-  (higher = more likely trained on; see :mod:`obliviate.evaluation.membership`), and on the forget split
-  ``<name>_auc``: ROC AUC of forget (positive class) against holdout.
+  (higher = more likely trained on; see :mod:`obliviate.evaluation.membership`); their forget-vs-holdout
+  AUCs, TOFU's model utility and log10 forget quality are model-level (:mod:`obliviate.evaluation.model_level`).
 * ``mcq_acc``: accuracy on the four-way multiple-choice form (true + perturbed answers), computed by
   lm-eval on the in-process model (see :mod:`obliviate.evaluation.mcq`).
 """
@@ -46,6 +48,7 @@ from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, greedy_ans
 from obliviate.registry import Registry
 
 TRUTH_RATIO_CLOSER_TO_ONE = {"forget", "holdout"}
+NORMALISED_PROB_SPLITS = {"real_authors", "world_facts"}
 DEFAULT_METRICS = ["prob", "rouge_l_recall", "truth_ratio", "forget_quality", "mcq_acc"]
 
 
@@ -124,8 +127,18 @@ def _mean(values: list[float]) -> float:
 
 @METRICS.register("prob")
 def answer_probability(scores: SplitScores) -> MetricResult:
+    """exp(−mean answer NLL); on real-world knowledge splits TOFU's normalised form over the options."""
     probabilities = [math.exp(-nll) for nll in scores.answer_nll]
+    if scores.split in NORMALISED_PROB_SPLITS:
+        probabilities = normalised_probabilities(scores, probabilities)
     return MetricResult(_mean(probabilities), probabilities)
+
+
+def normalised_probabilities(scores: SplitScores, probabilities: list[float]) -> list[float]:
+    """p_true / (p_true + Σ p_wrong), each p = exp(−mean NLL) of the option given the original question."""
+    pairs = [(scores.prompt(e.question), wrong) for e in scores.examples for wrong in e.perturbed_answers]
+    wrong = iter(math.exp(-nll) for nll in scores.nll(pairs))
+    return [p / (p + sum(next(wrong) for _ in e.perturbed_answers)) for p, e in zip(probabilities, scores.examples)]
 
 
 @METRICS.register("rouge_l_recall")
