@@ -33,7 +33,8 @@ def test_full_run_writes_every_result_file(fast, tmp_path, capsys):
     assert cli(*fast, "--logger.run_name", "first") == 0
     folder = tmp_path / "results" / "synthetic" / "NPO" / "first"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "env.json", "metrics.json",
-                                                         "per_example.json", "train_log.jsonl"]
+                                                         "per_example.json", "summary.md", "train_log.jsonl"]
+    assert "| forget | prob |" in (folder / "summary.md").read_text()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics) == {"before", "after"}
     assert set(metrics["after"]) == {"forget", "retain", "holdout", "real_authors", "world_facts", "model"}
@@ -184,4 +185,30 @@ def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_pat
 def test_bad_attack_config_fails_before_any_work(fast, tmp_path, capsys, extra, message):
     assert cli(*fast, *extra) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def evaluate_cli(*argv):
+    return run(lambda settings: Unlearner(settings).evaluate_model(), "evaluate.py", list(argv))
+
+
+def test_evaluate_writes_one_models_results_and_the_comparison_reads_them(fast, tmp_path, capsys):
+    from obliviate.comparison import comparison_rows
+
+    assert evaluate_cli(*fast, "--eval.model", "target", "--logger.run_name", "target") == 0
+    assert evaluate_cli(*fast, "--eval.model", "retain", "--logger.run_name", "retain") == 0
+    folder = tmp_path / "results" / "synthetic" / "evaluations"
+    metrics = json.loads((folder / "target" / "metrics.json").read_text())
+    assert set(metrics) == {"evaluated"}
+    assert {"forget", "retain", "holdout", "real_authors", "world_facts", "model"} == set(metrics["evaluated"])
+    assert (folder / "target" / "summary.md").read_text().startswith("# target: ")
+    # the retain model compared with itself is indistinguishable: forget quality 1
+    assert json.loads((folder / "retain" / "metrics.json").read_text())["evaluated"]["forget"]["forget_quality"] == 1.0
+    _, rows = comparison_rows([folder / "target", folder / "retain"])
+    assert [row["label"].split(":")[0] for row in rows] == ["target", "retain"] and "forget.prob" in rows[0]
+
+
+def test_evaluating_a_fine_tuned_model_without_fine_tuning_fails_first(fast, tmp_path, capsys):
+    assert evaluate_cli(*fast, "--finetune.enabled", "false", "--eval.metrics", "prob", "--eval.model", "target") == 2
+    assert "eval.model target needs the fine-tuned models" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()

@@ -21,15 +21,18 @@ PLOTTED_METRICS = ("prob", "rouge_l_recall", "mcq_acc")  # higher = more knowled
 
 
 def load_run(folder: Path) -> dict:
-    """A run's label, its metrics after unlearning and its wall times."""
+    """A run's label, its metrics (after unlearning, or of an evaluate.py run) and its wall times."""
     files = {name: folder / f"{name}.json" for name in ("config", "metrics", "env")}
     if missing := [str(path) for path in files.values() if not path.is_file()]:
         raise UserError(f"'{folder}' is not a finished run folder (missing {', '.join(missing)})")
     config, metrics, env = (json.loads(path.read_text()) for path in files.values())
-    mask = config["unlearn"].get("mask_path") or ""
-    label = config["unlearn"]["unlearn_method"] + (f" + mask {Path(mask).stem}" if mask else "")
+    if "evaluated" in metrics:  # evaluate.py: one model, no training
+        label = f"{config['eval']['model']}: {config['overall']['model_name']}"
+    else:
+        mask = config["unlearn"].get("mask_path") or ""
+        label = config["unlearn"]["unlearn_method"] + (f" + mask {Path(mask).stem}" if mask else "")
     row = {"run": folder.name, "label": label}
-    for split, values in metrics.get("after", {}).items():
+    for split, values in metrics.get("after", metrics.get("evaluated", {})).items():
         row.update({f"{split}.{metric}": value for metric, value in values.items()})
     row.update({f"seconds.{stage}": value for stage, value in env["wall_time_seconds"].items()})
     return row

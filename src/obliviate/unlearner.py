@@ -41,7 +41,8 @@ from obliviate.methods.base import PrepareContext
 from obliviate.models.finetune import FinetuneRecipe
 from obliviate.models.loading import (ModelSource, load_model, parameter_shapes, resolve_device, resolve_dtype,
                                       resolve_model, save_model, shapes_of)
-from obliviate.report import metrics_table
+from obliviate.io import write_text_atomic
+from obliviate.report import metrics_table, run_summary
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
 
@@ -250,6 +251,29 @@ class Unlearner:
         if artifacts := self.objective.artifacts():
             save_file({k: v.contiguous().cpu() for k, v in artifacts.items()}, str(self.run_folder.path("artifacts.safetensors")))
 
+    # ---------------------------------------------------------------- evaluation only
+    def evaluate_model(self) -> Path:
+        """Evaluate one model (``eval.model``) on every split without training; return its results folder
+        (``<root>/<task>/evaluations/<run>/``)."""
+        start = time.perf_counter()
+        self.setup()
+        s = self.settings
+        which = s.eval.model
+        if which != "model_name" and self.target is None:
+            raise UserError(f"eval.model {which} needs the fine-tuned models: pass --finetune.enabled true, or "
+                            "evaluate a model by name with --eval.model model_name")
+        self.run_folder = LOGGERS.get(s.logger.name)(Path(s.logger.json.root), s.unlearn.task_name, "evaluations",
+                                                     s.logger.run_name, s.logger.overwrite)
+        self.run_folder.start(s.to_dict())
+        with self._timed("prepare_models"):
+            source = {"model_name": self.base, "target": self.target, "retain": self.oracle}[which]
+            source = self._build(source, which)
+            reference = self._oracle_truth_ratios()
+        with self._timed("evaluate"):
+            evaluation = self._evaluate(source, lambda: load_model(source, self.cache_dir, self.device, self.dtype),
+                                        self._eval_splits(), s.eval.metrics, reference)
+        return self._write_results({"evaluated": evaluation}, start, f"{which}: {source.name}")
+
     # ---------------------------------------------------------------- the whole run
     def run(self) -> Path:
         """Run the experiment; return the finished run folder."""
@@ -285,16 +309,21 @@ class Unlearner:
                                                    reference)
         if self.attacks:
             self.run_folder.write_json("attacks.json", self._attack(model, tokenizer, reference))
-        metrics = {stage: evaluation.metrics for stage, evaluation in results.items()}
-        self.run_folder.write_json("metrics.json", metrics)
-        self.run_folder.write_json("per_example.json", {k: v.per_example for k, v in results.items()})
         if s.unlearn.save_model:
             with self._timed("save_model"):
                 save_model(self.accelerator.unwrap_model(model), tokenizer, self.run_folder.path("model"))
+        return self._write_results(results, start, f"{self.method} unlearning of {target.name}")
+
+    def _write_results(self, results: dict[str, Evaluation], start: float, title: str) -> Path:
+        """metrics.json, per_example.json, env.json and summary.md; then the run folder is finished."""
+        metrics = {stage: evaluation.metrics for stage, evaluation in results.items()}
+        self.run_folder.write_json("metrics.json", metrics)
+        self.run_folder.write_json("per_example.json", {k: v.per_example for k, v in results.items()})
         self.timings["total"] = round(time.perf_counter() - start, 2)
         self.run_folder.write_json("env.json", {**environment_record(self.device, self.dtype,
                                                                      self.accelerator.num_processes),
                                                 "wall_time_seconds": self.timings})
+        write_text_atomic(self.run_folder.path("summary.md"), run_summary(title, self.settings, metrics, self.timings))
         folder = self.run_folder.finish()
         if metrics:
             print(metrics_table(metrics))

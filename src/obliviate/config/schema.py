@@ -108,6 +108,9 @@ def experiment_schema() -> Schema:
             "max_examples": Param(IntValue(low=0), "examples per split (0 = all)", default=0),
             "batch_size": Param(IntValue(low=1), "evaluation batch size", default=8),
             "max_new_tokens": Param(IntValue(low=1), "greedy tokens generated for ROUGE", default=32),
+            "model": Param(ChoiceValue(["model_name", "target", "retain"]), "what evaluate.py evaluates: "
+                           "overall.model_name as given, or the fine-tuned target or retain model (finetune.enabled)",
+                           default="model_name"),
             "retain_model_name": Param(StrValue(), "retain (oracle) model for forget_quality when finetune is "
                                        "disabled: a local folder or hub id; empty for none", default=""),
         }),
