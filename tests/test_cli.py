@@ -212,3 +212,17 @@ def test_evaluating_a_fine_tuned_model_without_fine_tuning_fails_first(fast, tmp
     assert evaluate_cli(*fast, "--finetune.enabled", "false", "--eval.metrics", "prob", "--eval.model", "target") == 2
     assert "eval.model target needs the fine-tuned models" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_saved_retain_evaluation_serves_forget_quality_and_privleak(fast, tmp_path, capsys):
+    metrics = ["--eval.metrics", "prob,truth_ratio,forget_quality,mia_min_k"]
+    assert evaluate_cli(*fast, *metrics, "--eval.model", "retain", "--logger.run_name", "retain") == 0
+    retain = tmp_path / "results" / "synthetic" / "evaluations" / "retain"
+    saved = json.loads((retain / "metrics.json").read_text())["evaluated"]
+    assert saved["model"]["privleak"] == pytest.approx(0.0)  # the retain model against itself
+    assert cli(*fast, *metrics, "--eval.retain_logs_path", str(retain), "--logger.run_name", "uses_saved") == 0
+    after = json.loads((tmp_path / "results" / "synthetic" / "NPO" / "uses_saved" / "metrics.json").read_text())["after"]
+    assert {"privleak", "mia_min_k_auc", "forget_quality_log10"} <= set(after["model"])
+    assert "forget_quality" in after["forget"]
+    assert cli(*fast, "--eval.retain_logs_path", str(tmp_path), "--logger.run_name", "bad") == 2
+    assert "is not a finished evaluate.py run folder" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from obliviate.evaluation.metrics import EvalOptions, SplitScores, aggregate_tru
 from obliviate.data.tokenize import collate, encode
 from obliviate.evaluation.mcq import mcq_rows
 from obliviate.evaluation.membership import lowest_mean, membership_auc
-from obliviate.evaluation.model_level import add_model_metrics
+from obliviate.evaluation.model_level import add_model_metrics, privleak
 from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, token_statistics
 from obliviate.methods.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
@@ -24,10 +24,10 @@ class FixedScores(SplitScores):
     """SplitScores whose model queries are given instead of computed."""
 
     def __init__(self, split, examples, answer_nll=None, generations=None, truth_ratios=None, reference=None,
-                 answer_tokens=None):
+                 answer_tokens=None, continuations=None):
         super().__init__(split, examples, None, None, PromptFormat(), EvalOptions(1, 8, 8, None), reference)
         self.__dict__.update(answer_nll=answer_nll, generations=generations, truth_ratios=truth_ratios,
-                             answer_tokens=answer_tokens)
+                             answer_tokens=answer_tokens, continuations=continuations)
 
 
 EXAMPLES = [Example("Where was Ada born?", "Ada was born in London."), Example("Who?", "Bob.")]
@@ -194,3 +194,37 @@ def test_probability_is_normalised_over_the_options_on_knowledge_splits():
     knowledge = METRICS.get("prob")(Scores("world_facts", [example], answer_nll=[0.1]))
     assert knowledge.value == pytest.approx(p[0] / sum(p))
     assert METRICS.get("prob")(Scores("retain", [example], answer_nll=[0.1])).value == pytest.approx(p[0])
+
+
+def test_rouge_l_f1_and_verbmem_against_hand_values():
+    # LCS of "the cat sat on the mat" and "the cat on mat" is 4 tokens: recall 4/6, precision 4/4, F1 0.8
+    scores = FixedScores("forget", [Example("q", "the cat sat on the mat")], generations=["the cat on mat"])
+    assert METRICS.get("rouge_l_f1")(scores).value == pytest.approx(0.8)
+    assert METRICS.get("rouge_l_recall")(scores).value == pytest.approx(4 / 6)
+    texts = FixedScores("forget", [Example("", "x")] * 2, continuations=[("p", "the cat sat on the mat", "the cat on mat"),
+                                                                          ("p", "a b", "c d")])
+    assert METRICS.get("verbmem")(texts).per_example == pytest.approx([0.8, 0.0])
+
+
+def test_verbmem_continues_the_prefix_of_each_text(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    text = " ".join(f"word{i}" for i in range(40))
+    scores = SplitScores("forget", [Example("", text)], model, tokenizer, PromptFormat(), EvalOptions(2, 64, 8, None))
+    ((prefix, truth, generated),) = scores.continuations
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert prefix == tokenizer.decode(ids[:32]) and truth == tokenizer.decode(ids[32:])
+    assert isinstance(generated, str)
+    qa = SplitScores("forget", [Example("q", "a")], model, tokenizer, PromptFormat(), EvalOptions(2, 64, 8, None))
+    assert qa.continuations is None and METRICS.get("verbmem")(qa) is None
+
+
+def test_privleak_sign_follows_muse():
+    # MUSE orientation A = 1 - forget-positive AUC; (A_model - A_retain) / A_retain * 100
+    assert privleak(0.9, 0.5) == pytest.approx((0.1 - 0.5) / 0.5 * 100)  # forget still recognised: negative
+    assert privleak(0.5, 0.5) == 0.0
+    assert privleak(0.2, 0.5) == pytest.approx(60.0)  # forget looks less familiar than unseen: positive
+    assert privleak(0.3, 1.0) is None
+    metrics = {"forget": {}, "holdout": {}}
+    add_model_metrics(metrics, {"forget": {"mia_min_k": [0.9, 0.8, 0.3]}, "holdout": {"mia_min_k": [0.5, 0.1]}},
+                      retain_min_k_auc=0.5)
+    assert metrics["model"]["privleak"] == pytest.approx(((1 - 5 / 6) - 0.5) / 0.5 * 100)

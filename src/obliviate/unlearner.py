@@ -32,6 +32,7 @@ from obliviate.environment import environment_record
 from obliviate.errors import UserError
 from obliviate.evaluation.evaluator import Evaluation, cached_evaluation, evaluate
 from obliviate.evaluation.metrics import EvalOptions
+from obliviate.evaluation.reference import PRIVLEAK_SCORE, RetainReference
 from obliviate.loggers import LOGGERS
 from obliviate.masks.build import build_mask, select_names
 from obliviate.masks.mask import ParameterMask
@@ -89,9 +90,12 @@ class Unlearner:
         self.dtype = resolve_dtype(s.overall.dtype, self.device)
         self.target = self._recipe(self.data["forget"] + self.data.get("retain", [])) if s.finetune.enabled else None
         self.oracle = self._oracle()
-        if "forget_quality" in s.eval.metrics and self.oracle is None:
+        self.retain_logs = (RetainReference.from_run_folder(Path(s.eval.retain_logs_path))
+                            if s.eval.retain_logs_path else None)
+        if "forget_quality" in s.eval.metrics and self.oracle is None and self.retain_logs is None:
             raise UserError("eval.metrics has forget_quality but there is no retain model: set "
-                            "--finetune.enabled true or --eval.retain_model_name, or drop forget_quality")
+                            "--finetune.enabled true, --eval.retain_model_name or --eval.retain_logs_path, "
+                            "or drop forget_quality")
         self.mask = self._check_mask()
         self.attacks = plan_attacks(s.section("attack"), self.data["forget"],
                                     lambda name: load_examples(name, Path(s.dataset.data_dir)))
@@ -156,7 +160,7 @@ class Unlearner:
         return {split: self.data[split][:limit] for split in EVAL_SPLITS if split in self.data}
 
     def _evaluate(self, source: ModelSource | None, load: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]],
-                  splits: dict[str, list[Example]], metrics: list[str], reference: list[float] | None) -> Evaluation:
+                  splits: dict[str, list[Example]], metrics: list[str], reference: RetainReference | None) -> Evaluation:
         """Evaluate the model ``load()`` returns; with a ``source`` the result is cached under its identity
         (and ``load`` is called only on a cache miss)."""
         options = self._eval_options()
@@ -170,14 +174,14 @@ class Unlearner:
                "splits": {name: content_hash(examples) for name, examples in splits.items()},
                "options": {k: v for k, v in asdict(options).items() if k != "work_dir"},
                "format": asdict(self.fmt),
-               "reference": hashlib.sha256(json.dumps(reference).encode()).hexdigest()[:16]}
+               "reference": hashlib.sha256(json.dumps(reference and asdict(reference)).encode()).hexdigest()[:16]}
         return cached_evaluation(self.cache_dir, key, compute)
 
     def _eval_options(self) -> EvalOptions:
         e = self.settings.eval
         return EvalOptions(e.batch_size, self.settings.dataset.max_length, e.max_new_tokens, self.cache_dir)
 
-    def _attack(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: list[float] | None) -> dict:
+    def _attack(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: RetainReference | None) -> dict:
         """Run the fine-tune attacks; forget metrics (and the task's accuracy) at each evaluation point.
 
         A relearning attack on a slice of the forget set is also evaluated on the forget examples outside
@@ -207,19 +211,26 @@ class Unlearner:
                                self.accelerator, s.overall.seed, evaluate_point,
                                lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
 
-    def _oracle_truth_ratios(self) -> list[float] | None:
-        """The retain model's per-example forget truth ratios (the reference of forget_quality)."""
-        if self.oracle is None or "forget_quality" not in self.settings.eval.metrics:
+    def _retain_reference(self) -> RetainReference | None:
+        """What forget_quality and privleak need from the retain model: read from eval.retain_logs_path, or
+        evaluated on the retain model (cached; the model is fine-tuned only on a cache miss)."""
+        s = self.settings
+        if self.retain_logs is not None:
+            return self.retain_logs
+        splits = self._eval_splits()
+        quality, leak = "forget_quality" in s.eval.metrics, PRIVLEAK_SCORE in s.eval.metrics and "holdout" in splits
+        if self.oracle is None or not (quality or leak):
             return None
         source = self.oracle.source if isinstance(self.oracle, FinetuneRecipe) else self.oracle
 
         def load() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:  # build (fine-tune) only on a miss
             return load_model(self._build(self.oracle, "retain"), self.cache_dir, self.device, self.dtype)
 
-        forget = {"forget": self._eval_splits()["forget"]}
-        evaluation = self._evaluate(source, load, forget, ["truth_ratio"], None)
+        needed = {"forget": splits["forget"], **({"holdout": splits["holdout"]} if leak else {})}
+        metrics = ["truth_ratio"] * quality + [PRIVLEAK_SCORE] * leak
+        evaluation = self._evaluate(source, load, needed, metrics, None)
         gc.collect()
-        return evaluation.per_example["forget"]["truth_ratio"]
+        return RetainReference.from_evaluation(evaluation.metrics, evaluation.per_example)
 
     def _encoded(self, tokenizer: PreTrainedTokenizerBase, splits: set[str]) -> dict[str, EncodedDataset]:
         length = self.settings.dataset.max_length
@@ -268,7 +279,7 @@ class Unlearner:
         with self._timed("prepare_models"):
             source = {"model_name": self.base, "target": self.target, "retain": self.oracle}[which]
             source = self._build(source, which)
-            reference = self._oracle_truth_ratios()
+            reference = self._retain_reference()
         with self._timed("evaluate"):
             evaluation = self._evaluate(source, lambda: load_model(source, self.cache_dir, self.device, self.dtype),
                                         self._eval_splits(), s.eval.metrics, reference)
@@ -285,7 +296,7 @@ class Unlearner:
         self.run_folder.start(s.to_dict())
         with self._timed("prepare_models"):
             target = self._build(self.target, "target") if self.target else self.base
-            reference = self._oracle_truth_ratios()
+            reference = self._retain_reference()
         with self._timed("load_model"):
             model, tokenizer = load_model(target, self.cache_dir, self.device, self.dtype)
         splits = self._eval_splits()

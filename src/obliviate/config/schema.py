@@ -111,6 +111,9 @@ def experiment_schema() -> Schema:
             "model": Param(ChoiceValue(["model_name", "target", "retain"]), "what evaluate.py evaluates: "
                            "overall.model_name as given, or the fine-tuned target or retain model (finetune.enabled)",
                            default="model_name"),
+            "retain_logs_path": Param(StrValue(), "an evaluate.py run folder of the retain model: its forget "
+                                      "truth ratios and Min-K% AUC are used instead of evaluating it again",
+                                      default=""),
             "retain_model_name": Param(StrValue(), "retain (oracle) model for forget_quality when finetune is "
                                        "disabled: a local folder or hub id; empty for none", default=""),
         }),

@@ -14,6 +14,7 @@ from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.model_level import add_model_metrics
+from obliviate.evaluation.reference import RetainReference
 from obliviate.evaluation.metrics import EvalOptions, SplitScores
 from obliviate.io import write_json_atomic
 
@@ -35,18 +36,19 @@ class Evaluation:
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: dict[str, list[Example]],
              fmt: PromptFormat, options: EvalOptions, metrics: list[str],
-             reference_truth_ratios: list[float] | None = None) -> Evaluation:
+             reference: RetainReference | None = None) -> Evaluation:
     """Every requested metric that applies, on every split (``forget``, ``retain``, ``holdout``, ...)."""
     result = Evaluation()
     for split, examples in splits.items():
-        scores = SplitScores(split, examples, model, tokenizer, fmt, options, reference_truth_ratios)
+        scores = SplitScores(split, examples, model, tokenizer, fmt, options,
+                             reference.truth_ratios if reference else None)
         result.metrics[split], result.per_example[split] = {}, {}
         for name in metrics:
             value = METRICS.get(name)(scores)
             if value is not None:
                 result.metrics[split][name] = value.value
                 result.per_example[split][name] = value.per_example
-    add_model_metrics(result.metrics, result.per_example)
+    add_model_metrics(result.metrics, result.per_example, reference.min_k_auc if reference else None)
     return result
 
 

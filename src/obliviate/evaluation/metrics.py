@@ -16,6 +16,9 @@ per-example values (so anyone can recompute the aggregate).
 * ``forget_quality``: forget split only: p-value of the two-sample Kolmogorov–Smirnov test between this
   model's per-example forget R and the retain model's (scipy.stats.ks_2samp). High = indistinguishable
   from a model that never saw the forget set.
+* ``rouge_l_f1``: ROUGE-L F1 of the greedy answer (MUSE's KnowMem on QA splits).
+* ``verbmem``: on text splits, ROUGE-L F1 between the greedy continuation of a text's prefix and its
+  true continuation (MUSE's VerbMem; prefix min(32 tokens, half), continuation up to 128 tokens).
 * ``exact_match``: fraction of greedy answers whose first line equals the true answer (case, spaces and
   final punctuation ignored): the accuracy of a downstream task with short answers. When the true
   answer is a GSM8K solution ending in ``#### <number>``, the number is compared with the generation's
@@ -49,6 +52,7 @@ from obliviate.registry import Registry
 
 TRUTH_RATIO_CLOSER_TO_ONE = {"forget", "holdout"}
 NORMALISED_PROB_SPLITS = {"real_authors", "world_facts"}
+VERBMEM_PREFIX_TOKENS, VERBMEM_NEW_TOKENS = 32, 128
 DEFAULT_METRICS = ["prob", "rouge_l_recall", "truth_ratio", "forget_quality", "mcq_acc"]
 
 
@@ -88,7 +92,7 @@ class SplitScores:
     @cached_property
     def answer_tokens(self) -> list[AnswerTokens]:
         """Teacher-forced token statistics of each example's own answer (one forward pass, shared)."""
-        return self.tokens([(self.prompt(e.question), e.answer) for e in self.examples])
+        return self.tokens([("" if e.is_text else self.prompt(e.question), e.answer) for e in self.examples])
 
     @cached_property
     def answer_nll(self) -> list[float]:
@@ -98,6 +102,26 @@ class SplitScores:
     def generations(self) -> list[str]:
         return greedy_answers(self.model, self.tokenizer, [self.prompt(e.question) for e in self.examples],
                               self.options.max_new_tokens, self.options.batch_size)
+
+    @cached_property
+    def continuations(self) -> list[tuple[str, str, str]] | None:
+        """(prefix, true continuation, greedy continuation) of each text example; None without texts.
+
+        The prefix is the first min(32, half) tokens; the truth is the next (up to) 128 tokens, as in
+        MUSE; the model generates as many tokens as the longest truth of its batch needs (at most 128)."""
+        texts = [e.answer for e in self.examples if e.is_text]
+        if not texts:
+            return None
+        prefixes, truths, budget = [], [], 1
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            cut = min(VERBMEM_PREFIX_TOKENS, len(ids) // 2)
+            rest = ids[cut:cut + VERBMEM_NEW_TOKENS]
+            prefixes.append(self.tokenizer.decode(ids[:cut]))
+            truths.append(self.tokenizer.decode(rest))
+            budget = max(budget, len(rest))
+        generated = greedy_answers(self.model, self.tokenizer, prefixes, budget, self.options.batch_size)
+        return list(zip(prefixes, truths, generated))
 
     @cached_property
     def truth_ratios(self) -> list[float] | None:
@@ -141,12 +165,31 @@ def normalised_probabilities(scores: SplitScores, probabilities: list[float]) ->
     return [p / (p + sum(next(wrong) for _ in e.perturbed_answers)) for p, e in zip(probabilities, scores.examples)]
 
 
+def rouge_l(pairs: list[tuple[str, str]], kind: str) -> MetricResult:
+    """ROUGE-L (rouge_score, stemming) ``kind`` ('recall' or 'fmeasure') of each (reference, generated)."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    values = [getattr(scorer.score(reference, generated)["rougeL"], kind) for reference, generated in pairs]
+    return MetricResult(_mean(values), values)
+
+
 @METRICS.register("rouge_l_recall")
 def rouge_l_recall(scores: SplitScores) -> MetricResult:
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    recalls = [scorer.score(e.answer, generated)["rougeL"].recall
-               for e, generated in zip(scores.examples, scores.generations)]
-    return MetricResult(_mean(recalls), recalls)
+    return rouge_l([(e.answer, generated) for e, generated in zip(scores.examples, scores.generations)], "recall")
+
+
+@METRICS.register("rouge_l_f1")
+def rouge_l_f1(scores: SplitScores) -> MetricResult:
+    """MUSE's KnowMem form: ROUGE-L F1 of the greedy answer against the true answer."""
+    return rouge_l([(e.answer, generated) for e, generated in zip(scores.examples, scores.generations)], "fmeasure")
+
+
+@METRICS.register("verbmem")
+def verbatim_memorisation(scores: SplitScores) -> MetricResult | None:
+    """MUSE VerbMem: ROUGE-L F1 of the greedy continuation of each text's prefix against the true
+    continuation (text splits only)."""
+    if scores.continuations is None:
+        return None
+    return rouge_l([(truth, generated) for _, truth, generated in scores.continuations], "fmeasure")
 
 
 def _normalise(text: str) -> str:

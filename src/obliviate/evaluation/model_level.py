@@ -7,6 +7,11 @@
   p-value that underflows to 0 reads −300), the form TOFU plots.
 * ``<score>_auc`` for each membership score computed on forget and holdout: ROC AUC with the FORGET
   examples as the positive class (see :mod:`obliviate.evaluation.membership`).
+* ``privleak`` (MUSE), when the retain model's Min-K% AUC is known: (A_model − A_retain) / A_retain × 100
+  in MUSE's orientation A = 1 − ``mia_min_k_auc`` (the holdout examples as the positive class). Sign:
+  0 = leaks like the retain model; strongly NEGATIVE = under-unlearning (the forget set is still
+  recognised; a fine-tuned target reads about −100); strongly POSITIVE = over-unlearning (the forget
+  set looks less familiar than unseen data).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 from statistics import harmonic_mean
 
 from obliviate.evaluation.membership import AUC_AGAINST, MEMBERSHIP_SCORES, membership_auc
+from obliviate.evaluation.reference import PRIVLEAK_SCORE
 
 MODEL = "model"
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
@@ -29,7 +35,14 @@ def model_utility(metrics: dict[str, dict[str, float]]) -> float | None:
     return 0.0 if min(values) <= 0 else harmonic_mean(values)
 
 
-def add_model_metrics(metrics: dict[str, dict[str, float]], per_example: dict[str, dict[str, list[float]]]) -> None:
+def privleak(model_auc: float, retain_auc: float) -> float | None:
+    """MUSE PrivLeak from two forget-positive Min-K% AUCs (see the module docstring for the sign)."""
+    muse_model, muse_retain = 1.0 - model_auc, 1.0 - retain_auc
+    return None if muse_retain == 0 else (muse_model - muse_retain) / muse_retain * 100.0
+
+
+def add_model_metrics(metrics: dict[str, dict[str, float]], per_example: dict[str, dict[str, list[float]]],
+                      retain_min_k_auc: float | None = None) -> None:
     """Add the ``model`` entry (whatever of the above applies) to an evaluation's metrics."""
     model: dict[str, float] = {}
     if (utility := model_utility(metrics)) is not None:
@@ -40,5 +53,8 @@ def add_model_metrics(metrics: dict[str, dict[str, float]], per_example: dict[st
     for name in MEMBERSHIP_SCORES:
         if name in forget and name in negatives:
             model[f"{name}_auc"] = membership_auc(forget[name], negatives[name])
+    if retain_min_k_auc is not None and f"{PRIVLEAK_SCORE}_auc" in model:
+        if (leak := privleak(model[f"{PRIVLEAK_SCORE}_auc"], retain_min_k_auc)) is not None:
+            model["privleak"] = leak
     if model:
         metrics[MODEL] = model
