@@ -226,3 +226,13 @@ def test_a_saved_retain_evaluation_serves_forget_quality_and_privleak(fast, tmp_
     assert "forget_quality" in after["forget"]
     assert cli(*fast, "--eval.retain_logs_path", str(tmp_path), "--logger.run_name", "bad") == 2
     assert "is not a finished evaluate.py run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task,message", [
+    ("wmdp_bioo", "eval.lm_eval_tasks: 'wmdp_bioo' is not an lm-eval task"),
+    ("wmdp_bio", "cannot load the data of lm-eval tasks wmdp_bio: the hub is offline and the data is not cached"),
+])
+def test_lm_eval_tasks_are_checked_before_any_work(fast, tmp_path, capsys, task, message):
+    assert cli(*fast, "--eval.lm_eval_tasks", task) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

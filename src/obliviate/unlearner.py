@@ -14,7 +14,7 @@ import gc
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,7 +30,8 @@ from obliviate.data.sources import load_examples
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
 from obliviate.environment import environment_record
 from obliviate.errors import UserError
-from obliviate.evaluation.evaluator import Evaluation, cached_evaluation, evaluate
+from obliviate.evaluation.evaluator import LM_EVAL, Evaluation, cached_evaluation, evaluate
+from obliviate.evaluation.lm_eval_tasks import check_tasks
 from obliviate.evaluation.metrics import EvalOptions
 from obliviate.evaluation.reference import PRIVLEAK_SCORE, RetainReference
 from obliviate.loggers import LOGGERS
@@ -97,6 +98,8 @@ class Unlearner:
                             "--finetune.enabled true, --eval.retain_model_name or --eval.retain_logs_path, "
                             "or drop forget_quality")
         self.mask = self._check_mask()
+        if s.eval.lm_eval_tasks:
+            check_tasks(s.eval.lm_eval_tasks)
         self.attacks = plan_attacks(s.section("attack"), self.data["forget"],
                                     lambda name: load_examples(name, Path(s.dataset.data_dir)))
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")
@@ -179,7 +182,8 @@ class Unlearner:
 
     def _eval_options(self) -> EvalOptions:
         e = self.settings.eval
-        return EvalOptions(e.batch_size, self.settings.dataset.max_length, e.max_new_tokens, self.cache_dir)
+        return EvalOptions(e.batch_size, self.settings.dataset.max_length, e.max_new_tokens, self.cache_dir,
+                           tuple(e.lm_eval_tasks), e.max_examples)
 
     def _attack(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: RetainReference | None) -> dict:
         """Run the fine-tune attacks; forget metrics (and the task's accuracy) at each evaluation point.
@@ -192,12 +196,14 @@ class Unlearner:
         limit = s.eval.max_examples or None
         options = self._eval_options()
 
-        def forget_metrics(examples: list[Example]) -> dict:
-            return evaluate(model, tokenizer, {"forget": examples}, self.fmt, options, s.eval.metrics,
-                            reference).metrics["forget"]
+        def forget_metrics(examples: list[Example], with_tasks: bool = False) -> dict:
+            evaluation = evaluate(model, tokenizer, {"forget": examples}, self.fmt,
+                                  options if with_tasks else replace(options, lm_eval_tasks=()), s.eval.metrics,
+                                  reference)
+            return {**evaluation.metrics["forget"], **evaluation.metrics.get(LM_EVAL, {})}
 
         def evaluate_point(attack: Attack) -> dict:
-            point = {"forget": forget_metrics(forget)}
+            point = {"forget": forget_metrics(forget, with_tasks=True)}  # e.g. WMDP accuracy along the attack
             trained = set(attack.train)
             if attack.name == RELEARN and 0 < len(unseen := [e for e in forget if e not in trained]) < len(forget):
                 point["forget_unseen"] = forget_metrics(unseen)

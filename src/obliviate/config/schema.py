@@ -103,6 +103,9 @@ def experiment_schema() -> Schema:
         "eval": SectionSpec("Evaluation before and after unlearning", {
             "metrics": Param(ListValue(ChoiceValue(METRICS.names())), "metrics to compute",
                              default=DEFAULT_METRICS),
+            "lm_eval_tasks": Param(ListValue(StrValue()), "lm-eval's own tasks by name (wmdp_bio, wmdp_cyber, mmlu, "
+                                   "...), zero-shot accuracy on the in-process model, also along attacks",
+                                   default=[]),
             "before": Param(BoolValue(), "evaluate the starting model", default=True),
             "after": Param(BoolValue(), "evaluate the unlearned model", default=True),
             "max_examples": Param(IntValue(low=0), "examples per split (0 = all)", default=0),

@@ -13,10 +13,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
 from obliviate.evaluation import METRICS
+from obliviate.evaluation.lm_eval_tasks import task_accuracies
+from obliviate.evaluation.metrics import EvalOptions, SplitScores
 from obliviate.evaluation.model_level import add_model_metrics
 from obliviate.evaluation.reference import RetainReference
-from obliviate.evaluation.metrics import EvalOptions, SplitScores
 from obliviate.io import write_json_atomic
+
+
+LM_EVAL = "lm_eval"  # metrics[LM_EVAL][task] = accuracy of lm-eval's own tasks
 
 
 @dataclass
@@ -49,6 +53,9 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits:
                 result.metrics[split][name] = value.value
                 result.per_example[split][name] = value.per_example
     add_model_metrics(result.metrics, result.per_example, reference.min_k_auc if reference else None)
+    if options.lm_eval_tasks:
+        result.metrics[LM_EVAL] = task_accuracies(model, tokenizer, list(options.lm_eval_tasks), options.batch_size,
+                                                  options.task_limit)
     return result
 
 

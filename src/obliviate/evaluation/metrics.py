@@ -68,6 +68,8 @@ class EvalOptions:
     max_length: int
     max_new_tokens: int
     work_dir: Path  # where derived evaluation files (e.g. MCQ JSONL for lm-eval) are written
+    lm_eval_tasks: tuple[str, ...] = ()  # lm-eval's own tasks, evaluated once per model (not per split)
+    task_limit: int = 0  # questions per lm-eval task (0 = all)
 
 
 class SplitScores:

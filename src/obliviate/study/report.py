@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from obliviate.comparison import to_csv, to_markdown  # noqa: E402
+from obliviate.evaluation.evaluator import LM_EVAL  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
 from obliviate.study.spec import Study  # noqa: E402
 
@@ -62,7 +63,9 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
     common = {f"retain.{study.utility_metric}.after": after.get("retain", {}).get(study.utility_metric)}
     seconds = cell.get("env", {}).get("wall_time_seconds", {})
     common.update({"seconds.unlearn": seconds.get("unlearn"), "seconds.attacks": seconds.get("attacks")})
-    forget_before, forget_after = before.get("forget", {}), after.get("forget", {})
+    # lm-eval task accuracies (e.g. wmdp_bio) count as forget metrics: attacks record them with the forget split
+    forget_before = {**before.get("forget", {}), **before.get(LM_EVAL, {})}
+    forget_after = {**after.get("forget", {}), **after.get(LM_EVAL, {})}
     if not study.attacks:
         values = {f"forget.{m}.{stage}": source.get(m) for m in study.forget_metrics
                   for stage, source in (("before", forget_before), ("after", forget_after))}

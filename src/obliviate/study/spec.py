@@ -16,7 +16,7 @@ Study file (JSON; keys starting with ``_`` are comments)::
         "relearn": {"datasets": "relearn", "num_examples": 20}
       },
       "seeds": [0, 1],
-      "forget_metrics": ["prob", "rouge_l_recall"],    # reported on the forget split; the first is plotted
+      "forget_metrics": ["prob", "rouge_l_recall"],    # forget-split metrics or lm-eval tasks (wmdp_bio); first plotted
       "utility_metric": "prob"                         # on the retain split: the trade-off plot's x axis
     }
 
@@ -153,8 +153,7 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
         raise UserError(f"study 'seeds' must be a non-empty list of non-negative integers, not {seeds!r}")
     forget_metrics = content.get("forget_metrics", ["prob", "rouge_l_recall"])
     utility_metric = content.get("utility_metric", "prob")
-    for metric in [*forget_metrics, utility_metric]:
-        METRICS.get(metric)  # unknown names fail here, listing the valid ones
+    METRICS.get(utility_metric)  # unknown names fail here, listing the valid ones
     common = overrides_argv(content.get("overrides", {}), "study 'overrides'")
     methods = content["methods"]
     if not isinstance(methods, dict):
@@ -188,7 +187,7 @@ def _parse(argv: list[str], label: str) -> Settings:
 
 def _check_metrics(cells: list[Cell], forget_metrics: list[str], utility_metric: str) -> None:
     for cell in cells:
-        computed = set(cell.settings.eval.metrics)
+        computed = set(cell.settings.eval.metrics) | set(cell.settings.eval.lm_eval_tasks)
         if missing := [m for m in dict.fromkeys([*forget_metrics, utility_metric]) if m not in computed]:
             raise UserError(f"study reports {missing[0]} but method '{cell.method}' does not compute it; add it to "
                             "eval.metrics (e.g. in the study's overrides) or change forget_metrics/utility_metric")

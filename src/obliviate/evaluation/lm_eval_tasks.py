@@ -1,0 +1,55 @@
+"""lm-eval's own tasks by name (``eval.lm_eval_tasks``: wmdp_bio, wmdp_cyber, wmdp_chem, mmlu, ...),
+zero-shot on the in-process model (no reload from disk); their accuracy goes to ``metrics["lm_eval"]``.
+
+lm-eval downloads each task's data from the hub (cais/wmdp, cais/mmlu) into the HF datasets cache.
+Offline, a task whose data is not cached fails in setup, before any long work; local WMDP-format files
+are evaluated instead as a data split with ``mcq_acc`` (our task YAML in lm-evaluation-harness/).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from obliviate.errors import UserError
+from obliviate.hub import hub_offline
+
+ACCURACY = "acc,none"
+
+
+@lru_cache(maxsize=1)
+def _all_tasks_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()  # indexes lm-eval's built-in tasks (~20 s on our machines; once per process)
+
+
+def check_tasks(names: list[str]) -> None:
+    """Unknown task names, or data that cannot be loaded, are errors now rather than after training."""
+    manager = _all_tasks_manager()
+    if unknown := [name for name in names if name not in manager.all_tasks]:
+        raise UserError(f"eval.lm_eval_tasks: '{unknown[0]}' is not an lm-eval task; use lm-eval's names, e.g. "
+                        "wmdp_bio, wmdp_cyber, wmdp_chem, wmdp, mmlu")
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    try:
+        manager.load_task_or_group(names)
+    except Exception as error:  # datasets raises many types; all mean "the data is not available"
+        where = "the hub is offline and the data is not cached" if hub_offline() else str(error).splitlines()[0]
+        raise UserError(f"cannot load the data of lm-eval tasks {', '.join(names)}: {where}; run once where the hub "
+                        "is reachable (the HF datasets cache keeps it), or evaluate a local WMDP-format file as a "
+                        "data split with mcq_acc") from None
+
+
+def task_accuracies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, names: list[str], batch_size: int,
+                    limit: int) -> dict[str, float]:
+    """Zero-shot accuracy of each named task (or group), on at most ``limit`` questions per task (0 = all)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    output = lm_eval.simple_evaluate(model=lm, tasks=list(names), task_manager=_all_tasks_manager(),
+                                     limit=limit or None, bootstrap_iters=0, verbosity="ERROR")
+    return {name: output["results"][name][ACCURACY] for name in names if ACCURACY in output["results"].get(name, {})}
