@@ -228,3 +228,17 @@ def test_privleak_sign_follows_muse():
     add_model_metrics(metrics, {"forget": {"mia_min_k": [0.9, 0.8, 0.3]}, "holdout": {"mia_min_k": [0.5, 0.1]}},
                       retain_min_k_auc=0.5)
     assert metrics["model"]["privleak"] == pytest.approx(((1 - 5 / 6) - 0.5) / 0.5 * 100)
+
+
+def test_copyright_style_continuation_scores_against_sacrebleu_and_rouge():
+    import sacrebleu
+
+    continuations = [("p", "the boy who lived under the stairs", "the boy who lived under the stairs"),
+                     ("p", "a wizard never arrives late", "a wizard arrives early")]
+    scores = FixedScores("forget", [Example("", "x")] * 2, continuations=continuations)
+    bleu = METRICS.get("continuation_bleu")(scores)
+    assert bleu.per_example[0] == pytest.approx(100.0)
+    assert bleu.value == pytest.approx(sacrebleu.corpus_bleu(
+        [c[2] for c in continuations], [[c[1] for c in continuations]]).score)
+    recall = METRICS.get("continuation_rouge_l_recall")(scores)
+    assert recall.per_example == pytest.approx([1.0, 3 / 5])  # LCS "a wizard arrives" of 5 reference tokens

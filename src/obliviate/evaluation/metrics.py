@@ -19,6 +19,8 @@ per-example values (so anyone can recompute the aggregate).
 * ``rouge_l_f1``: ROUGE-L F1 of the greedy answer (MUSE's KnowMem on QA splits).
 * ``verbmem``: on text splits, ROUGE-L F1 between the greedy continuation of a text's prefix and its
   true continuation (MUSE's VerbMem; prefix min(32 tokens, half), continuation up to 128 tokens).
+* ``continuation_rouge_l_recall``, ``continuation_bleu``: the copyright-style scores of those text
+  continuations (ROUGE-L recall; sacrebleu corpus BLEU on a 0–100 scale, sentence BLEU per example).
 * ``exact_match``: fraction of greedy answers whose first line equals the true answer (case, spaces and
   final punctuation ignored): the accuracy of a downstream task with short answers. When the true
   answer is a GSM8K solution ending in ``#### <number>``, the number is compared with the generation's
@@ -41,6 +43,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
+import sacrebleu
 from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -192,6 +195,26 @@ def verbatim_memorisation(scores: SplitScores) -> MetricResult | None:
     if scores.continuations is None:
         return None
     return rouge_l([(truth, generated) for _, truth, generated in scores.continuations], "fmeasure")
+
+
+@METRICS.register("continuation_rouge_l_recall")
+def continuation_rouge_l_recall(scores: SplitScores) -> MetricResult | None:
+    """Copyright-style (WAGLE/SOUL Harry Potter line): ROUGE-L recall of the text continuations."""
+    if scores.continuations is None:
+        return None
+    return rouge_l([(truth, generated) for _, truth, generated in scores.continuations], "recall")
+
+
+@METRICS.register("continuation_bleu")
+def continuation_bleu(scores: SplitScores) -> MetricResult | None:
+    """Copyright-style BLEU of the text continuations: sacrebleu corpus BLEU (0–100) as the value,
+    sentence BLEU per example."""
+    if scores.continuations is None:
+        return None
+    truths = [truth for _, truth, _ in scores.continuations]
+    generated = [text for _, _, text in scores.continuations]
+    per_example = [sacrebleu.sentence_bleu(g, [t]).score for g, t in zip(generated, truths)]
+    return MetricResult(sacrebleu.corpus_bleu(generated, [truths]).score, per_example)
 
 
 def _normalise(text: str) -> str:
