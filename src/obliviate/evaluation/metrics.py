@@ -21,6 +21,8 @@ per-example values (so anyone can recompute the aggregate).
   true continuation (MUSE's VerbMem; prefix min(32 tokens, half), continuation up to 128 tokens).
 * ``continuation_rouge_l_recall``, ``continuation_bleu``: the copyright-style scores of those text
   continuations (ROUGE-L recall; sacrebleu corpus BLEU on a 0–100 scale, sentence BLEU per example).
+* ``semantic_match``: cosine similarity of sentence embeddings of the greedy and the true answer
+  (all-MiniLM-L6-v2; see :mod:`obliviate.evaluation.semantic`).
 * ``exact_match``: fraction of greedy answers whose first line equals the true answer (case, spaces and
   final punctuation ignored): the accuracy of a downstream task with short answers. When the true
   answer is a GSM8K solution ending in ``#### <number>``, the number is compared with the generation's
