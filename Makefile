@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HOME := $(CURDIR)/files/hf_home
 
-.PHONY: setup demo test
+.PHONY: setup demo test evaluate-forms
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -19,3 +19,6 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+evaluate-forms: setup
+	PY=$(PY) bash benchmarks/evaluation_forms.sh

@@ -236,3 +236,29 @@ def test_lm_eval_tasks_are_checked_before_any_work(fast, tmp_path, capsys, task,
     assert cli(*fast, "--eval.lm_eval_tasks", task) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_muse_form_evaluates_texts_and_extra_qa_splits(tmp_path, cache_dir):
+    args = ["--config_file", str(ROOT / "configs" / "synthetic" / "eval_muse.json"),
+            "--overall.model_name", "tiny-random-llama", "--eval.retain_model_name", "tiny-random-llama",
+            "--overall.cache_dir", str(cache_dir), "--dataset.data_dir", str(tmp_path / "data"),
+            "--logger.json.root", str(tmp_path / "results"), "--eval.max_examples", "3", "--eval.max_new_tokens", "4",
+            "--logger.run_name", "muse"]
+    assert evaluate_cli(*args) == 0
+    metrics = json.loads((tmp_path / "results" / "synthetic" / "evaluations" / "muse" / "metrics.json").read_text())
+    evaluated = metrics["evaluated"]
+    assert set(evaluated["forget"]) == {"verbmem", "mia_min_k", "continuation_bleu"}  # texts: no QA metrics
+    assert set(evaluated["forget_qa"]) == {"rouge_l_f1", "mia_min_k"}
+    assert evaluated["model"]["privleak"] == pytest.approx(0.0)  # the retain model is this same model
+    assert evaluate_cli(*args[:-2], "--eval.extra_splits", "forget=synthetic:forget10") == 2
+
+
+def test_extra_split_entries_are_checked():
+    from obliviate.errors import UserError
+    from obliviate.unlearner import extra_split_names
+
+    assert extra_split_names(["forget_qa = synthetic:forget10"], {"forget"}) == {"forget_qa": "synthetic:forget10"}
+    with pytest.raises(UserError, match="must read 'name=dataset'"):
+        extra_split_names(["synthetic:forget10"], set())
+    with pytest.raises(UserError, match="split name 'retain' is already used"):
+        extra_split_names(["retain=x.jsonl"], {"forget", "retain"})

@@ -64,6 +64,20 @@ def prompt_format(template: str, chat: bool) -> PromptFormat:
     return PromptFormat(template, chat)
 
 
+def extra_split_names(entries: list[str], taken: set[str]) -> dict[str, str]:
+    """``eval.extra_splits`` entries 'name=dataset' as {name: dataset}."""
+    splits = {}
+    for entry in entries:
+        name, _, dataset = (part.strip() for part in entry.partition("="))
+        if not name.isidentifier() or not dataset:
+            raise UserError(f"eval.extra_splits entry {entry!r} must read 'name=dataset', e.g. "
+                            "'forget_qa=synthetic:forget10'")
+        if name in taken or name in splits or name in EVAL_SPLITS:
+            raise UserError(f"eval.extra_splits: split name '{name}' is already used; choose another name")
+        splits[name] = dataset
+    return splits
+
+
 class Unlearner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -133,6 +147,8 @@ class Unlearner:
                  **METHODS.get(self.method).datasets(self.settings, self.method)}
         if not names["forget"]:
             raise UserError("dataset.forget_dataset_name is empty; name the data to forget")
+        self.extra_splits = extra_split_names(self.settings.eval.extra_splits, set(names))
+        names.update(self.extra_splits)
         return {split: load_examples(name, Path(d.data_dir)) for split, name in names.items() if name}
 
     def _recipe(self, examples: list[Example]) -> FinetuneRecipe:
@@ -163,7 +179,8 @@ class Unlearner:
 
     def _eval_splits(self) -> dict[str, list[Example]]:
         limit = self.settings.eval.max_examples or None
-        return {split: self.data[split][:limit] for split in EVAL_SPLITS if split in self.data}
+        names = [*EVAL_SPLITS, *self.extra_splits]
+        return {split: self.data[split][:limit] for split in names if split in self.data}
 
     def _evaluate(self, source: ModelSource | None, load: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]],
                   splits: dict[str, list[Example]], metrics: list[str], reference: RetainReference | None) -> Evaluation:

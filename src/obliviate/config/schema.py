@@ -103,6 +103,8 @@ def experiment_schema() -> Schema:
         "eval": SectionSpec("Evaluation before and after unlearning", {
             "metrics": Param(ListValue(ChoiceValue(METRICS.names())), "metrics to compute",
                              default=DEFAULT_METRICS),
+            "extra_splits": Param(ListValue(StrValue()), "more evaluated splits as 'name=dataset' (e.g. MUSE's "
+                                  "forget QA beside forget texts: 'forget_qa=synthetic:forget10')", default=[]),
             "lm_eval_tasks": Param(ListValue(StrValue()), "lm-eval's own tasks by name (wmdp_bio, wmdp_cyber, mmlu, "
                                    "...), zero-shot accuracy on the in-process model, also along attacks",
                                    default=[]),

@@ -106,9 +106,19 @@ class SplitScores:
         return [stats.mean_nll for stats in self.answer_tokens]
 
     @cached_property
+    def qa_examples(self) -> list[Example]:
+        """The question/answer examples (text examples have no question to answer)."""
+        return [e for e in self.examples if not e.is_text]
+
+    @cached_property
     def generations(self) -> list[str]:
-        return greedy_answers(self.model, self.tokenizer, [self.prompt(e.question) for e in self.examples],
+        """Greedy answers to the questions of :attr:`qa_examples`."""
+        return greedy_answers(self.model, self.tokenizer, [self.prompt(e.question) for e in self.qa_examples],
                               self.options.max_new_tokens, self.options.batch_size)
+
+    def answered(self) -> list[tuple[Example, str]] | None:
+        """(example, greedy answer) of each question; None on a text-only split."""
+        return list(zip(self.qa_examples, self.generations)) if self.qa_examples else None
 
     @cached_property
     def continuations(self) -> list[tuple[str, str, str]] | None:
@@ -180,14 +190,16 @@ def rouge_l(pairs: list[tuple[str, str]], kind: str) -> MetricResult:
 
 
 @METRICS.register("rouge_l_recall")
-def rouge_l_recall(scores: SplitScores) -> MetricResult:
-    return rouge_l([(e.answer, generated) for e, generated in zip(scores.examples, scores.generations)], "recall")
+def rouge_l_recall(scores: SplitScores) -> MetricResult | None:
+    answered = scores.answered()
+    return None if answered is None else rouge_l([(e.answer, generated) for e, generated in answered], "recall")
 
 
 @METRICS.register("rouge_l_f1")
-def rouge_l_f1(scores: SplitScores) -> MetricResult:
+def rouge_l_f1(scores: SplitScores) -> MetricResult | None:
     """MUSE's KnowMem form: ROUGE-L F1 of the greedy answer against the true answer."""
-    return rouge_l([(e.answer, generated) for e, generated in zip(scores.examples, scores.generations)], "fmeasure")
+    answered = scores.answered()
+    return None if answered is None else rouge_l([(e.answer, generated) for e, generated in answered], "fmeasure")
 
 
 @METRICS.register("verbmem")
@@ -241,9 +253,10 @@ def answers_match(generated: str, answer: str) -> bool:
 
 
 @METRICS.register("exact_match")
-def exact_match(scores: SplitScores) -> MetricResult:
-    matches = [float(answers_match(generated, e.answer))
-               for e, generated in zip(scores.examples, scores.generations)]
+def exact_match(scores: SplitScores) -> MetricResult | None:
+    if (answered := scores.answered()) is None:
+        return None
+    matches = [float(answers_match(generated, e.answer)) for e, generated in answered]
     return MetricResult(_mean(matches), matches)
 
 

@@ -46,6 +46,8 @@ def cosine_similarities(first: list[str], second: list[str]) -> list[float]:
 
 
 @METRICS.register("semantic_match")
-def semantic_match(scores: SplitScores) -> MetricResult:
-    values = cosine_similarities([e.answer for e in scores.examples], scores.generations)
+def semantic_match(scores: SplitScores) -> MetricResult | None:
+    if (answered := scores.answered()) is None:
+        return None
+    values = cosine_similarities([e.answer for e, _ in answered], [generated for _, generated in answered])
     return MetricResult(sum(values) / len(values), values)
