@@ -1,0 +1,48 @@
+"""Benchmark: examples per second of the two model queries every metric is built on, on SmolLM2-135M.
+
+    python benchmarks/evaluation_speed.py [--examples 80] [--batch-sizes 1,8,16] [--max-new-tokens 16]
+
+* scoring: teacher-forced answer-token statistics (prob, truth ratio, memorisation, membership scores);
+* generation: greedy answers (ROUGE, exact match, semantic match).
+
+Each is run over the same synthetic forget/retain questions at each batch size; fp32 on CPU.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from obliviate.data.sources import load_examples  # noqa: E402
+from obliviate.data.tokenize import PromptFormat  # noqa: E402
+from obliviate.evaluation.scoring import answer_tokens, greedy_answers  # noqa: E402
+from obliviate.models.loading import load_model, resolve_model  # noqa: E402
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=80)
+    parser.add_argument("--batch-sizes", default="1,8,16")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "files" / "cache")
+    arguments = parser.parse_args()
+    model, tokenizer = load_model(resolve_model("smollm2-135m-instruct"), arguments.cache_dir, torch.device("cpu"),
+                                  torch.float32)
+    examples = load_examples("synthetic:full", ROOT / "files" / "data")[: arguments.examples]
+    fmt = PromptFormat()
+    prompts = [fmt.prompt(tokenizer, e.question) for e in examples]
+    pairs = list(zip(prompts, (e.answer for e in examples)))
+    print(f"{len(examples)} examples, {torch.get_num_threads()} threads")
+    print("| batch | scoring examples/s | generation examples/s |\n|---|---|---|")
+    for batch_size in (int(b) for b in arguments.batch_sizes.split(",")):
+        start = time.perf_counter()
+        answer_tokens(model, tokenizer, pairs, 128, batch_size)
+        scoring = len(pairs) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        greedy_answers(model, tokenizer, prompts, arguments.max_new_tokens, batch_size)
+        generation = len(prompts) / (time.perf_counter() - start)
+        print(f"| {batch_size} | {scoring:.1f} | {generation:.1f} |")
