@@ -12,8 +12,9 @@ utility after unlearning, the attack task's own accuracy at its start and end, a
 relearning attack on a slice, the forget metrics of the examples outside the slice (``forget_unseen``)
 right after unlearning and at the attack's end.
 ``study.md`` holds the same rows averaged over seeds (± standard deviation), then every row, then the
-wall time of each stage per cell. Plots: ``forget_vs_attack_steps.png`` (forget metric, and the task's
-accuracy when measured, along each attack, one line per method, the band spanning the seeds) and
+wall time of each stage per cell. Plots: ``forget_vs_attack_steps.png`` (forget metric along each attack,
+one line per method, the band spanning the seeds; below it the task's accuracy, or for relearning on a
+slice the forget metric of the examples not relearned) and
 ``tradeoff.png`` (forget metric vs retain utility after unlearning, with the forget value each attack
 brought back drawn above each point).
 """
@@ -24,6 +25,7 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -119,36 +121,45 @@ def _columns(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(key for row in rows for key in row))
 
 
+def _second_panel(curves: list[list[dict]], metric: str) -> tuple[str, Callable[[dict], float]] | None:
+    """What the lower panel of an attack shows: the task's accuracy, or (relearning on a slice) the forget
+    metric on the examples it did not train on."""
+    points = [p for curve in curves for p in curve]
+    if points and all("task" in p for p in points):
+        return f"task {TASK_METRIC}", lambda p: p["task"][TASK_METRIC]
+    if points and all("forget_unseen" in p for p in points):
+        return f"forget {metric} (not relearned)", lambda p: p["forget_unseen"][metric]
+    return None
+
+
 def plot_attack_curves(study: Study, cells: list[dict], path: Path) -> None:
     metric = study.forget_metrics[0]
-    with_task = any("task" in p for c in cells for curve in c["attacks"].values() for p in curve)
-    rows = 2 if with_task else 1
-    figure, axes = plt.subplots(rows, len(study.attacks), figsize=(5 * len(study.attacks), 3.6 * rows),
-                                squeeze=False)
+    figure, axes = plt.subplots(2, len(study.attacks), figsize=(5 * len(study.attacks), 7.2), squeeze=False)
     methods = list(dict.fromkeys(c["method"] for c in cells))
     for column, (label, dataset) in enumerate(study.attacks.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        lower = _second_panel([c["attacks"][dataset] for c in cells if dataset in c["attacks"]], metric)
         for method in methods:
             curves = [c["attacks"][dataset] for c in cells if c["method"] == method and dataset in c["attacks"]]
             if not curves:
                 continue
             steps = [p["step"] for p in curves[0]]
-            panels = [(axes[0][column], lambda p: p["forget"][metric])]
-            if with_task and "task" in curves[0][0]:
-                panels.append((axes[1][column], lambda p: p["task"][TASK_METRIC]))
+            panels = [(top, lambda p: p["forget"][metric])] + ([(bottom, lower[1])] if lower else [])
             for axis, read in panels:
                 values = [[read(p) for p in curve] for curve in curves]
-                mean = [statistics.fmean(v) for v in zip(*values)]
-                line, = axis.plot(steps, mean, marker="o", label=method)
+                line, = axis.plot(steps, [statistics.fmean(v) for v in zip(*values)], marker="o", label=method)
                 if len(values) > 1:
                     axis.fill_between(steps, [min(v) for v in zip(*values)], [max(v) for v in zip(*values)],
                                       color=line.get_color(), alpha=0.2)
         before = [c["metrics"]["before"]["forget"][metric] for c in cells if "before" in c.get("metrics", {})]
         if before:
-            axes[0][column].axhline(statistics.fmean(before), color="grey", linestyle=":", label="before unlearning")
-        axes[0][column].set(title=f"attack: {label}", xlabel="attack step", ylabel=f"forget {metric}")
-        axes[0][column].legend(fontsize=8)
-        if with_task:
-            axes[1][column].set(xlabel="attack step", ylabel=f"task {TASK_METRIC}")
+            top.axhline(statistics.fmean(before), color="grey", linestyle=":", label="before unlearning")
+        top.set(title=f"attack: {label}", xlabel="attack step", ylabel=f"forget {metric}")
+        top.legend(fontsize=8)
+        if lower:
+            bottom.set(xlabel="attack step", ylabel=lower[0])
+        else:
+            bottom.set_axis_off()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
