@@ -215,14 +215,15 @@ def test_evaluating_a_fine_tuned_model_without_fine_tuning_fails_first(fast, tmp
 
 
 def test_a_saved_retain_evaluation_serves_forget_quality_and_privleak(fast, tmp_path, capsys):
-    metrics = ["--eval.metrics", "prob,truth_ratio,forget_quality,mia_min_k"]
+    metrics = ["--eval.metrics", "prob,truth_ratio,forget_quality,mia_min_k,mia_reference"]
     assert evaluate_cli(*fast, *metrics, "--eval.model", "retain", "--logger.run_name", "retain") == 0
     retain = tmp_path / "results" / "synthetic" / "evaluations" / "retain"
     saved = json.loads((retain / "metrics.json").read_text())["evaluated"]
     assert saved["model"]["privleak"] == pytest.approx(0.0)  # the retain model against itself
+    assert saved["model"]["mia_reference_auc"] == pytest.approx(0.5)  # identical NLLs: no signal
     assert cli(*fast, *metrics, "--eval.retain_logs_path", str(retain), "--logger.run_name", "uses_saved") == 0
     after = json.loads((tmp_path / "results" / "synthetic" / "NPO" / "uses_saved" / "metrics.json").read_text())["after"]
-    assert {"privleak", "mia_min_k_auc", "forget_quality_log10"} <= set(after["model"])
+    assert {"privleak", "mia_min_k_auc", "mia_reference_auc", "forget_quality_log10"} <= set(after["model"])
     assert "forget_quality" in after["forget"]
     assert cli(*fast, "--eval.retain_logs_path", str(tmp_path), "--logger.run_name", "bad") == 2
     assert "is not a finished evaluate.py run folder" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from obliviate.data.tokenize import collate, encode
 from obliviate.evaluation.mcq import mcq_rows
 from obliviate.evaluation.membership import lowest_mean, membership_auc
 from obliviate.evaluation.model_level import add_model_metrics, privleak
+from obliviate.evaluation.reference import RetainReference
 from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, separate_statistics, token_statistics
 from obliviate.methods.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
@@ -26,7 +27,8 @@ class FixedScores(SplitScores):
 
     def __init__(self, split, examples, answer_nll=None, generations=None, truth_ratios=None, reference=None,
                  answer_tokens=None, continuations=None):
-        super().__init__(split, examples, None, None, PromptFormat(), EvalOptions(1, 8, 8, None), reference)
+        super().__init__(split, examples, None, None, PromptFormat(), EvalOptions(1, 8, 8, None),
+                         reference if isinstance(reference, RetainReference) else RetainReference(reference))
         self.__dict__.update(answer_nll=answer_nll, generations=generations, truth_ratios=truth_ratios,
                              answer_tokens=answer_tokens, continuations=continuations)
 
@@ -285,3 +287,16 @@ def test_answers_sharing_a_prompt_score_as_if_each_ran_alone(tokenizer):
         assert a.standardised == pytest.approx(b.standardised, rel=2e-3)  # /σ amplifies float32 rounding
     truncated = answer_tokens(model, tokenizer, pairs, 12, 4)  # answers cut at max_length, as in training
     assert [len(t.log_probs) for t in truncated] == [len(t.log_probs) for t in separate_statistics(model, tokenizer, pairs, 12, 4)]
+
+
+def test_reference_attack_is_the_nll_gap_to_the_retain_model():
+    stats = [tokens([-0.5, -1.5]), tokens([-2.0, -2.0])]  # mean NLL 1.0 and 2.0
+    reference = RetainReference(answer_probs={"forget": [math.exp(-3.0), math.exp(-1.0)]})
+    scores = FixedScores("forget", [Example("q", "a")] * 2, answer_tokens=stats, reference=reference)
+    result = METRICS.get("mia_reference")(scores)
+    assert result.per_example == pytest.approx([3.0 - 1.0, 1.0 - 2.0])  # NLL_ref - NLL_model: higher = member
+    assert METRICS.get("mia_reference")(FixedScores("holdout", [Example("q", "a")] * 2, answer_tokens=stats,
+                                                    reference=reference)) is None  # no reference for holdout
+    metrics = {"forget": {}, "holdout": {}}
+    add_model_metrics(metrics, {"forget": {"mia_reference": [2.0, -1.0]}, "holdout": {"mia_reference": [0.0]}})
+    assert metrics["model"]["mia_reference_auc"] == pytest.approx(0.5)

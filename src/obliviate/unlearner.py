@@ -33,7 +33,7 @@ from obliviate.errors import UserError
 from obliviate.evaluation.evaluator import LM_EVAL, Evaluation, cached_evaluation, evaluate
 from obliviate.evaluation.lm_eval_tasks import check_tasks
 from obliviate.evaluation.metrics import EvalOptions
-from obliviate.evaluation.reference import PRIVLEAK_SCORE, RetainReference
+from obliviate.evaluation.reference import PRIVLEAK_SCORE, REFERENCE_ATTACK, RetainReference
 from obliviate.evaluation.semantic import checked_model_folder
 from obliviate.loggers import LOGGERS
 from obliviate.masks.build import build_mask, select_names
@@ -244,16 +244,17 @@ class Unlearner:
         if self.retain_logs is not None:
             return self.retain_logs
         splits = self._eval_splits()
-        quality, leak = "forget_quality" in s.eval.metrics, PRIVLEAK_SCORE in s.eval.metrics and "holdout" in splits
-        if self.oracle is None or not (quality or leak):
+        quality = "forget_quality" in s.eval.metrics
+        leak, attack = (name in s.eval.metrics and "holdout" in splits for name in (PRIVLEAK_SCORE, REFERENCE_ATTACK))
+        if self.oracle is None or not (quality or leak or attack):
             return None
         source = self.oracle.source if isinstance(self.oracle, FinetuneRecipe) else self.oracle
 
         def load() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:  # build (fine-tune) only on a miss
             return load_model(self._build(self.oracle, "retain"), self.cache_dir, self.device, self.dtype)
 
-        needed = {"forget": splits["forget"], **({"holdout": splits["holdout"]} if leak else {})}
-        metrics = ["truth_ratio"] * quality + [PRIVLEAK_SCORE] * leak
+        needed = {"forget": splits["forget"], **({"holdout": splits["holdout"]} if leak or attack else {})}
+        metrics = ["truth_ratio"] * quality + [PRIVLEAK_SCORE] * leak + ["prob"] * attack
         evaluation = self._evaluate(source, load, needed, metrics, None)
         gc.collect()
         return RetainReference.from_evaluation(evaluation.metrics, evaluation.per_example)

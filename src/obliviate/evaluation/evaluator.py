@@ -44,8 +44,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits:
     """Every requested metric that applies, on every split (``forget``, ``retain``, ``holdout``, ...)."""
     result = Evaluation()
     for split, examples in splits.items():
-        scores = SplitScores(split, examples, model, tokenizer, fmt, options,
-                             reference.truth_ratios if reference else None)
+        scores = SplitScores(split, examples, model, tokenizer, fmt, options, reference)
         result.metrics[split], result.per_example[split] = {}, {}
         for name in metrics:
             value = METRICS.get(name)(scores)

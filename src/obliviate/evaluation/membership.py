@@ -9,7 +9,9 @@ on). From the answer tokens' teacher-forced log-probabilities log p(y_t):
 * ``mia_min_k`` (Shi et al. 2024, Min-K% Prob): mean of the lowest k = 40 % of log p(y_t) (at least one
   token; the count is floor(k·|y|));
 * ``mia_min_k_plus_plus`` (Zhang et al. 2024, Min-K%++): the same over (log p(y_t) − μ_t)/σ_t, μ_t and σ_t
-  the mean and standard deviation of log p under the model's own next-token distribution.
+  the mean and standard deviation of log p under the model's own next-token distribution;
+* ``mia_reference`` (reference-model attack, Carlini et al. 2021): NLL_ref − NLL_model, the retain model
+  being the reference (its forget and holdout probabilities come with the retain reference).
 
 A split's value is its mean score. ``model.<name>_auc`` (see :mod:`obliviate.evaluation.model_level`)
 is the ROC AUC (sklearn) of the scores with the FORGET examples as the positive class against the
@@ -27,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from obliviate.data.examples import Example
 from obliviate.evaluation.metrics import METRICS, MetricResult, SplitScores
+from obliviate.evaluation.reference import REFERENCE_ATTACK
 from obliviate.evaluation.scoring import AnswerTokens
 
 MIN_K_FRACTION = 0.4
@@ -70,6 +73,20 @@ def _register(name: str) -> None:
 
 for _name in MEMBERSHIP_SCORES:
     _register(_name)
+
+
+@METRICS.register(REFERENCE_ATTACK)
+def reference_score(scores: SplitScores) -> MetricResult | None:
+    """Reference-model attack: log p_model(a|q) − log p_ref(a|q) = NLL_ref − NLL_model per example, the
+    reference being the retain model; None when its probabilities for this split are not known."""
+    reference = scores.reference.answer_probs.get(scores.split)
+    if reference is None or len(reference) != len(scores.examples):
+        return None
+    values = [-math.log(max(p_ref, 1e-300)) - stats.mean_nll for stats, p_ref in zip(scores.answer_tokens, reference)]
+    return MetricResult(sum(values) / len(values), values)
+
+
+AUC_SCORES = (*MEMBERSHIP_SCORES, REFERENCE_ATTACK)
 
 
 def membership_auc(members: list[float], non_members: list[float]) -> float:

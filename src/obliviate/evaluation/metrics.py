@@ -52,6 +52,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
+from obliviate.evaluation.reference import RetainReference
 from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, greedy_answers
 from obliviate.registry import Registry
 
@@ -82,10 +83,10 @@ class SplitScores:
 
     def __init__(self, split: str, examples: list[Example], model: PreTrainedModel,
                  tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, options: EvalOptions,
-                 reference_truth_ratios: list[float] | None = None) -> None:
+                 reference: RetainReference | None = None) -> None:
         self.split, self.examples = split, examples
         self.model, self.tokenizer, self.fmt, self.options = model, tokenizer, fmt, options
-        self.reference_truth_ratios = reference_truth_ratios
+        self.reference = reference or RetainReference()
 
     def prompt(self, question: str) -> str:
         return self.fmt.prompt(self.tokenizer, question)
@@ -297,6 +298,7 @@ def truth_ratio(scores: SplitScores) -> MetricResult | None:
 
 @METRICS.register("forget_quality")
 def forget_quality(scores: SplitScores) -> MetricResult | None:
-    if scores.split != "forget" or scores.reference_truth_ratios is None or scores.truth_ratios is None:
+    reference = scores.reference.truth_ratios
+    if scores.split != "forget" or reference is None or scores.truth_ratios is None:
         return None
-    return MetricResult(float(ks_2samp(scores.truth_ratios, scores.reference_truth_ratios).pvalue), [])
+    return MetricResult(float(ks_2samp(scores.truth_ratios, reference).pvalue), [])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from statistics import harmonic_mean
 
-from obliviate.evaluation.membership import AUC_AGAINST, MEMBERSHIP_SCORES, membership_auc
+from obliviate.evaluation.membership import AUC_AGAINST, AUC_SCORES, membership_auc
 from obliviate.evaluation.reference import PRIVLEAK_SCORE
 
 MODEL = "model"
@@ -50,7 +50,7 @@ def add_model_metrics(metrics: dict[str, dict[str, float]], per_example: dict[st
     if (quality := metrics.get("forget", {}).get("forget_quality")) is not None:
         model["forget_quality_log10"] = math.log10(max(quality, FORGET_QUALITY_FLOOR))
     forget, negatives = per_example.get("forget", {}), per_example.get(AUC_AGAINST, {})
-    for name in MEMBERSHIP_SCORES:
+    for name in AUC_SCORES:
         if name in forget and name in negatives:
             model[f"{name}_auc"] = membership_auc(forget[name], negatives[name])
     if retain_min_k_auc is not None and f"{PRIVLEAK_SCORE}_auc" in model:
