@@ -113,3 +113,13 @@ def test_synthetic_downstream_tasks(tmp_path):
     numbers = [int(w.strip(",.?")) for w in math.question.split() if w.strip(",.?").isdigit()]
     expected = numbers[0] + numbers[1] if "gets" in math.question else numbers[0] - numbers[1] + numbers[2]
     assert math.answer == f"{expected}."
+
+
+def test_knowledge_splits_compare_answers_of_one_form(tmp_path):
+    for split in ("real_authors", "world_facts"):
+        examples = load_examples(f"synthetic:{split}", tmp_path)
+        assert len(examples) >= 20
+        for e in examples:
+            assert e.paraphrased_answer == e.answer and e.paraphrased_question != e.question
+            assert len(e.perturbed_answers) == 3 and e.answer not in e.perturbed_answers
+            assert all(w.endswith(".") and len(w.split()) <= 4 for w in e.perturbed_answers)  # short like the answer
