@@ -35,6 +35,7 @@ from obliviate.evaluation.lm_eval_tasks import check_tasks
 from obliviate.evaluation.metrics import EvalOptions
 from obliviate.evaluation.reference import PRIVLEAK_SCORE, REFERENCE_ATTACK, RetainReference
 from obliviate.evaluation.semantic import checked_model_folder
+from obliviate.io import write_text_atomic
 from obliviate.loggers import LOGGERS
 from obliviate.masks.build import build_mask, select_names
 from obliviate.masks.mask import ParameterMask
@@ -44,7 +45,6 @@ from obliviate.methods.base import PrepareContext
 from obliviate.models.finetune import FinetuneRecipe
 from obliviate.models.loading import (ModelSource, load_model, parameter_shapes, resolve_device, resolve_dtype,
                                       resolve_model, save_model, shapes_of)
-from obliviate.io import write_text_atomic
 from obliviate.report import metrics_table, run_summary
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
