@@ -130,6 +130,7 @@ def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypat
      "study attack 'math' has unknown key 'steps'"),
     ({"attacks": {"math": {"datasets": "synthetic:maths_train"}}}, "unknown synthetic split 'maths_train'"),
     ({"forget_metrics": ["truth_ratio"]}, "study reports truth_ratio but method 'NPO' does not compute it"),
+    ({"overrides": {"logger.overwrite": True}}, "logger.overwrite would redo finished study cells"),
 ])
 def test_bad_study_files_fail_before_any_work(study_file, tmp_path, changes, message):
     with pytest.raises(UserError, match=message):

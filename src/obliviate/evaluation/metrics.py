@@ -190,34 +190,40 @@ def rouge_l(pairs: list[tuple[str, str]], kind: str) -> MetricResult:
     return MetricResult(_mean(values), values)
 
 
+def _answer_rouge(scores: SplitScores, kind: str) -> MetricResult | None:
+    answered = scores.answered()
+    return None if answered is None else rouge_l([(e.answer, generated) for e, generated in answered], kind)
+
+
+def _continuation_rouge(scores: SplitScores, kind: str) -> MetricResult | None:
+    if scores.continuations is None:
+        return None
+    return rouge_l([(truth, generated) for _, truth, generated in scores.continuations], kind)
+
+
 @METRICS.register("rouge_l_recall")
 def rouge_l_recall(scores: SplitScores) -> MetricResult | None:
-    answered = scores.answered()
-    return None if answered is None else rouge_l([(e.answer, generated) for e, generated in answered], "recall")
+    """TOFU: ROUGE-L recall of the greedy answer against the true answer (QA splits)."""
+    return _answer_rouge(scores, "recall")
 
 
 @METRICS.register("rouge_l_f1")
 def rouge_l_f1(scores: SplitScores) -> MetricResult | None:
-    """MUSE's KnowMem form: ROUGE-L F1 of the greedy answer against the true answer."""
-    answered = scores.answered()
-    return None if answered is None else rouge_l([(e.answer, generated) for e, generated in answered], "fmeasure")
+    """MUSE's KnowMem form: ROUGE-L F1 of the greedy answer against the true answer (QA splits)."""
+    return _answer_rouge(scores, "fmeasure")
 
 
 @METRICS.register("verbmem")
 def verbatim_memorisation(scores: SplitScores) -> MetricResult | None:
     """MUSE VerbMem: ROUGE-L F1 of the greedy continuation of each text's prefix against the true
     continuation (text splits only)."""
-    if scores.continuations is None:
-        return None
-    return rouge_l([(truth, generated) for _, truth, generated in scores.continuations], "fmeasure")
+    return _continuation_rouge(scores, "fmeasure")
 
 
 @METRICS.register("continuation_rouge_l_recall")
 def continuation_rouge_l_recall(scores: SplitScores) -> MetricResult | None:
     """Copyright-style (WAGLE/SOUL Harry Potter line): ROUGE-L recall of the text continuations."""
-    if scores.continuations is None:
-        return None
-    return rouge_l([(truth, generated) for _, truth, generated in scores.continuations], "recall")
+    return _continuation_rouge(scores, "recall")
 
 
 @METRICS.register("continuation_bleu")

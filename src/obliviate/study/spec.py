@@ -173,7 +173,11 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
             run_name = f"{slug(label)}_seed{seed}"
             argv = (*head, "--overall.seed", str(seed), *attack_argv, "--logger.json.root", str(folder / "runs"),
                     "--logger.run_name", run_name, *extra_argv)
-            cells.append(Cell(label, seed, argv, _parse(list(argv), label)))
+            cell = Cell(label, seed, argv, _parse(list(argv), label))
+            if cell.settings.logger.overwrite:
+                raise UserError("logger.overwrite would redo finished study cells; remove their run folders "
+                                "instead and run the study again")
+            cells.append(cell)
     _check_metrics(cells, forget_metrics, utility_metric)
     return Study(name, folder, attack_names, cells, forget_metrics, utility_metric)
 
@@ -191,5 +195,3 @@ def _check_metrics(cells: list[Cell], forget_metrics: list[str], utility_metric:
         if missing := [m for m in dict.fromkeys([*forget_metrics, utility_metric]) if m not in computed]:
             raise UserError(f"study reports {missing[0]} but method '{cell.method}' does not compute it; add it to "
                             "eval.metrics (e.g. in the study's overrides) or change forget_metrics/utility_metric")
-        if cell.settings.logger.overwrite:
-            raise UserError("logger.overwrite would redo finished study cells; remove their run folders instead")
