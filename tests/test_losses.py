@@ -81,15 +81,28 @@ def test_simnpo_loss_hand_values():
     assert simnpo_loss(sums, lengths, beta, delta).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_kl_hand_value_and_zero_for_identical_distributions():
-    logits = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [3.0, 3.0]]])
-    reference = torch.tensor([[[0.0, 1.0], [0.0, 0.0], [0.0, 9.0]]])
+def test_kl_puts_the_reference_distribution_first_as_tofu_and_open_unlearning():
+    """KL(π_ref ‖ π_θ) as in locuslab/tofu dataloader.py (kl_div(current, retain, log_target=True)) and
+    locuslab/open-unlearning src/trainer/utils.py compute_kl_divergence; answer positions only."""
+    logits = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [3.0, 3.0, 3.0]]])
+    reference = torch.tensor([[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 9.0, 0.0]]])
     labels = torch.tensor([[X, 0, 1]])
-    p = [math.exp(1) / (1 + math.exp(1)), 1 / (1 + math.exp(1))]
-    q = [p[1], p[0]]
-    kl_first = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    kl_second = 0.0  # both uniform
-    assert token_kl(logits, reference, labels).item() == pytest.approx((kl_first + kl_second) / 2, rel=1e-5)
+
+    def softmax(row):
+        total = sum(math.exp(v) for v in row)
+        return [math.exp(v) / total for v in row]
+
+    p, q = softmax([1.0, 0.0, 0.0]), softmax([0.0, 2.0, 0.0])  # current, reference at the first answer position
+    reference_first = sum(qi * math.log(qi / pi) for pi, qi in zip(p, q))
+    current_first = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    assert abs(reference_first - current_first) > 0.05  # the two directions differ on this example
+    expected = (reference_first + 0.0) / 2  # the second position: both uniform
+    assert token_kl(logits, reference, labels).item() == pytest.approx(expected, rel=1e-5)
+    # the same number as torch's kl_div with the reference as target (what TOFU's code calls)
+    log_p = torch.log_softmax(logits[:, :1], -1)
+    log_q = torch.log_softmax(reference[:, :1], -1)
+    torch_value = torch.nn.functional.kl_div(log_p, log_q, reduction="sum", log_target=True).item()
+    assert torch_value == pytest.approx(reference_first, rel=1e-5)
     assert token_kl(logits, logits, labels).item() == pytest.approx(0.0, abs=1e-7)
     # an unlabelled (prompt) position never counts
     assert token_kl(logits, reference, torch.tensor([[X, X, 1]])).item() == pytest.approx(0.0, abs=1e-7)

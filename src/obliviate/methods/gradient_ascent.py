@@ -3,7 +3,7 @@
 * GA (Jang et al. 2023, "Knowledge Unlearning for Mitigating Privacy Risks in LMs"):
   L = −NLL(f). Diverges if run long; no retain term.
 * GradDiff (Liu et al. 2022; TOFU's "grad_diff"): L = −γ·NLL(f) + α·NLL(r).
-* GA+KL (TOFU's "KL"): L = −γ·NLL(f) + α·KL(π_θ ‖ π_ref) on r (token level, answer tokens only).
+* GA+KL (TOFU's "KL"): L = −γ·NLL(f) + α·KL(π_ref ‖ π_θ) on r (reference distribution first, as TOFU; answer tokens only).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class GradDiff(Method):
 
 @METHODS.register("GA_KL")
 class GAKL(GradDiff):
-    """Gradient ascent with a KL retain regulariser: L = −γ·NLL(f) + α·KL(π_θ ‖ π_ref)(r)."""
+    """Gradient ascent with a KL retain regulariser: L = −γ·NLL(f) + α·KL(π_ref ‖ π_θ)(r)."""
 
     @staticmethod
     def retain_term() -> Term:

@@ -44,10 +44,17 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def token_kl(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(p_θ ‖ p_ref) = Σ_v p_θ(v)(log p_θ(v) − log p_ref(v)), averaged over labelled positions."""
+    """KL(π_ref ‖ π_θ) = Σ_v p_ref(v)(log p_ref(v) − log p_θ(v)), averaged over labelled (answer) positions.
+
+    Direction: the REFERENCE distribution first, as in the TOFU paper and its code
+    (locuslab/tofu ``dataloader.py``: ``kl_div(current_log_probs, retain_log_probs, log_target=True)``) and
+    open-unlearning (``src/trainer/utils.py`` ``compute_kl_divergence``). Positions: only answer tokens
+    count here; open-unlearning averages over every position of the batch (prompt and padding included,
+    ``reduction="batchmean"``), which dilutes the term by the prompt length.
+    """
     logits, _, mask = shifted(logits, labels)
     reference_logits = reference_logits[:, :-1]
     log_p = F.log_softmax(logits, dim=-1)
-    log_q = F.log_softmax(reference_logits.float(), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    log_ref = F.log_softmax(reference_logits.float(), dim=-1)
+    kl = (log_ref.exp() * (log_ref - log_p)).sum(dim=-1)
     return (kl * mask).sum() / mask.sum().clamp(min=1.0)

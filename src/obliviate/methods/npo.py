@@ -16,7 +16,7 @@ Notation: S_θ(y) = Σ_t −log π_θ(y_t | x, y_<t), the SUM of answer-token NL
 
       L_SimNPO = (2/β) · mean_i [ −log σ( β · S_θ(y_i)/|y_i| − δ ) ]
 
-Both are combined with a retain term: L = γ·L_forget + α·L_retain, L_retain = NLL(r) or KL(π_θ‖π_ref)(r).
+Both are combined with a retain term: L = γ·L_forget + α·L_retain, L_retain = NLL(r) or KL(π_ref‖π_θ)(r).
 """
 
 from __future__ import annotations

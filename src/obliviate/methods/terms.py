@@ -23,7 +23,7 @@ class NLL(Term):
 
 
 class KLToReference(Term):
-    """KL(π_θ ‖ π_ref) per answer token of ``batch[split]``, π_ref the frozen starting model.
+    """KL(π_ref ‖ π_θ) per answer token of ``batch[split]``, π_ref the frozen starting model.
 
     The reference distribution changes with every batch and spans the whole vocabulary, so it cannot
     be cached cheaply: this term keeps one frozen copy of the starting model (twice the weight memory).
