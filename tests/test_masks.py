@@ -206,6 +206,26 @@ def test_masked_weights_stay_bit_identical_with_weight_decay(tokenizer, method):
             assert torch.equal(after, before), name  # not in the mask file: frozen
 
 
+def test_weight_decay_inside_masked_tensors_respects_the_no_decay_groups():
+    """Norms and biases take no decay (the optimiser's own groups, as HF Trainer), masked or not; matrices do,
+    on their trainable elements only: θ ← θ − lr·wd·θ ⊙ mask."""
+    model = torch.nn.Module()
+    model.proj = torch.nn.Linear(2, 2)
+    model.norm = torch.nn.LayerNorm(2)
+    torch.nn.init.constant_(model.proj.weight, 2.0)
+    masks = {"proj.weight": torch.tensor([[True, False], [False, True]]), "proj.bias": torch.tensor([True, False]),
+             "norm.weight": torch.tensor([True, False])}
+    mask = ParameterMask(masks)
+    mask.attach(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask.before_step(lr=0.1, weight_decay=0.5)
+    after = dict(model.named_parameters())
+    assert torch.allclose(after["proj.weight"], torch.tensor([[2.0 * (1 - 0.05), 2.0], [2.0, 2.0 * (1 - 0.05)]]))
+    assert torch.equal(after["proj.bias"], before["proj.bias"])  # a bias: no decay
+    assert torch.equal(after["norm.weight"], before["norm.weight"])  # a norm: no decay
+    assert not after["norm.bias"].requires_grad  # not in the mask file: frozen
+
+
 def test_ratio_one_equals_no_mask(tokenizer):
     full = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in tiny_random_llama(tokenizer).named_parameters()}
     with_mask = train_with(tokenizer, "GradDiff", ParameterMask(full)).state_dict()

@@ -7,7 +7,8 @@ the file are frozen entirely.
 
 Application (the only place masks act, see :meth:`ParameterMask.before_step`): after gradient clipping
 and before the optimiser step, gradients are multiplied by the mask and AdamW's decoupled weight decay
-is applied here to trainable elements only (the optimiser's own decay is off for masked parameters).
+is applied here to trainable elements only (the optimiser's own decay is off for masked parameters),
+and only to tensors the optimiser would decay (not biases or norms: the same no-decay rule as its groups).
 Masked elements therefore get zero gradient, zero Adam moments, zero update and no decay: they stay
 bit-identical. (Public WAGLE code lets AdamW's decay shrink masked weights; this does not.)
 """
@@ -23,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from obliviate.errors import UserError
+from obliviate.training.schedule import no_decay
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -31,7 +33,7 @@ class ParameterMask:
     def __init__(self, masks: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         self.masks = {name: mask.bool() for name, mask in masks.items()}
         self.metadata = dict(metadata or {})
-        self._attached: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._attached: list[tuple[torch.nn.Parameter, torch.Tensor, bool]] = []  # (parameter, mask, decays)
 
     # ------------------------------------------------------------------ files
     def save(self, path: Path) -> None:
@@ -81,19 +83,20 @@ class ParameterMask:
             if mask is None or not mask.any():
                 parameter.requires_grad_(False)
             elif not mask.all():
-                self._attached.append((parameter, mask.to(parameter.device)))
+                self._attached.append((parameter, mask.to(parameter.device), not no_decay(name, parameter)))
 
     def partially_masked(self) -> set[int]:
         """ids of parameters whose weight decay the mask applies itself."""
-        return {id(parameter) for parameter, _ in self._attached}
+        return {id(parameter) for parameter, _, _ in self._attached}
 
     @torch.no_grad()
     def before_step(self, lr: float, weight_decay: float) -> None:
-        """grad ← grad ⊙ mask; θ ← θ − lr·wd·θ ⊙ mask (AdamW's decoupled decay, trainable elements only)."""
-        for parameter, mask in self._attached:
+        """grad ← grad ⊙ mask; θ ← θ − lr·wd·θ ⊙ mask (AdamW's decoupled decay, trainable elements of tensors
+        that take decay only)."""
+        for parameter, mask, decays in self._attached:
             if parameter.grad is not None:
                 parameter.grad.mul_(mask)
-            if weight_decay:
+            if weight_decay and decays:
                 parameter.sub_(parameter * mask * (lr * weight_decay))
 
     # ------------------------------------------------------------------ reporting
