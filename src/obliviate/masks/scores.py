@@ -10,7 +10,11 @@ score          formula                                        source
 ``wanda``      s_ij = |W_ij| · ‖X_j‖₂ (Linear weights only)   Wanda, Sun et al. 2023 (2306.11695)
 =============  =============================================  ==========================================
 
-G_f and G_r are the gradients of the forget and retain NLL summed over one pass of each data set;
+G_f and G_r follow WAGLE's ``generate_mask.py``, which iterates a paired data set as long as the forget
+set (item i = forget example i with a retain example drawn at random, with replacement): G_f is the sum
+over its ⌈|f|/b⌉ batches of ∇ mean-token-NLL of the forget halves, G_r the same sum over the retain halves,
+so G_r sums as many retain batches as G_f sums forget batches, whatever the size of the retain set (summing
+the whole retain set would shrink the effective μ by |retain|/|forget|). See :func:`paired_batches`.
 X_j is the j-th input feature of a Linear layer over all (non-padding) forget tokens.
 
 Memory: scores are written into one fp32 buffer per parameter (G_r is accumulated there and
@@ -44,29 +48,51 @@ Score = Callable[[ScoringInputs], dict[str, torch.Tensor]]
 MASK_SCORES: Registry[Score] = Registry("mask score")
 
 
-def accumulate_gradients(inputs: ScoringInputs, dataset: EncodedDataset) -> None:
-    """Σ over batches of ∇ NLL (sum of answer-token NLL / tokens of the batch) into each parameter's .grad."""
+def paired_batches(forget_size: int, retain_size: int, batch_size: int, seed: int
+                   ) -> tuple[list[list[int]], list[list[int]]]:
+    """WAGLE's pairing: forget indices in a seeded shuffled order, each with a retain partner drawn uniformly
+    with replacement, cut into batches of ``batch_size``; returns (forget batches, retain batches).
+
+    Draws (a reproducible recipe): ``g = torch.Generator().manual_seed(seed)``; ``order = randperm(forget_size, g)``;
+    ``partners = randint(retain_size, (forget_size,), g)`` (``retain_size`` 0: no retain batches).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(forget_size, generator=generator).tolist()
+    partners = torch.randint(retain_size, (forget_size,), generator=generator).tolist() if retain_size else []
+    starts = range(0, forget_size, batch_size)
+    return ([order[i:i + batch_size] for i in starts],
+            [partners[i:i + batch_size] for i in starts] if partners else [])
+
+
+def accumulate_gradients(inputs: ScoringInputs, dataset: EncodedDataset, batches: list[list[int]]) -> None:
+    """Σ over ``batches`` (lists of row indices) of ∇ mean answer-token NLL of the batch, into each .grad."""
     model = inputs.model
     device = next(model.parameters()).device
     model.eval()  # no dropout while attributing
     for parameter in inputs.parameters.values():
         parameter.grad = None
-    for batch in dataset.loader(inputs.batch_size):
-        batch = batch.to(device)
+    for rows in batches:
+        batch = dataset.collate([dataset[row] for row in rows]).to(device)
         sums, counts = sequence_nll(forward_logits(model, batch), batch.labels)
         (sums.sum() / counts.sum().clamp(min=1.0)).backward()
+
+
+def _batches(inputs: ScoringInputs) -> tuple[list[list[int]], list[list[int]]]:
+    return paired_batches(len(inputs.forget), len(inputs.retain) if inputs.retain is not None else 0,
+                          inputs.batch_size, inputs.seed)
 
 
 @MASK_SCORES.register("wagle")
 def wagle(inputs: ScoringInputs) -> dict[str, torch.Tensor]:
     if inputs.retain is None:
         raise ValueError("the wagle score needs retain data; set dataset.retain_dataset_name")
-    accumulate_gradients(inputs, inputs.retain)
+    forget_batches, retain_batches = _batches(inputs)
+    accumulate_gradients(inputs, inputs.retain, retain_batches)
     scores = {}
     for name, parameter in inputs.parameters.items():
         buffer = parameter.grad.float() if parameter.grad is not None else torch.zeros_like(parameter, dtype=torch.float32)
         scores[name] = buffer.div_(-inputs.mu).add_(parameter.detach().float())  # θ − G_r/μ, in place
-    accumulate_gradients(inputs, inputs.forget)
+    accumulate_gradients(inputs, inputs.forget, forget_batches)
     for name, parameter in inputs.parameters.items():
         if parameter.grad is None:
             scores[name].zero_()
@@ -78,7 +104,7 @@ def wagle(inputs: ScoringInputs) -> dict[str, torch.Tensor]:
 
 @MASK_SCORES.register("grad")
 def gradient(inputs: ScoringInputs) -> dict[str, torch.Tensor]:
-    accumulate_gradients(inputs, inputs.forget)
+    accumulate_gradients(inputs, inputs.forget, _batches(inputs)[0])
     scores = {}
     for name, parameter in inputs.parameters.items():
         grad = parameter.grad
