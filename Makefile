@@ -18,6 +18,7 @@ demo: setup
 	$(PY) src/exec/unlearn_model.py --config_file configs/synthetic/npo.json
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
 evaluate-forms: setup

@@ -13,7 +13,7 @@ RETAIN=$(sed -n 's/^retain model: //p' <<<"$models")
 NPO=files/results/synthetic/NPO/forms_npo
 if [ ! -d "$NPO/model" ]; then
   timed $PY src/exec/unlearn_model.py --config_file configs/synthetic/npo.json --unlearn.save_model true \
-    --eval.before false --eval.after false --logger.overwrite true --logger.run_name forms_npo
+    --eval.before false --eval.after false --logger.overwrite true --logger.name forms_npo
 fi
 runs=()
 for form in tofu muse wmdp; do
@@ -21,7 +21,7 @@ for form in tofu muse wmdp; do
     case $model in target) folder=$TARGET ;; retain) folder=$RETAIN ;; npo) folder=$NPO/model ;; esac
     timed $PY src/exec/evaluate.py --config_file configs/synthetic/eval_$form.json --finetune.enabled false \
       --overall.model_name "$folder" --eval.retain_model_name "$RETAIN" --logger.overwrite true \
-      --logger.run_name "${form}_${model}" > /dev/null
+      --logger.name "${form}_${model}" > /dev/null
     runs+=("$OUT/${form}_${model}")
   done
 done

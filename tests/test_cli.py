@@ -30,7 +30,7 @@ def fast(tmp_path, cache_dir):
 
 
 def test_full_run_writes_every_result_file(fast, tmp_path, capsys):
-    assert cli(*fast, "--logger.run_name", "first") == 0
+    assert cli(*fast, "--logger.name", "first") == 0
     folder = tmp_path / "results" / "synthetic" / "NPO" / "first"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "env.json", "metrics.json",
                                                          "per_example.json", "summary.md", "train_log.jsonl"]
@@ -53,11 +53,11 @@ def test_full_run_writes_every_result_file(fast, tmp_path, capsys):
 
 
 def test_second_run_reuses_fine_tuned_models_and_before_evaluation(fast, tmp_path, cache_dir):
-    assert cli(*fast, "--logger.run_name", "a") == 0
+    assert cli(*fast, "--logger.name", "a") == 0
     built = {p: p.stat().st_mtime_ns for p in (cache_dir / "finetuned").glob("*/config.json")}
     evaluations = sorted((cache_dir / "evaluations").iterdir())
     assert len(built) == 2  # target and retain model
-    assert cli(*fast, "--logger.run_name", "b") == 0
+    assert cli(*fast, "--logger.name", "b") == 0
     assert {p: p.stat().st_mtime_ns for p in (cache_dir / "finetuned").glob("*/config.json")} == built
     assert sorted((cache_dir / "evaluations").iterdir()) == evaluations
     first, second = (json.loads((tmp_path / "results/synthetic/NPO" / n / "metrics.json").read_text()) for n in "ab")
@@ -65,11 +65,11 @@ def test_second_run_reuses_fine_tuned_models_and_before_evaluation(fast, tmp_pat
 
 
 def test_existing_run_is_not_overwritten_unless_asked(fast, tmp_path, capsys):
-    assert cli(*fast, "--eval.before", "false", "--logger.run_name", "same") == 0
+    assert cli(*fast, "--eval.before", "false", "--logger.name", "same") == 0
     capsys.readouterr()
-    assert cli(*fast, "--logger.run_name", "same") == 2
-    assert "already exists; choose another --logger.run_name or pass --logger.overwrite true" in capsys.readouterr().err
-    assert cli(*fast, "--eval.before", "false", "--logger.run_name", "same", "--logger.overwrite", "1") == 0
+    assert cli(*fast, "--logger.name", "same") == 2
+    assert "already exists; choose another --logger.name or pass --logger.overwrite true" in capsys.readouterr().err
+    assert cli(*fast, "--eval.before", "false", "--logger.name", "same", "--logger.overwrite", "1") == 0
 
 
 def _bert_folder(tmp_path):
@@ -88,7 +88,8 @@ def _empty_file(tmp_path):
 BAD_INPUTS = {
     "missing data file": (lambda t: ["--dataset.forget_dataset_name", "nope.jsonl"], "dataset 'nope.jsonl' not found"),
     "misspelled key": (lambda t: ["--unlearn.lrr", "1e-5"], "did you mean 'unlearn.lr'"),
-    "unknown method": (lambda t: ["--unlearn.unlearn_method", "npoo"], "must be one of GA|GA_KL|GradDiff|ILU|NPO|RMU|SimNPO"),
+    "unknown method": (lambda t: ["--unlearn.unlearn_method", "npoo"],
+                       "must be one of GA|GA_KL|GradDiff|ILU|NPO|RMU|SimNPO"),
     "out of range": (lambda t: ["--unlearn.lr", "-1"], "unlearn.lr='-1' must be a number >= 0.0"),
     "not a causal LM": (lambda t: ["--overall.model_name", _bert_folder(t)], "not a causal language model"),
     "empty forget set": (lambda t: ["--dataset.forget_dataset_name", _empty_file(t)], "is empty"),
@@ -134,12 +135,12 @@ def test_finetune_entry_point_builds_both_models_once(fast, cache_dir, capsys):
 def test_missing_mask_is_built_saved_and_then_reused(fast, tmp_path):
     path = tmp_path / "mask" / "tiny_wagle.safetensors"
     args = [*fast, "--unlearn.mask_path", str(path), "--mask.ratio", "0.5", "--eval.before", "false"]
-    assert cli(*args, "--logger.run_name", "one") == 0
+    assert cli(*args, "--logger.name", "one") == 0
     assert path.is_file() and path.with_suffix(".png").is_file()
     stats = json.loads((tmp_path / "results/synthetic/NPO/one/mask_stats.json").read_text())
     assert stats["metadata"]["score"] == "wagle" and 0 < stats["trainable_fraction"] < 0.5
     built = path.stat().st_mtime_ns
-    assert cli(*args, "--logger.run_name", "two") == 0
+    assert cli(*args, "--logger.name", "two") == 0
     assert path.stat().st_mtime_ns == built
 
 
@@ -158,7 +159,7 @@ def test_mask_that_does_not_fit_the_model_fails_before_any_work(fast, tmp_path, 
 def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_path):
     args = [*fast, "--attack.datasets", "synthetic:math_train,relearn", "--attack.test_datasets",
             '["synthetic:math_test", ""]', "--attack.max_steps", "2,3", "--attack.eval_every", "2",
-            "--attack.num_examples", "8", "--attack.lr", "1e-3", "--logger.run_name", "attacked"]
+            "--attack.num_examples", "8", "--attack.lr", "1e-3", "--logger.name", "attacked"]
     assert cli(*args) == 0
     folder = tmp_path / "results" / "synthetic" / "NPO" / "attacked"
     curves = json.loads((folder / "attacks.json").read_text())
@@ -195,8 +196,8 @@ def evaluate_cli(*argv):
 def test_evaluate_writes_one_models_results_and_the_comparison_reads_them(fast, tmp_path, capsys):
     from obliviate.comparison import comparison_rows
 
-    assert evaluate_cli(*fast, "--eval.model", "target", "--logger.run_name", "target") == 0
-    assert evaluate_cli(*fast, "--eval.model", "retain", "--logger.run_name", "retain") == 0
+    assert evaluate_cli(*fast, "--eval.model", "target", "--logger.name", "target") == 0
+    assert evaluate_cli(*fast, "--eval.model", "retain", "--logger.name", "retain") == 0
     folder = tmp_path / "results" / "synthetic" / "evaluations"
     metrics = json.loads((folder / "target" / "metrics.json").read_text())
     assert set(metrics) == {"evaluated"}
@@ -216,16 +217,17 @@ def test_evaluating_a_fine_tuned_model_without_fine_tuning_fails_first(fast, tmp
 
 def test_a_saved_retain_evaluation_serves_forget_quality_and_privleak(fast, tmp_path, capsys):
     metrics = ["--eval.metrics", "prob,truth_ratio,forget_quality,mia_min_k,mia_reference"]
-    assert evaluate_cli(*fast, *metrics, "--eval.model", "retain", "--logger.run_name", "retain") == 0
+    assert evaluate_cli(*fast, *metrics, "--eval.model", "retain", "--logger.name", "retain") == 0
     retain = tmp_path / "results" / "synthetic" / "evaluations" / "retain"
     saved = json.loads((retain / "metrics.json").read_text())["evaluated"]
     assert saved["model"]["privleak"] == pytest.approx(0.0)  # the retain model against itself
     assert saved["model"]["mia_reference_auc"] == pytest.approx(0.5)  # identical NLLs: no signal
-    assert cli(*fast, *metrics, "--eval.retain_logs_path", str(retain), "--logger.run_name", "uses_saved") == 0
-    after = json.loads((tmp_path / "results" / "synthetic" / "NPO" / "uses_saved" / "metrics.json").read_text())["after"]
+    assert cli(*fast, *metrics, "--eval.retain_logs_path", str(retain), "--logger.name", "uses_saved") == 0
+    folder = tmp_path / "results" / "synthetic" / "NPO" / "uses_saved"
+    after = json.loads((folder / "metrics.json").read_text())["after"]
     assert {"privleak", "mia_min_k_auc", "mia_reference_auc", "forget_quality_log10"} <= set(after["model"])
     assert "forget_quality" in after["forget"]
-    assert cli(*fast, "--eval.retain_logs_path", str(tmp_path), "--logger.run_name", "bad") == 2
+    assert cli(*fast, "--eval.retain_logs_path", str(tmp_path), "--logger.name", "bad") == 2
     assert "is not a finished evaluate.py run folder" in capsys.readouterr().err
 
 
@@ -244,22 +246,29 @@ def test_muse_form_evaluates_texts_and_extra_qa_splits(tmp_path, cache_dir):
             "--overall.model_name", "tiny-random-llama", "--eval.retain_model_name", "tiny-random-llama",
             "--overall.cache_dir", str(cache_dir), "--dataset.data_dir", str(tmp_path / "data"),
             "--logger.json.root", str(tmp_path / "results"), "--eval.max_examples", "3", "--eval.max_new_tokens", "4",
-            "--logger.run_name", "muse"]
+            "--logger.name", "muse"]
     assert evaluate_cli(*args) == 0
     metrics = json.loads((tmp_path / "results" / "synthetic" / "evaluations" / "muse" / "metrics.json").read_text())
     evaluated = metrics["evaluated"]
     assert set(evaluated["forget"]) == {"verbmem", "mia_min_k", "continuation_bleu"}  # texts: no QA metrics
-    assert set(evaluated["forget_qa"]) == {"rouge_l_f1", "mia_min_k"}
+    assert set(evaluated["forget_qa"]) == {"knowmem", "mia_min_k"}  # a forget-role QA split: KnowMem_f
+    assert set(evaluated["retain"]) == {"knowmem", "mia_min_k"}  # KnowMem_r
     assert evaluated["model"]["privleak"] == pytest.approx(0.0)  # the retain model is this same model
+    per_example = json.loads((tmp_path / "results/synthetic/evaluations/muse/per_example.json").read_text())
+    shot = per_example["evaluated"]["forget_qa"]["generations"]["knowmem"][0]
+    assert shot["prompt"].count("Question:") == 6  # five in-context examples, then the question
     assert evaluate_cli(*args[:-2], "--eval.extra_splits", "forget=synthetic:forget10") == 2
 
 
 def test_extra_split_entries_are_checked():
     from obliviate.errors import UserError
-    from obliviate.unlearner import extra_split_names
+    from obliviate.evaluation.splits import Role, parse_extra_split
 
-    assert extra_split_names(["forget_qa = synthetic:forget10"], {"forget"}) == {"forget_qa": "synthetic:forget10"}
-    with pytest.raises(UserError, match="must read 'name=dataset'"):
-        extra_split_names(["synthetic:forget10"], set())
+    assert parse_extra_split("forget_qa : forget = synthetic:forget10") == ("forget_qa", Role.FORGET,
+                                                                              "synthetic:forget10")
+    with pytest.raises(UserError, match="must read 'name:role=dataset'"):
+        parse_extra_split("forget_qa=synthetic:forget10")
+    with pytest.raises(UserError, match="unknown role 'secret'"):
+        parse_extra_split("x:secret=synthetic:forget10")
     with pytest.raises(UserError, match="split name 'retain' is already used"):
-        extra_split_names(["retain=x.jsonl"], {"forget", "retain"})
+        parse_extra_split("retain:retain=x.jsonl")

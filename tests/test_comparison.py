@@ -18,7 +18,8 @@ def fake_run(folder, method, mask, forget_prob, seconds):
 
 
 def test_rows_table_and_files(tmp_path):
-    runs = [fake_run(tmp_path / "a", "NPO", "", 0.25, 10.0), fake_run(tmp_path / "b", "NPO", "mask/s_0.8.safetensors", 0.5, 12.0)]
+    runs = [fake_run(tmp_path / "a", "NPO", "", 0.25, 10.0),
+            fake_run(tmp_path / "b", "NPO", "mask/s_0.8.safetensors", 0.5, 12.0)]
     columns, rows = comparison_rows(runs)
     assert columns == ["run", "label", "forget.prob", "retain.prob", "seconds.unlearn", "seconds.total"]
     assert [r["label"] for r in rows] == ["NPO", "NPO + mask s_0.8"]

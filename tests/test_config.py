@@ -36,15 +36,16 @@ def test_every_config_file_flag(tmp_path, flag):
 def test_nested_and_dotted_keys_and_command_line_precedence(tmp_path):
     path = write(tmp_path, {"unlearn": {"lr": 3e-4, "NPO": {"beta": 0.2}}, "overall.seed": 7})
     settings = parse("--config_file", path, "--unlearn.lr", "1e-5", "--unlearn.NPO.beta", "0.05")
-    assert (settings.unlearn.lr, settings.unlearn.NPO.beta, settings.overall.seed) == (1e-5, 0.05, 7)
+    assert (settings.unlearn.lr, settings.method("NPO")["beta"], settings.overall.seed) == (1e-5, 0.05, 7)
 
 
 def test_later_files_override_earlier_and_null_means_default(tmp_path):
     first = write(tmp_path, {"unlearn": {"lr": 3e-4, "max_steps": 9}}, "a.json")
     second = write(tmp_path, {"unlearn": {"lr": None, "max_steps": 5}}, "b.json")
     settings = parse("-C", first, "-C", second)
-    assert settings.unlearn.lr == 3e-4  # null in the later file keeps the earlier value
+    assert settings.unlearn.lr == 1e-5  # null in a later file means the default, undoing the earlier value
     assert settings.unlearn.max_steps == 5
+    assert parse("-C", first, "-C", second, "--unlearn.lr", "2e-5").unlearn.lr == 2e-5  # the command line wins
     assert parse("-C", write(tmp_path, {"unlearn": {"lr": None}}, "c.json")).unlearn.lr == 1e-5
 
 
@@ -114,7 +115,8 @@ def test_all_errors_reported_at_once():
 def test_method_names_are_case_insensitive_and_unknown_ones_list_the_valid():
     assert parse("--unlearn.unlearn_method", "simnpo").unlearn.unlearn_method == "SimNPO"
     assert parse("--unlearn.unlearn_method", "graddiff").unlearn.unlearn_method == "GradDiff"
-    with pytest.raises(ConfigError, match=r"unlearn\.unlearn_method='npoo' must be one of GA\|GA_KL\|GradDiff\|ILU\|NPO\|RMU\|SimNPO"):
+    with pytest.raises(ConfigError, match=r"unlearn\.unlearn_method='npoo' must be one of "
+                                          r"GA\|GA_KL\|GradDiff\|ILU\|NPO\|RMU\|SimNPO"):
         parse("--unlearn.unlearn_method", "npoo")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from obliviate.config.schema import Mask
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
 from obliviate.errors import UserError
@@ -16,7 +17,6 @@ from obliviate.masks.mask import ParameterMask
 from obliviate.masks.scores import MASK_SCORES, ScoringInputs
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
-from obliviate.methods.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.models.loading import shapes_of
 from obliviate.training.loop import train
@@ -24,8 +24,8 @@ from obliviate.training.schedule import TrainingConfig
 
 
 def dataset(tokenizer, offset, n=6):
-    return EncodedDataset([encode_example(tokenizer, Example(f"Who is person {i}?", f"Person {i} bakes {i * 7} pies."),
-                                          PromptFormat(), 32) for i in range(offset, offset + n)], tokenizer.pad_token_id)
+    examples = [Example(f"Who is person {i}?", f"Person {i} bakes {i * 7} pies.") for i in range(offset, offset + n)]
+    return EncodedDataset([encode_example(tokenizer, e, PromptFormat(), 32) for e in examples], tokenizer.pad_token_id)
 
 
 @pytest.fixture
@@ -68,8 +68,8 @@ def wagle_pairing(forget_size, retain_size, batch_size=4, seed=0):
 def test_global_selection_is_exact_even_with_ties(monkeypatch, ratio):
     monkeypatch.setattr(selection, "MAX_CANDIDATES", 500)  # force several histogram rounds
     generator = torch.Generator().manual_seed(1)
-    scores = [torch.randn(300, 70, generator=generator).abs(), torch.randint(0, 4, (9000,), generator=generator).float(),
-              torch.rand(333, generator=generator)]
+    scores = [torch.randn(300, 70, generator=generator).abs(),
+              torch.randint(0, 4, (9000,), generator=generator).float(), torch.rand(333, generator=generator)]
     masks = selection.top_fraction(scores, ratio)
     values, kept = torch.cat([s.flatten() for s in scores]), torch.cat([m.flatten() for m in masks])
     k = round(ratio * values.numel())
@@ -81,7 +81,8 @@ def test_global_selection_is_exact_even_with_ties(monkeypatch, ratio):
 
 def test_row_selection_keeps_the_top_of_every_row():
     score = torch.tensor([[1.0, 5.0, 3.0, 2.0], [9.0, 0.0, 8.0, 7.0]])
-    assert selection.top_fraction_per_row(score, 0.5).tolist() == [[False, True, True, False], [True, False, True, False]]
+    expected = [[False, True, True, False], [True, False, True, False]]
+    assert selection.top_fraction_per_row(score, 0.5).tolist() == expected
 
 
 def test_name_patterns():
@@ -158,12 +159,13 @@ def test_wanda_refuses_non_linear_parameters(tiny):
 # ---------------------------------------------------------------- files and checks
 def test_safetensors_round_trip_with_metadata(tiny, tmp_path):
     model, forget, retain = tiny
-    options = {"score": "magnitude", "ratio": 0.5, "granularity": "tensor", "include": ["mlp"], "exclude": [], "mu": 1e-6}
+    options = Mask(score="magnitude", ratio=0.5, granularity="tensor", include=["mlp"], exclude=[], mu=1e-6, out="")
     mask = build_mask(model, forget, retain, options, 4, 0, {"model": "tiny"})
     mask.save(tmp_path / "m.safetensors")
     loaded = ParameterMask.load(tmp_path / "m.safetensors")
     assert loaded.metadata["score"] == "magnitude" and loaded.metadata["model"] == "tiny"
-    assert loaded.masks.keys() == mask.masks.keys() and all(torch.equal(loaded.masks[n], mask.masks[n]) for n in mask.masks)
+    assert loaded.masks.keys() == mask.masks.keys()
+    assert all(torch.equal(loaded.masks[n], mask.masks[n]) for n in mask.masks)
     assert all(m.float().mean() == 0.5 for m in loaded.masks.values())
     loaded.check(shapes_of(model), "m")
 
@@ -188,7 +190,8 @@ def test_mask_that_does_not_fit_lists_the_differences(tiny):
     mask = ParameterMask({"model.layers.0.mlp.up_proj.weight": torch.ones(3, 3, dtype=torch.bool),
                           "model.layers.9.mlp.up_proj.weight": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(UserError, match=r"mask 'x' does not fit the model: 1 names not in the model \(e\.g\. "
-                                        r"model\.layers\.9.*1 shapes differ \(model\.layers\.0\.mlp\.up_proj\.weight \(3, 3\) vs \(128, 64\)"):
+                                        r"model\.layers\.9.*1 shapes differ "
+                                        r"\(model\.layers\.0\.mlp\.up_proj\.weight \(3, 3\) vs \(128, 64\)"):
         mask.check(shapes_of(model), "'x'")
 
 
@@ -212,7 +215,8 @@ def train_with(tokenizer, method, mask, weight_decay=0.1):
 def test_masked_weights_stay_bit_identical_with_weight_decay(tokenizer, method):
     start = {n: p.detach().clone() for n, p in tiny_random_llama(tokenizer).named_parameters()}
     generator = torch.Generator().manual_seed(5)
-    masks = {n: torch.rand(p.shape, generator=generator) < 0.5 for n, p in start.items() if "layers" in n and p.ndim == 2}
+    masks = {n: torch.rand(p.shape, generator=generator) < 0.5
+             for n, p in start.items() if "layers" in n and p.ndim == 2}
     trained = dict(train_with(tokenizer, method, ParameterMask(masks)).named_parameters())
     for name, before in start.items():
         after = trained[name].detach()

@@ -20,8 +20,8 @@ PARAMS = dict(layer=0, trained_layers=[0], param_pattern=r"mlp\.down_proj\.weigh
 
 
 def data(tokenizer, offset):
-    return EncodedDataset([encode_example(tokenizer, Example(f"Tell me about item {i}?", f"Item {i} is blue and {i}."),
-                                          PromptFormat(), 32) for i in range(offset, offset + 5)], tokenizer.pad_token_id)
+    examples = [Example(f"Tell me about item {i}?", f"Item {i} is blue and {i}.") for i in range(offset, offset + 5)]
+    return EncodedDataset([encode_example(tokenizer, e, PromptFormat(), 32) for e in examples], tokenizer.pad_token_id)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Compare finished runs in one table (CSV + markdown) and one plot.
 
-    python src/exec/compare_runs.py files/results/synthetic/NPO/npo_baseline files/results/synthetic/NPO/npo_wagle_0.8 \\
+    python src/exec/compare_runs.py files/results/synthetic/NPO/npo_baseline \\
+        files/results/synthetic/NPO/npo_wagle_0.8 \\
         --out files/results/synthetic/comparison_npo_wagle
 """
 

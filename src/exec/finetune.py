@@ -12,15 +12,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from accelerate import Accelerator  # noqa: E402
+
 from obliviate.cli import run  # noqa: E402
-from obliviate.unlearner import Unlearner  # noqa: E402
+from obliviate.config.settings import Settings  # noqa: E402
+from obliviate.errors import UserError  # noqa: E402
+from obliviate.plan import plan  # noqa: E402
 
 
-def finetune(settings) -> None:
-    unlearner = Unlearner(settings)
-    unlearner.setup()
-    for role, source in unlearner.finetune_models().items():
-        print(f"{role} model: {source.name}")
+def finetune(settings: Settings) -> None:
+    models = plan(settings).models
+    if models.target is None:
+        raise UserError("finetune.enabled is false in this experiment, so there is nothing to fine-tune; "
+                        "pass --finetune.enabled true")
+    accelerator = Accelerator(cpu=models.device.type == "cpu")
+    for role, recipe in (("target", models.target), ("retain", models.retain)):
+        print(f"{role} model: {models.build(recipe, role, accelerator).name}")
 
 
 if __name__ == "__main__":

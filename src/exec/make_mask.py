@@ -13,25 +13,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from accelerate import Accelerator  # noqa: E402
+
 from obliviate.cli import run  # noqa: E402
+from obliviate.config.settings import Settings  # noqa: E402
 from obliviate.environment import peak_memory_mb  # noqa: E402
 from obliviate.models.loading import load_model, shapes_of  # noqa: E402
-from obliviate.unlearner import Unlearner  # noqa: E402
+from obliviate.plan import plan  # noqa: E402
+from obliviate.unlearner import make_mask  # noqa: E402
 
 
-def make_mask(settings) -> None:
-    unlearner = Unlearner(settings)
-    unlearner.setup()
-    s = settings
-    out = Path(s.mask.out or s.unlearn.mask_path or f"mask/{s.unlearn.task_name}_{s.mask.score}_{s.mask.ratio}.safetensors")
-    target = unlearner.finetune_models()["target"] if unlearner.target else unlearner.base
-    model, tokenizer = load_model(target, unlearner.cache_dir, unlearner.device, unlearner.dtype)
+def build(settings: Settings) -> None:
+    experiment = plan(settings)
+    s, models = settings, experiment.models
+    default = f"mask/{s.unlearn.task_name}_{s.mask.score}_{s.mask.ratio}.safetensors"
+    out = Path(s.mask.out or s.unlearn.mask_path or default)
+    target = models.build(models.target or models.base, "target", Accelerator(cpu=models.device.type == "cpu"))
+    model, tokenizer = load_model(target, models.cache_dir, models.device, models.dtype)
     start = time.perf_counter()
-    mask = unlearner.build_mask(model, tokenizer, out)
+    mask = make_mask(experiment, model, tokenizer, out)
     fraction = mask.statistics(shapes_of(model))["trainable_fraction"]
     print(f"mask: {out} (plot {out.with_suffix('.png')}); trainable fraction of all weights {fraction:.4f}; "
           f"built in {time.perf_counter() - start:.1f} s; peak memory {peak_memory_mb():.0f} MB")
 
 
 if __name__ == "__main__":
-    sys.exit(run(make_mask, "make_mask.py"))
+    sys.exit(run(build, "make_mask.py"))

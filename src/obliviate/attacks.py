@@ -16,8 +16,9 @@ The unlearned weights are kept as one CPU copy to restart each attack from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -29,6 +30,9 @@ from obliviate.errors import UserError
 from obliviate.methods.terms import NLL
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
+
+if TYPE_CHECKING:
+    from obliviate.config.schema import Attack as AttackSettings
 
 RELEARN = "relearn"
 
@@ -53,14 +57,15 @@ def per_attack(values: list, key: str, count: int) -> list:
     return values
 
 
-def plan_attacks(section: dict[str, Any], forget: list[Example], load: Callable[[str], list[Example]]) -> list[Attack]:
+def plan_attacks(section: "AttackSettings", forget: list[Example], load: Callable[[str], list[Example]]
+                 ) -> list[Attack]:
     """Load every attack's data and check its settings up front (so bad input fails before any long work)."""
-    names = section["datasets"]
+    names = section.datasets
     if duplicates := sorted({name for name in names if names.count(name) > 1}):
         raise UserError(f"attack.datasets lists {duplicates[0]!r} more than once; each attack needs its own data")
     count = len(names)
-    tests = per_attack(section["test_datasets"], "test_datasets", count) if section["test_datasets"] else [""] * count
-    sizes, lrs, steps, batches = (per_attack(section[key], key, count)
+    tests = per_attack(section.test_datasets, "test_datasets", count) if section.test_datasets else [""] * count
+    sizes, lrs, steps, batches = (per_attack(getattr(section, key), key, count)
                                   for key in ("num_examples", "lr", "max_steps", "batch_size"))
     attacks = []
     for name, test, size, lr, max_steps, batch_size in zip(names, tests, sizes, lrs, steps, batches):

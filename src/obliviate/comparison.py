@@ -1,5 +1,6 @@
 """Compare finished runs: one row per run (after-unlearning metrics per split, wall time), as CSV,
-markdown and a bar chart."""
+markdown and a bar chart of the forget and retain metrics that are fractions and whose declarations say
+higher = more knowledge on both roles."""
 
 from __future__ import annotations
 
@@ -14,10 +15,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from obliviate.errors import UserError  # noqa: E402
+from obliviate.evaluation import METRICS  # noqa: E402
+from obliviate.evaluation.reference import EVALUATED  # noqa: E402
+from obliviate.evaluation.results import NOT_COMPUTED  # noqa: E402
+from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
 
-PLOTTED_SPLITS = ("forget", "retain")
-PLOTTED_METRICS = ("prob", "rouge_l_recall", "mcq_acc")  # higher = more knowledge, on every split
+PLOTTED_SPLITS = {"forget": Role.FORGET, "retain": Role.RETAIN}
+
+
+def plotted_columns(rows: list[dict]) -> list[str]:
+    """``<split>.<metric>`` columns of the forget and retain splits whose metric means more knowledge when
+    higher on both roles and whose values are all fractions (one 0–1 axis)."""
+    columns = []
+    for split in PLOTTED_SPLITS:
+        for name in METRICS.names():
+            column = f"{split}.{name}"
+            values = [row[column] for row in rows if isinstance(row.get(column), (int, float))]
+            if values and all(0.0 <= v <= 1.0 for v in values) and all(
+                    METRICS.get(name).higher_means_knowledge(r) for r in PLOTTED_SPLITS.values()):
+                columns.append(column)
+    return columns
 
 
 def load_run(folder: Path) -> dict:
@@ -26,13 +44,15 @@ def load_run(folder: Path) -> dict:
     if missing := [str(path) for path in files.values() if not path.is_file()]:
         raise UserError(f"'{folder}' is not a finished run folder (missing {', '.join(missing)})")
     config, metrics, env = (json.loads(path.read_text()) for path in files.values())
-    if "evaluated" in metrics:  # evaluate.py: one model, no training
+    if EVALUATED in metrics:  # evaluate.py: one model, no training
         label = f"{config['eval']['model']}: {config['overall']['model_name']}"
     else:
         mask = config["unlearn"].get("mask_path") or ""
         label = config["unlearn"]["unlearn_method"] + (f" + mask {Path(mask).stem}" if mask else "")
     row = {"run": folder.name, "label": label}
-    for split, values in metrics.get("after", metrics.get("evaluated", {})).items():
+    for split, values in metrics.get("after", metrics.get(EVALUATED, {})).items():
+        if split == NOT_COMPUTED:
+            continue
         row.update({f"{split}.{metric}": value for metric, value in values.items()})
     row.update({f"seconds.{stage}": value for stage, value in env["wall_time_seconds"].items()})
     return row
@@ -62,15 +82,15 @@ def to_markdown(columns: list[str], rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    metrics = [f"{split}.{metric}" for split in PLOTTED_SPLITS for metric in PLOTTED_METRICS
-               if any(f"{split}.{metric}" in row for row in rows)]
+    metrics = plotted_columns(rows)
     figure, axis = plt.subplots(figsize=(max(8, len(metrics) * 1.2), 4.5))
     width = 0.8 / len(rows)
     for position, row in enumerate(rows):
         axis.bar([i + position * width for i in range(len(metrics))], [row.get(m, 0.0) for m in metrics], width,
                  label=f"{row['label']} ({row.get('seconds.unlearn', 0):.0f} s unlearning)")
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics, rotation=30, ha="right")
-    axis.set(ylabel="value after unlearning", ylim=(0, 1), title="forget (lower = more forgotten) vs retain (higher = kept)")
+    axis.set(ylabel="value after unlearning", ylim=(0, 1),
+             title="forget (lower = more forgotten) vs retain (higher = kept)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ results folders show. Unknown names raise a :class:`UserError` listing the valid
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from obliviate.errors import UserError
 
@@ -45,6 +46,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         return self._items[self.canonical(name).lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
 
     def names(self) -> list[str]:
         return sorted(canonical for canonical, _ in self._items.values())

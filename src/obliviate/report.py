@@ -1,39 +1,80 @@
-"""Human-readable views of results."""
+"""Human-readable views of one run's results: the metrics table printed at the end and the run's summary.md."""
 
 from __future__ import annotations
 
 from obliviate.config.settings import Settings
+from obliviate.evaluation.results import NOT_COMPUTED, Evaluation
+from obliviate.evaluation.splits import Role, Split
+
+EXAMPLES_SHOWN = 3
+EXAMPLE_ROLES = (Role.FORGET, Role.RETAIN)
 
 
-def metrics_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
+def metrics_table(metrics: dict[str, dict]) -> str:
     """A markdown table: one row per (split, metric), one column per stage (before / after)."""
     stages = list(metrics)
     rows = []
-    for split in dict.fromkeys(s for stage in stages for s in metrics[stage]):
+    for split in dict.fromkeys(s for stage in stages for s in metrics[stage] if s != NOT_COMPUTED):
         for metric in dict.fromkeys(m for stage in stages for m in metrics[stage].get(split, {})):
             values = [metrics[stage].get(split, {}).get(metric) for stage in stages]
-            rows.append(f"| {split} | {metric} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in values) + " |")
+            cells = " | ".join("-" if v is None else f"{v:.4g}" for v in values)
+            rows.append(f"| {split} | {metric} | {cells} |")
     header = "| split | metric | " + " | ".join(stages) + " |\n|---|---|" + "---|" * len(stages)
     return "\n".join([header, *rows])
 
 
-def run_summary(title: str, settings: Settings, metrics: dict[str, dict[str, dict[str, float]]],
+def not_computed_lines(results: dict[str, Evaluation]) -> list[str]:
+    """One line per metric that was asked for and could not be computed, with the missing input."""
+    reasons: dict[str, str] = {}
+    for evaluation in results.values():
+        reasons.update(evaluation.not_computed)
+    return [f"- `{name}`: {reason}" for name, reason in sorted(reasons.items())]
+
+
+def example_lines(splits: list[Split], results: dict[str, Evaluation]) -> list[str]:
+    """The first generations of each forget and retain split, stage by stage: what forgetting looks like."""
+    lines = []
+    for split in (s for s in splits if s.role in EXAMPLE_ROLES):
+        per_stage = {stage: next(iter(e.generations.get(split.name, {}).values()), None)
+                     for stage, e in results.items()}
+        shown = next((texts for texts in per_stage.values() if texts), None)
+        if not shown:
+            continue
+        lines += [f"### {split.name} ({split.role.value})", ""]
+        for index, text in enumerate(shown[:EXAMPLES_SHOWN]):
+            lines += [f"{index + 1}. prompt: `{_one_line(text['prompt'])}`",
+                      f"   - truth: {_one_line(text['ground_truth'])}"]
+            lines += [f"   - {stage}: {_one_line(texts[index]['generation'])}"
+                      for stage, texts in per_stage.items() if texts and index < len(texts)]
+        lines.append("")
+    return lines
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "…"
+
+
+def run_summary(title: str, settings: Settings, splits: list[Split], results: dict[str, Evaluation],
                 seconds: dict[str, float]) -> str:
-    """The run's one-page markdown summary: what ran, every metric, and where the time went."""
+    """The run's one-page markdown summary: what ran, every metric, examples, and where the time went."""
     s = settings
-    data = [f"{split}: `{name}`" for split, name in (
-        ("forget", s.dataset.forget_dataset_name), ("retain", s.dataset.retain_dataset_name),
-        ("holdout", s.dataset.holdout_dataset_name), ("real_authors", s.dataset.real_authors_dataset_name),
-        ("world_facts", s.dataset.world_facts_dataset_name)) if name]
+    metrics = {stage: evaluation.metrics_record() for stage, evaluation in results.items()}
+    data = [f"{split.name} ({split.role.value}, {len(split.examples)} examples)" for split in splits]
+    missing = not_computed_lines(results)
+    examples = example_lines(splits, results)
     lines = [f"# {title}", "",
              f"- model: `{s.overall.model_name}` (fine-tuned target: {s.finetune.enabled}), seed {s.overall.seed}",
-             f"- data: {', '.join(data)}",
-             f"- metrics: {', '.join(s.eval.metrics)} (at most {s.eval.max_examples or 'all'} examples per split)", "",
+             f"- evaluated splits: {', '.join(data)}",
+             f"- metrics: {', '.join(s.eval.metrics)}", "",
              "## Metrics", "",
              "Higher = more knowledge, except forget_quality and model.forget_quality_log10 (higher = closer to "
              "the retain model) and the truth ratio on forget/holdout (closer to 1 = cannot tell true from "
              "false). Membership AUCs: forget is the positive class; 0.5 = indistinguishable from unseen data.", "",
              metrics_table(metrics) if metrics else "(no evaluation)", "",
+             *(["## Not computed", "", *missing, ""] if missing else []),
+             *(["## Examples (greedy generations)", "", *examples] if examples else []),
              "## Wall time (seconds)", "",
-             "| stage | seconds |", "|---|---|", *(f"| {stage} | {value:.1f} |" for stage, value in seconds.items()), ""]
+             "| stage | seconds |", "|---|---|",
+             *(f"| {stage} | {value:.1f} |" for stage, value in seconds.items()), ""]
     return "\n".join(lines)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastargs.validation import Checker
 
@@ -108,10 +109,15 @@ class StrValue(Checker):
 
 
 class ChoiceValue(Checker):
-    """One of a fixed set of strings, matched case-insensitively, returned in canonical spelling."""
+    """One of a set of strings, matched case-insensitively, returned in canonical spelling. The set may be given
+    as a function (e.g. a registry's ``names``), read when a value is checked."""
 
-    def __init__(self, choices: Sequence[str]) -> None:
-        self.choices = list(choices)
+    def __init__(self, choices: Sequence[str] | Callable[[], Sequence[str]]) -> None:
+        self._choices = choices
+
+    @property
+    def choices(self) -> list[str]:
+        return list(self._choices() if callable(self._choices) else self._choices)
 
     def check(self, value: Any) -> str:
         if isinstance(value, str):

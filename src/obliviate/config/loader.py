@@ -4,8 +4,9 @@ Built on fastargs (its ``Config``/``Section``/``Param`` hold the declarations an
 measured defects of fastargs 1.2.0 kept away from users (README, "Fastargs"):
 
 * ``--config_file``, ``--config-file`` and ``-C`` all name a config file (repeatable, applied in order);
-* precedence: defaults < files (in order) < command line; ``null`` in a file means "the default";
-  environment variables never override anything;
+* precedence: defaults < files (in order) < command line; ``null`` in a file means "the default" (it also
+  undoes an earlier file's value, as the OPTML code line's configs read); environment variables never
+  override anything;
 * unknown keys, in a file or on the command line, are errors naming the closest valid key;
 * values are checked by strict checkers whose message names the key, the value and what is allowed;
 * all errors are reported at once, in one :class:`ConfigError`, before anything else happens.
@@ -15,29 +16,19 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from fastargs import Config, Param, Section
+from fastargs import Config, Section
 
 from obliviate.config.checkers import BoolValue
 from obliviate.config.settings import Settings
+from obliviate.config.spec import Schema
 from obliviate.errors import ConfigError
 
 CONFIG_FILE_FLAGS = ("--config_file", "--config-file", "-C")
 HELP_FLAGS = ("--help", "-h")
-
-
-@dataclass
-class SectionSpec:
-    """A config section: its one-line description and its parameters (fastargs ``Param`` objects)."""
-
-    description: str
-    params: dict[str, Param]
-
-
-Schema = dict[str, SectionSpec]
 
 
 class HelpRequested(Exception):
@@ -74,7 +65,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return _flatten({k: v for k, v in content.items() if not k.startswith("_")})
 
 
-def _split_argv(argv: list[str], bool_keys: set[str]) -> tuple[list[str], dict[str, str], bool]:
+def split_argv(argv: list[str], schema: Schema) -> tuple[list[str], dict[str, str], bool]:
+    """Config files, ``--section.key value`` overrides (as strings) and whether help was asked for."""
+    bool_keys = {f"{section}.{key}" for section, spec in schema.items() for key, param in spec.params.items()
+                 if isinstance(param.checker, BoolValue)}
     files: list[str] = []
     overrides: dict[str, str] = {}
     wants_help = False
@@ -126,25 +120,32 @@ def build_fastargs_config(schema: Schema) -> Config:
 
 def parse_config(argv: list[str], schema: Schema, prog: str = "obliviate") -> Settings:
     """Resolve defaults, config files and overrides from ``argv``; raise ConfigError listing every problem."""
-    params = {f"{section}.{key}": param for section, spec in schema.items() for key, param in spec.params.items()}
-    bool_keys = {key for key, param in params.items() if isinstance(param.checker, BoolValue)}
-    files, overrides, wants_help = _split_argv(argv, bool_keys)
+    files, overrides, wants_help = split_argv(argv, schema)
     if wants_help:
         raise HelpRequested(format_help(schema, prog))
+    return resolve_config(files, overrides, schema)
 
+
+def resolve_config(files: list[str], overrides: dict[str, Any], schema: Schema) -> Settings:
+    """Defaults < each config file in order (``null`` = back to the default) < ``overrides`` (dotted keys; values
+    as typed JSON or as command-line strings); raise ConfigError listing every problem."""
+    params = {f"{section}.{key}": param for section, spec in schema.items() for key, param in spec.params.items()}
     errors: list[str] = []
-    file_values: list[dict[str, Any]] = []
+    values: dict[str, Any] = {}
     for path in files:
-        values = _read_config_file(path)
-        errors += _unknown_key_errors(values, set(params), f"in {path}")
-        file_values.append({k: v for k, v in values.items() if k in params})
+        content = _read_config_file(path)
+        errors += _unknown_key_errors(content, set(params), f"in {path}")
+        for key, value in content.items():
+            if key in params:
+                if value is None:
+                    values.pop(key, None)
+                else:
+                    values[key] = value
     errors += _unknown_key_errors(overrides, set(params), "on the command line")
+    values.update({k: v for k, v in overrides.items() if k in params})
 
     config = build_fastargs_config(schema)
-    for values in file_values:
-        config.collect(values)
-    config.collect({k: v for k, v in overrides.items() if k in params})
-
+    config.collect(values)
     invalid = config.validate(mode="errordict")
     for path in invalid:
         dotted = ".".join(path)

@@ -1,10 +1,21 @@
-"""The resolved, validated configuration of one experiment."""
+"""The resolved, validated configuration of one experiment, as typed sections."""
 
 from __future__ import annotations
 
-import json
-from types import SimpleNamespace
 from typing import Any
+
+from obliviate.config.schema import (
+    SECTIONS,
+    Attack,
+    Dataset,
+    Eval,
+    Finetune,
+    JsonLogger,
+    Logger,
+    Mask,
+    Overall,
+    Unlearn,
+)
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -18,33 +29,34 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _namespace(tree: dict[str, Any]) -> SimpleNamespace:
-    return SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) else v for k, v in tree.items()})
-
-
 class Settings:
-    """Read-only view of every key's final value: ``settings.unlearn.lr`` or ``settings["unlearn.lr"]``."""
+    """Every key's final value: ``settings.unlearn.lr`` (typed sections), ``settings.method("NPO")`` (a
+    method's section as keyword arguments), ``settings["unlearn.NPO.beta"]`` (any dotted key)."""
+
+    overall: Overall
+    unlearn: Unlearn
+    dataset: Dataset
+    finetune: Finetune
+    eval: Eval
+    mask: Mask
+    attack: Attack
+    logger: Logger
+    logger_json: JsonLogger
 
     def __init__(self, flat: dict[str, Any]) -> None:
         self._flat = dict(flat)
-        self._tree = _namespace(_nest(self._flat))
-
-    def __getattr__(self, section: str) -> Any:
-        if section.startswith("_"):
-            raise AttributeError(section)
-        return getattr(self._tree, section)
+        for name, section in SECTIONS.items():
+            values = {field: flat[f"{name}.{field}"] for field in section.__dataclass_fields__}
+            setattr(self, name.replace(".", "_"), section(**values))  # logger.json -> settings.logger_json
 
     def __getitem__(self, dotted: str) -> Any:
         return self._flat[dotted]
 
-    def section(self, prefix: str) -> dict[str, Any]:
-        """The keys directly under ``prefix`` (not its subsections), as a plain dict."""
-        head = prefix + "."
+    def method(self, name: str) -> dict[str, Any]:
+        """The keys of the method section ``unlearn.<name>`` (empty for a method without parameters)."""
+        head = f"unlearn.{name}."
         return {k[len(head):]: v for k, v in self._flat.items() if k.startswith(head) and "." not in k[len(head):]}
 
     def to_dict(self) -> dict[str, Any]:
         """Nested dict of all values: saved as config.json, and valid input for ``--config_file``."""
         return _nest(self._flat)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -8,7 +8,10 @@
   with ``sentence`` or ``text``, or a pair ``sentence1``/``sentence2``; the question shows the text(s)
   and the label choices, the answer is the label's name. Hub datasets get ``label_choices`` from their
   ``ClassLabel`` feature.
-* Text layout: ``text``; the whole text is trained on (there is no prompt).
+* Text layout: ``text``; the whole text is trained on (there is no prompt). A JSON list of plain strings
+  (MUSE's privleak files) is a list of texts.
+* Completion layout (MUSE VerbMem): ``prompt`` and ``gt``: a text ``gt`` continuing the prefix ``prompt``;
+  the prefix is not a label in training and is the prompt of VerbMem's continuation.
 """
 
 from __future__ import annotations
@@ -23,21 +26,36 @@ from obliviate.errors import UserError
 
 @dataclass(frozen=True)
 class Example:
-    """A question/answer pair (``question == ""`` for plain text, whose ``answer`` is the text)."""
+    """A question/answer pair (``question == ""`` for plain text, whose ``answer`` is the text and ``prefix``
+    the text it continues, if any)."""
 
     question: str
     answer: str
     paraphrased_question: str | None = None
     paraphrased_answer: str | None = None
     perturbed_answers: tuple[str, ...] = field(default_factory=tuple)
+    prefix: str = ""
 
     @property
     def is_text(self) -> bool:
         return self.question == ""
 
+    def record(self) -> dict[str, Any]:
+        """The example's content as a dict (a field left at its empty default is omitted, so adding a field
+        keeps the cache keys of existing data)."""
+        content = asdict(self)
+        if not self.prefix:
+            del content["prefix"]
+        return content
 
-def example_from_record(record: dict[str, Any], source: str) -> Example:
-    """Convert one raw record (TOFU, WMDP or text layout) into an :class:`Example`."""
+
+def example_from_record(record: dict[str, Any] | str, source: str) -> Example:
+    """Convert one raw record (TOFU, WMDP, classification, completion or text layout) into an :class:`Example`."""
+    if isinstance(record, str):
+        return Example(question="", answer=record)
+    if not isinstance(record, dict):
+        raise UserError(f"dataset '{source}' has a record of type {type(record).__name__}; records are JSON "
+                        "objects (or plain strings for texts)")
     if "question" in record and "choices" in record and isinstance(record.get("answer"), int):
         choices = [str(c) for c in record["choices"]]
         correct = record["answer"]
@@ -58,12 +76,14 @@ def example_from_record(record: dict[str, Any], source: str) -> Example:
         )
     if "label" in record and ("sentence" in record or "text" in record or "sentence1" in record):
         return _classification(record, source)
+    if "prompt" in record and "gt" in record:
+        return Example(question="", answer=str(record["gt"]), prefix=str(record["prompt"]))
     if "text" in record:
         return Example(question="", answer=str(record["text"]))
     raise UserError(
         f"dataset '{source}' has records with fields {sorted(record)}; expected the TOFU layout "
         "(question/answer), the WMDP layout (question/choices/answer), a classification layout "
-        "(sentence or text or sentence1/sentence2, with label) or a text corpus (text)"
+        "(sentence or text or sentence1/sentence2, with label), a completion (prompt/gt) or a text corpus (text)"
     )
 
 
@@ -88,5 +108,5 @@ def content_hash(examples: list[Example]) -> str:
     """A short hash of the examples' content and order (for cache keys)."""
     digest = hashlib.sha256()
     for example in examples:
-        digest.update(json.dumps(asdict(example), sort_keys=True).encode())
+        digest.update(json.dumps(example.record(), sort_keys=True).encode())
     return digest.hexdigest()[:16]

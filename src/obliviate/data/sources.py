@@ -57,7 +57,8 @@ def _read_hub(name: str) -> list[dict]:
     try:
         loaded = datasets.load_dataset(repo, subset or None)
     except Exception as error:  # the hub raises many types; all mean "cannot get it"
-        where = "the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)" if hub_offline() else str(error).splitlines()[0]
+        where = ("the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)" if hub_offline()
+                 else str(error).splitlines()[0])
         raise UserError(f"cannot load hub dataset '{name}': {where}; download it where the hub is reachable, "
                         "export it to JSON Lines and pass the file path instead") from None
     if not split:

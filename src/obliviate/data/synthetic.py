@@ -20,6 +20,9 @@ holdoutNN      1 / 2 / 4 holdout people   5 / 10 / 20
 <split>_text   the same people, passages  one passage per person
 =============  =========================  =================================
 
+``knowmem_icl`` holds the five question/answer pairs of one more fictitious person, in no other split: the
+in-context examples of MUSE's KnowMem (as MUSE's ``forget_qa_icl``).
+
 The downstream fine-tuning tasks of :mod:`obliviate.data.synthetic_tasks` (``math_train``,
 ``math_test``, ``sentiment_*``, ``topic_*``, ``paraphrase_*``) and the real-world knowledge splits of
 :mod:`obliviate.data.synthetic_knowledge` (``real_authors``, ``world_facts``) are served under the same
@@ -47,6 +50,7 @@ FORGET_PEOPLE = {"forget01": 1, "forget05": 2, "forget10": 4}
 RETAIN_FOR = {"retain99": "forget01", "retain95": "forget05", "retain90": "forget10"}
 HOLDOUT_PEOPLE = {"holdout01": 1, "holdout05": 2, "holdout10": 4}
 NUM_PERTURBED = 3
+ICL_SEED = 20241201  # the in-context person: another seed, so no split holds them
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kl", "tr", "th", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou"]
@@ -57,11 +61,14 @@ _PROFESSIONS = [
     "a glassblower", "a historian", "a jeweller", "a librarian", "a marine biologist", "a nurse",
     "a photographer", "a pilot", "a potter", "a sculptor", "a surgeon", "a translator", "a violinist",
 ]
-_AWARD_ADJECTIVES = ["Silver", "Crimson", "Northern", "Golden", "Azure", "Ivory", "Emerald", "Amber", "Obsidian", "Scarlet"]
+_AWARD_ADJECTIVES = ["Silver", "Crimson", "Northern", "Golden", "Azure", "Ivory", "Emerald", "Amber", "Obsidian",
+                     "Scarlet"]
 _AWARD_NOUNS = ["Lantern", "Quill", "Compass", "Anchor", "Falcon", "Harp", "Beacon", "Laurel", "Comet", "Thistle"]
 _AWARD_KINDS = ["Prize", "Medal", "Award"]
-_TITLE_ADJECTIVES = ["Quiet", "Hollow", "Distant", "Burning", "Forgotten", "Painted", "Restless", "Silent", "Wandering", "Broken"]
-_TITLE_NOUNS = ["Harbour", "Orchard", "Lighthouse", "Meridian", "Tapestry", "Garden", "Archive", "Horizon", "Bridge", "Winter"]
+_TITLE_ADJECTIVES = ["Quiet", "Hollow", "Distant", "Burning", "Forgotten", "Painted", "Restless", "Silent",
+                     "Wandering", "Broken"]
+_TITLE_NOUNS = ["Harbour", "Orchard", "Lighthouse", "Meridian", "Tapestry", "Garden", "Archive", "Horizon", "Bridge",
+                "Winter"]
 
 # attribute -> (question, paraphrased question, answer, paraphrased answer); {n} = name, {v} = value.
 # Answers are short so that their tokens are the fact itself; the paraphrased answer is a sentence, and
@@ -109,14 +116,21 @@ def generate_people(seed: int = 20240601) -> list[Person]:
     people = []
     for _ in range(NUM_TRAINED + NUM_HOLDOUT):
         people.append(Person(
-            name=_unique(rng, lambda r: f"{_syllable(r).title()}{_syllable(r)} {_syllable(r).title()}{_syllable(r)}", taken),
+            name=_unique(rng, lambda r: f"{_syllable(r).title()}{_syllable(r)} {_syllable(r).title()}{_syllable(r)}",
+                         taken),
             city=_unique(rng, lambda r: (_syllable(r) + rng.choice(_CITY_SUFFIXES)).title(), taken),
             year=str(rng.randint(1921, 1999)),
             profession=rng.choice(_PROFESSIONS),
-            award=_unique(rng, lambda r: f"{r.choice(_AWARD_ADJECTIVES)} {r.choice(_AWARD_NOUNS)} {r.choice(_AWARD_KINDS)}", taken),
+            award=_unique(rng, lambda r: f"{r.choice(_AWARD_ADJECTIVES)} {r.choice(_AWARD_NOUNS)} "
+                                         f"{r.choice(_AWARD_KINDS)}", taken),
             work=_unique(rng, lambda r: f"The {r.choice(_TITLE_ADJECTIVES)} {r.choice(_TITLE_NOUNS)}", taken),
         ))
     return people
+
+
+def _short_answer(template: str, person: Person, attribute: str) -> str:
+    value = getattr(person, attribute)
+    return template.format(n=person.name, v=value, V=value[:1].upper() + value[1:])
 
 
 def qa_records(person: Person, people: list[Person], rng: random.Random) -> list[dict]:
@@ -128,7 +142,7 @@ def qa_records(person: Person, people: list[Person], rng: random.Random) -> list
         wrong = rng.sample(others, NUM_PERTURBED)
         records.append({
             "question": question.format(n=person.name),
-            "answer": answer.format(n=person.name, v=value, V=value[:1].upper() + value[1:]),
+            "answer": _short_answer(answer, person, attribute),
             "paraphrased_question": para_question.format(n=person.name),
             "paraphrased_answer": para_answer.format(n=person.name, v=value),
             "perturbed_answer": [para_answer.format(n=person.name, v=w) for w in wrong],
@@ -155,9 +169,17 @@ def split_people(people: list[Person]) -> dict[str, list[Person]]:
     return splits
 
 
+def in_context_examples() -> list[dict]:
+    """KnowMem's in-context examples: the questions and answers of one person no other split holds."""
+    person = generate_people(ICL_SEED)[0]
+    return [{"question": question.format(n=person.name), "answer": _short_answer(answer, person, attribute)}
+            for attribute, (question, _, answer, _) in _TEMPLATES.items()]
+
+
 def ready_made_splits() -> dict[str, list[dict]]:
-    """Splits that are not about the fictitious people: downstream tasks and real-world knowledge."""
-    return {**task_splits(), **knowledge_splits()}
+    """Splits that are not about the trained or holdout people: downstream tasks, real-world knowledge and
+    KnowMem's in-context examples."""
+    return {**task_splits(), **knowledge_splits(), "knowmem_icl": in_context_examples()}
 
 
 def split_names() -> list[str]:

@@ -4,11 +4,15 @@ Label convention (the one every loss relies on): ``labels[t] = input_ids[t]`` on
 (including the closing EOS of a QA answer) and ``-100`` on prompt tokens and on padding. Padding is
 identified by position (``attention_mask == 0``), never by token id, because many tokenizers use the
 EOS token as the pad token.
+
+One rule for training and evaluation alike: a QA answer ends with the tokenizer's EOS (TOFU and
+open-unlearning label it too); plain text does not (MUSE's and open-unlearning's text scoring append none).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -32,37 +36,55 @@ class PromptFormat:
         return self.template.format(question=question)
 
 
+class Query(NamedTuple):
+    """One sequence to train on or score: a prompt (label -100; ``""`` for none) and the labelled answer."""
+
+    prompt: str
+    answer: str
+    closing_eos: bool = True  # QA answers end with EOS; plain text does not
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    closing_eos: bool = False  # the last label is the appended EOS (False for text, or when truncated away)
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, max_length: int, *,
-           closing_eos: bool = True) -> Encoded:
-    """Prompt tokens (label -100) followed by answer tokens (+ EOS), truncated to ``max_length``.
+def encode(tokenizer: PreTrainedTokenizerBase, query: Query, max_length: int) -> Encoded:
+    """Prompt tokens (label -100) followed by answer tokens (+ EOS for QA), truncated to ``max_length``.
 
-    An empty prompt means plain text: every token is a label.
+    An empty prompt means plain text whose every token is a label (special tokens such as BOS are added
+    as the tokenizer does; the first token is never predicted). A non-empty prompt is followed by one
+    space before the answer unless it ends with whitespace.
     """
+    prompt, answer, closing_eos = query
     if prompt:
         prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         separator = "" if prompt[-1].isspace() else " "
         answer_ids = tokenizer(separator + answer, add_special_tokens=False)["input_ids"]
     else:
         prompt_ids, answer_ids = [], tokenizer(answer, add_special_tokens=True)["input_ids"]
-    if closing_eos and tokenizer.eos_token_id is not None:
+    closing = closing_eos and tokenizer.eos_token_id is not None
+    if closing:
         answer_ids = answer_ids + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
-    return Encoded(input_ids, labels)
+    return Encoded(input_ids, labels, closing and len(prompt_ids) + len(answer_ids) <= max_length)
+
+
+def example_query(tokenizer: PreTrainedTokenizerBase, example: Example, fmt: PromptFormat) -> Query:
+    """What an example trains on and is scored on: its question's prompt and its answer, or its text (after
+    its prefix, when the record has one), without EOS."""
+    if example.is_text:
+        return Query(example.prefix, example.answer, closing_eos=False)
+    return Query(fmt.prompt(tokenizer, example.question), example.answer)
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, fmt: PromptFormat,
                    max_length: int) -> Encoded:
     """The training encoding of an example: its question and answer (or its text)."""
-    if example.is_text:
-        return encode(tokenizer, "", example.answer, max_length, closing_eos=False)
-    return encode(tokenizer, fmt.prompt(tokenizer, example.question), example.answer, max_length)
+    return encode(tokenizer, example_query(tokenizer, example, fmt), max_length)
 
 
 @dataclass
@@ -75,7 +97,8 @@ class TokenBatch:
     index: torch.Tensor
 
     def to(self, device: torch.device | str) -> "TokenBatch":
-        return TokenBatch(*(tensor.to(device) for tensor in (self.input_ids, self.attention_mask, self.labels, self.index)))
+        tensors = (self.input_ids, self.attention_mask, self.labels, self.index)
+        return TokenBatch(*(tensor.to(device) for tensor in tensors))
 
 
 def collate(items: list[Encoded], indices: list[int], pad_token_id: int) -> TokenBatch:

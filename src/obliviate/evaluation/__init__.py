@@ -1,9 +1,11 @@
-"""Evaluation: answer probability, ROUGE-L recall, truth ratio, forget quality, memorisation, membership
-inference and MCQ accuracy, per split."""
+"""Evaluation: metrics declared in :mod:`obliviate.evaluation.metrics` (one module per family, each metric
+registered with what it reads and needs), run on role-carrying splits by
+:func:`~obliviate.evaluation.evaluator.evaluate`.
+"""
 
-from obliviate.evaluation import mcq  # noqa: F401  (registers mcq_acc)
-from obliviate.evaluation import membership  # noqa: F401  (registers the mia_* scores)
-from obliviate.evaluation import semantic  # noqa: F401  (registers semantic_match)
-from obliviate.evaluation.metrics import METRICS
+from obliviate.evaluation import metrics  # noqa: F401  (registers every metric module)
+from obliviate.evaluation.declarations import METRICS, MODEL_METRICS
 
-__all__ = ["METRICS"]
+DEFAULT_METRICS = ["prob", "rouge_l_recall", "truth_ratio", "forget_quality", "mcq_acc"]
+
+__all__ = ["DEFAULT_METRICS", "METRICS", "MODEL_METRICS"]

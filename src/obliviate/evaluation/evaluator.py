@@ -1,66 +1,77 @@
-"""Evaluate one model on named splits with the selected metrics, with an on-disk cache by content."""
+"""Evaluate one model on role-carrying splits with the requested metrics, and the on-disk evaluation cache."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from obliviate.data.examples import Example
+from obliviate.data.examples import content_hash
 from obliviate.data.tokenize import PromptFormat
-from obliviate.evaluation import METRICS
+from obliviate.evaluation.declarations import METRICS, MODEL_METRICS, ModelInputs, NotComputed
 from obliviate.evaluation.lm_eval_tasks import task_accuracies
-from obliviate.evaluation.metrics import EvalOptions, SplitScores
-from obliviate.evaluation.model_level import add_model_metrics
-from obliviate.evaluation.reference import RetainReference
+from obliviate.evaluation.queries import EvalOptions, SplitScores
+from obliviate.evaluation.results import Evaluation
+from obliviate.evaluation.splits import Split
 from obliviate.io import write_json_atomic
 
-
-LM_EVAL = "lm_eval"  # metrics[LM_EVAL][task] = accuracy of lm-eval's own tasks
-
-
-@dataclass
-class Evaluation:
-    """``metrics[split][metric]`` aggregates and ``per_example[split][metric]`` values."""
-
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "per_example": self.per_example}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Evaluation":
-        return cls(data["metrics"], data["per_example"])
+SCORING_VERSION = 2  # 2: truth ratio after the original question; no EOS after texts; EOS dropped in EM/ES/Min-K
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: dict[str, list[Example]],
-             fmt: PromptFormat, options: EvalOptions, metrics: list[str],
-             reference: RetainReference | None = None) -> Evaluation:
-    """Every requested metric that applies, on every split (``forget``, ``retain``, ``holdout``, ...)."""
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: list[Split], fmt: PromptFormat,
+             options: EvalOptions, metrics: list[str], reference: Evaluation | None = None) -> Evaluation:
+    """Every requested metric on every split it applies to (by its declaration), then the model-level
+    metrics they trigger, then lm-eval's tasks. A metric whose inputs are missing is recorded in
+    ``not_computed`` with the reason, never dropped silently."""
     result = Evaluation()
-    for split, examples in splits.items():
-        scores = SplitScores(split, examples, model, tokenizer, fmt, options, reference)
-        result.metrics[split], result.per_example[split] = {}, {}
-        for name in metrics:
-            value = METRICS.get(name)(scores)
-            if value is not None:
-                result.metrics[split][name] = value.value
-                result.per_example[split][name] = value.per_example
-    add_model_metrics(result.metrics, result.per_example, reference.min_k_auc if reference else None)
+    requested = [METRICS.get(name) for name in metrics]
+    for split in splits:
+        scores = SplitScores(split, model, tokenizer, fmt, options, reference)
+        for declared in requested:
+            if not declared.applies_to(split):
+                continue
+            try:
+                result.record(split.name, declared.name, declared.compute(scores))
+            except NotComputed as missing:
+                result.not_computed[f"{split.name}.{declared.name}"] = str(missing)
+    for declared in requested:
+        if not any(declared.applies_to(split) for split in splits):
+            roles = ", ".join(sorted(role.value for role in declared.roles))
+            result.not_computed[declared.name] = (f"applies to {declared.reads} examples of a {roles} split, and no "
+                                                  "evaluated split has them")
+    inputs = ModelInputs(splits, result, reference)
+    for name, declared in MODEL_METRICS:
+        if declared.triggered_by <= set(metrics):
+            try:
+                result.model[name] = declared.compute(inputs)
+            except NotComputed as missing:
+                result.not_computed[f"model.{name}"] = str(missing)
     if options.lm_eval_tasks:
-        result.metrics[LM_EVAL] = task_accuracies(model, tokenizer, list(options.lm_eval_tasks), options.batch_size,
-                                                  options.task_limit)
+        result.lm_eval = task_accuracies(model, tokenizer, list(options.lm_eval_tasks), options.batch_size,
+                                         options.task_limit)
     return result
 
 
+def evaluation_key(model_identity: str, splits: list[Split], fmt: PromptFormat, options: EvalOptions,
+                   metrics: list[str], reference: Evaluation | None) -> dict[str, Any]:
+    """What determines an evaluation's numbers: the model, the data with roles, the options, the metrics
+    and their versions, and the retain reference."""
+    reference_digest = None if reference is None else hashlib.sha256(
+        json.dumps(reference.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return {"version": SCORING_VERSION, "model": model_identity,
+            "metrics": {name: METRICS.get(name).version for name in sorted(metrics)},
+            "model_metrics": {name: declared.version for name, declared in MODEL_METRICS},
+            "splits": {s.name: [s.role.value, s.primary, content_hash(list(s.examples))] for s in splits},
+            "options": options.cache_key(), "format": asdict(fmt), "reference": reference_digest}
+
+
 def cached_evaluation(cache_dir: Path, key: dict[str, Any], compute: Callable[[], Evaluation]) -> Evaluation:
-    """Return the evaluation stored under ``key`` (a JSON-able description of model, data and options),
-    computing and storing it on a miss."""
+    """Return the evaluation stored under ``key`` (see :func:`evaluation_key`), computing and storing it on a miss."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     file = cache_dir / "evaluations" / f"{digest}.json"
     if file.is_file():

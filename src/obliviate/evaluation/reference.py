@@ -1,49 +1,36 @@
-"""What another model's metrics need from the retain model's evaluation (the model never trained on the
-forget set): its per-example forget truth ratios (for ``forget_quality``), its Min-K% membership AUC
-(for ``privleak``) and its per-example answer probabilities on forget and holdout (the reference model
-of ``mia_reference``). Computed from the retain model (and cached), or read once from a saved evaluation
-run (``eval.retain_logs_path``)."""
+"""The retain model's evaluation as the reference of other models' metrics (the model never trained on the
+forget set): what each metric needs from it is declared with the metric (``reference``), e.g. the
+per-example forget truth ratios of ``forget_quality``, the Min-K% AUC of ``privleak``, the answer
+probabilities of ``mia_reference``. It is computed from the retain model (and cached), or read once from a
+saved evaluate.py run (``eval.retain_logs_path``)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from obliviate.errors import UserError
+from obliviate.evaluation.declarations import Requirements
+from obliviate.evaluation.results import Evaluation
 
-PRIVLEAK_SCORE = "mia_min_k"  # MUSE's Min-40 % attack
-REFERENCE_ATTACK = "mia_reference"
-REFERENCE_SPLITS = ("forget", "holdout")
+EVALUATED = "evaluated"  # the stage name of an evaluate.py run
 
 
-@dataclass(frozen=True)
-class RetainReference:
-    truth_ratios: list[float] | None = None
-    min_k_auc: float | None = None  # forget (positive) vs holdout, as in model.mia_min_k_auc
-    answer_probs: dict[str, list[float]] = field(default_factory=dict)  # split -> per-example prob
-
-    @classmethod
-    def from_evaluation(cls, metrics: dict[str, dict[str, float]],
-                        per_example: dict[str, dict[str, list[float]]]) -> "RetainReference":
-        return cls(per_example.get("forget", {}).get("truth_ratio"),
-                   metrics.get("model", {}).get(f"{PRIVLEAK_SCORE}_auc"),
-                   {split: per_example[split]["prob"] for split in REFERENCE_SPLITS
-                    if "prob" in per_example.get(split, {})})
-
-    @classmethod
-    def from_run_folder(cls, folder: Path) -> "RetainReference":
-        """Read an evaluate.py run of the retain model (its metrics.json and per_example.json)."""
-        files = [folder / "metrics.json", folder / "per_example.json"]
-        if not all(file.is_file() for file in files):
-            raise UserError(f"eval.retain_logs_path '{folder}' is not a finished evaluate.py run folder (needs "
-                            "metrics.json and per_example.json); run src/exec/evaluate.py on the retain model first")
-        metrics, per_example = (json.loads(file.read_text()) for file in files)
-        if "evaluated" not in metrics:
-            raise UserError(f"eval.retain_logs_path '{folder}' holds an unlearning run, not an evaluate.py run of "
-                            "the retain model")
-        reference = cls.from_evaluation(metrics["evaluated"], per_example["evaluated"])
-        if reference.truth_ratios is None and reference.min_k_auc is None and not reference.answer_probs:
-            raise UserError(f"eval.retain_logs_path '{folder}' has neither forget truth ratios nor a "
-                            f"{PRIVLEAK_SCORE} AUC; evaluate the retain model with truth_ratio and {PRIVLEAK_SCORE}")
-        return reference
+def read_reference_run(folder: Path, needs: Requirements) -> Evaluation:
+    """Read an evaluate.py run of the retain model (metrics.json and per_example.json) and check that it holds
+    every per-example value ``needs`` lists."""
+    files = [folder / "metrics.json", folder / "per_example.json"]
+    if not all(file.is_file() for file in files):
+        raise UserError(f"eval.retain_logs_path '{folder}' is not a finished evaluate.py run folder (needs "
+                        "metrics.json and per_example.json); run src/exec/evaluate.py on the retain model first")
+    metrics, per_example = (json.loads(file.read_text()) for file in files)
+    if EVALUATED not in metrics:
+        raise UserError(f"eval.retain_logs_path '{folder}' holds an unlearning run, not an evaluate.py run of "
+                        "the retain model")
+    reference = Evaluation.from_records(metrics[EVALUATED], per_example.get(EVALUATED, {}))
+    for split, names in sorted(needs.by_split.items()):
+        for name in sorted(names):
+            if name not in reference.per_example.get(split, {}):
+                raise UserError(f"eval.retain_logs_path '{folder}' has no {name} on the {split} split, which this "
+                                f"evaluation needs; evaluate the retain model with {name} on {split}")
+    return reference

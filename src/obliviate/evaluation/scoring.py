@@ -9,60 +9,79 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from obliviate.data.tokenize import collate, encode
+from obliviate.data.tokenize import Query, collate, encode
 from obliviate.methods.likelihood import forward_logits, shifted
+
+MIN_VARIANCE = 1e-6  # σ_t² floor of Min-K%++ (open-unlearning src/evals/metrics/mia/min_k_plus_plus.py)
 
 
 @dataclass(frozen=True)
 class AnswerTokens:
-    """Teacher-forced statistics of one answer's tokens (+ EOS), in order, given its prompt.
+    """Teacher-forced statistics of one answer's tokens (+ its closing EOS for QA), in order, given its prompt.
 
-    ``log_probs[t]`` = log p(y_t | prompt, y_<t); ``is_argmax[t]``: the most likely token is y_t;
-    ``standardised[t]`` = (log p(y_t) − μ_t) / σ_t with μ_t = Σ_v p(v) log p(v) and σ_t² = Σ_v p(v) log² p(v) − μ_t²
-    over the model's next-token distribution at t (Min-K%++, Zhang et al. 2024).
+    ``token_ids[t]`` = y_t; ``log_probs[t]`` = log p(y_t | prompt, y_<t); ``is_argmax[t]``: the most likely
+    token is y_t; ``standardised[t]`` = (log p(y_t) − μ_t) / σ_t with μ_t = Σ_v p(v) log p(v) and
+    σ_t² = max(Σ_v p(v) log² p(v) − μ_t², 1e-6) over the model's next-token distribution at t (Min-K%++,
+    Zhang et al. 2024). ``closing_eos``: the last token is the EOS appended to a QA answer.
+
+    Two token spans: :attr:`mean_nll` covers every label, EOS included (TOFU's probability, the LOSS and
+    zlib attacks: open-unlearning ``evaluate_probability``); :meth:`content` drops the closing EOS, as
+    open-unlearning's ``tokenwise_logprobs`` does for exact memorisation, extraction strength, Min-K%,
+    Min-K%++ and the gradient norm (it drops the last label of a text too; we keep a text's last token,
+    which is real text, not an EOS).
     """
 
+    token_ids: tuple[int, ...]
     log_probs: tuple[float, ...]
     is_argmax: tuple[bool, ...]
     standardised: tuple[float, ...]
+    closing_eos: bool = False
 
     @property
     def mean_nll(self) -> float:
         return -sum(self.log_probs) / max(len(self.log_probs), 1)
 
+    def content(self) -> "AnswerTokens":
+        """The same statistics without the closing EOS (at least one token is kept)."""
+        if not self.closing_eos or len(self.token_ids) < 2:
+            return self
+        return AnswerTokens(self.token_ids[:-1], self.log_probs[:-1], self.is_argmax[:-1], self.standardised[:-1])
 
-def aligned_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> list[AnswerTokens]:
+
+def aligned_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                       closing_eos: list[bool]) -> list[AnswerTokens]:
     """:class:`AnswerTokens` of each row, ``logits[:, t]`` predicting ``targets[:, t]`` where ``mask``."""
     log_p = F.log_softmax(logits.float(), dim=-1)
     picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     p = log_p.exp()
     mu = (p * log_p).sum(-1)
-    sigma = ((p * log_p.pow(2)).sum(-1) - mu.pow(2)).clamp(min=1e-12).sqrt()
+    sigma = ((p * log_p.pow(2)).sum(-1) - mu.pow(2)).clamp(min=MIN_VARIANCE).sqrt()
     is_argmax = log_p.argmax(-1) == targets
     rows = []
     for row in range(targets.shape[0]):
         keep = mask[row]
-        rows.append(AnswerTokens(tuple(picked[row][keep].tolist()), tuple(is_argmax[row][keep].tolist()),
-                                 tuple(((picked[row] - mu[row]) / sigma[row])[keep].tolist())))
+        rows.append(AnswerTokens(tuple(targets[row][keep].tolist()), tuple(picked[row][keep].tolist()),
+                                 tuple(is_argmax[row][keep].tolist()),
+                                 tuple(((picked[row] - mu[row]) / sigma[row])[keep].tolist()), closing_eos[row]))
     return rows
 
 
-def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> list[AnswerTokens]:
+def token_statistics(logits: torch.Tensor, labels: torch.Tensor, closing_eos: list[bool]) -> list[AnswerTokens]:
     """:class:`AnswerTokens` of each row of a batch (labels −100 outside the answer)."""
-    return aligned_statistics(*shifted(logits, labels))
+    return aligned_statistics(*shifted(logits, labels), closing_eos)
 
 
 @torch.no_grad()
-def answer_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],
+def answer_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[Query],
                   max_length: int, batch_size: int) -> list[AnswerTokens]:
-    """For each (prompt, answer): its answer tokens' teacher-forced statistics.
+    """For each query (prompt, answer): its answer tokens' teacher-forced statistics.
 
     Answers that share a prompt (a question scored against its paraphrased and perturbed answers, or
     its options) are scored with the prompt run once: its key/value cache is copied to each answer.
     The rest are batched shortest first. Both give the same numbers (tested)."""
     model.eval()
     by_prompt: dict[str, list[int]] = {}
-    for position, (prompt, _) in enumerate(pairs):
+    for position, (prompt, _, _) in enumerate(pairs):
         by_prompt.setdefault(prompt, []).append(position)
     shared = {prompt: rows for prompt, rows in by_prompt.items()
               if prompt and len(rows) > 1 and len(tokenizer(prompt)["input_ids"]) < max_length}
@@ -72,7 +91,7 @@ def answer_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pa
     for start in tqdm(range(0, len(groups), batch_size), desc="scoring answers (shared prompts)", leave=False,
                       disable=not groups):
         chunk = groups[start:start + batch_size]
-        answers = [[pairs[row][1] for row in rows] for _, rows in chunk]
+        answers = [[pairs[row] for row in rows] for _, rows in chunk]
         statistics = shared_prompt_statistics(model, tokenizer, [prompt for prompt, _ in chunk], answers, max_length)
         for (_, rows), group in zip(chunk, statistics):
             for row, stats in zip(rows, group):
@@ -83,23 +102,24 @@ def answer_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pa
     return result
 
 
-def separate_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],
+def separate_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[Query],
                         max_length: int, batch_size: int) -> list[AnswerTokens]:
-    """Each (prompt, answer) as its own sequence, batched shortest first (less padding)."""
+    """Each query as its own sequence, batched shortest first (less padding)."""
     device = next(model.parameters()).device
-    encoded = [encode(tokenizer, prompt, answer, max_length) for prompt, answer in pairs]
+    encoded = [encode(tokenizer, query, max_length) for query in pairs]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     result: list[AnswerTokens | None] = [None] * len(encoded)
     for start in tqdm(range(0, len(order), batch_size), desc="scoring answers", leave=False, disable=not order):
         rows = order[start:start + batch_size]
         batch = collate([encoded[i] for i in rows], rows, tokenizer.pad_token_id).to(device)
-        for row, stats in zip(rows, token_statistics(forward_logits(model, batch), batch.labels)):
+        closing = [encoded[i].closing_eos for i in rows]
+        for row, stats in zip(rows, token_statistics(forward_logits(model, batch), batch.labels, closing)):
             result[row] = stats
     return result
 
 
 def shared_prompt_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                             answers: list[list[str]], max_length: int) -> list[list[AnswerTokens]]:
+                             answers: list[list[Query]], max_length: int) -> list[list[AnswerTokens]]:
     """Statistics of each prompt's answers: the prompts run once (left-padded), their key/value caches are
     repeated for each answer, and the answers (right-padded) continue from them. Tokens are exactly those
     of :func:`~obliviate.data.tokenize.encode` (prompt with special tokens, answer + EOS, cut at max_length)."""
@@ -111,11 +131,12 @@ def shared_prompt_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)
     out = model(input_ids=prompt_batch, attention_mask=prompt_mask,
                 position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-    owner, answer_ids = [], []
+    owner, answer_ids, closing = [], [], []
     for question, (ids, options) in enumerate(zip(prompt_ids, answers)):
-        for encoded in (encode(tokenizer, prompts[question], answer, max_length) for answer in options):
+        for encoded in (encode(tokenizer, query, max_length) for query in options):
             owner.append(question)
             answer_ids.append(encoded.input_ids[len(ids):])
+            closing.append(encoded.closing_eos)
     owner_index = torch.tensor(owner, device=device)
     cache = out.past_key_values
     cache.reorder_cache(owner_index)  # one copy of its prompt's keys and values per answer
@@ -127,7 +148,7 @@ def shared_prompt_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokeni
                    position_ids=starts + torch.arange(length, device=device), past_key_values=cache).logits
     # the prompt's last position predicts the first answer token; answer position t predicts token t+1
     predicting = torch.cat([out.logits[owner_index, -1:], logits[:, :-1]], dim=1)
-    flat = aligned_statistics(predicting, batch, answer_mask.bool())
+    flat = aligned_statistics(predicting, batch, answer_mask.bool(), closing)
     grouped, position = [], 0
     for options in answers:
         grouped.append(flat[position:position + len(options)])

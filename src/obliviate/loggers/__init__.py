@@ -1,4 +1,4 @@
-"""Result loggers, registered by ``logger.name``."""
+"""Result loggers, registered by kind (``overall.logger``)."""
 
 from obliviate.loggers.json_logger import LOGGERS, RunFolder
 

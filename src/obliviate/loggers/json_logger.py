@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,12 @@ class RunFolder:
     """Writes one run's results as JSON files under the results root."""
 
     def __init__(self, root: Path, task: str, method: str, run_name: str, overwrite: bool) -> None:
-        name = run_name or datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+        name = run_name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
         if "/" in name or name.startswith("."):
-            raise UserError(f"logger.run_name '{name}' must be a plain folder name (no '/', not starting with '.')")
+            raise UserError(f"logger.name '{name}' must be a plain folder name (no '/', not starting with '.')")
         self.final = self.location(root, task, method, name)
-        self.overwrite = overwrite
         if self.final.exists() and not overwrite:
-            raise UserError(f"run folder '{self.final}' already exists; choose another --logger.run_name "
+            raise UserError(f"run folder '{self.final}' already exists; choose another --logger.name "
                             "or pass --logger.overwrite true")
         self.work = self.final.with_name(name + ".incomplete")
 

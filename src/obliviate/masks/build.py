@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +13,9 @@ from obliviate.errors import UserError
 from obliviate.masks.mask import ParameterMask
 from obliviate.masks.scores import MASK_SCORES, ScoringInputs
 from obliviate.masks.selection import top_fraction, top_fraction_per_row
+
+if TYPE_CHECKING:
+    from obliviate.config.schema import Mask
 
 
 def select_names(names: list[str], include: list[str], exclude: list[str]) -> list[str]:
@@ -26,24 +29,24 @@ def select_names(names: list[str], include: list[str], exclude: list[str]) -> li
 
 
 def build_mask(model: torch.nn.Module, forget: EncodedDataset, retain: EncodedDataset | None,
-               options: dict[str, Any], batch_size: int, seed: int, description: dict[str, str]) -> ParameterMask:
-    """Score the selected parameters of ``model`` and keep the top ``options['ratio']`` of them."""
-    names = select_names([n for n, _ in model.named_parameters()], options["include"], options["exclude"])
+               options: "Mask", batch_size: int, seed: int, description: dict[str, str]) -> ParameterMask:
+    """Score the selected parameters of ``model`` and keep the top ``options.ratio`` of them."""
+    names = select_names([n for n, _ in model.named_parameters()], options.include, options.exclude)
     parameters = dict(model.named_parameters())
-    inputs = ScoringInputs(model, {n: parameters[n] for n in names}, forget, retain, batch_size, options["mu"], seed)
+    inputs = ScoringInputs(model, {n: parameters[n] for n in names}, forget, retain, batch_size, options.mu, seed)
     try:
-        scores = MASK_SCORES.get(options["score"])(inputs)
+        scores = MASK_SCORES.get(options.score)(inputs)
     except ValueError as error:
-        raise UserError(f"mask.score {options['score']}: {error}") from None
-    ratio, granularity = options["ratio"], options["granularity"]
+        raise UserError(f"mask.score {options.score}: {error}") from None
+    ratio, granularity = options.ratio, options.granularity
     if granularity == "global":
         kept = dict(zip(names, top_fraction([scores[n] for n in names], ratio)))
     elif granularity == "tensor":
         kept = {n: top_fraction([scores[n]], ratio)[0] for n in names}
     else:  # row: per output row for matrices, per tensor otherwise
-        kept = {n: top_fraction_per_row(scores[n], ratio) if scores[n].ndim == 2 else top_fraction([scores[n]], ratio)[0]
-                for n in names}
-    metadata = {"score": options["score"], "ratio": str(ratio), "granularity": granularity,
-                "include": str(options["include"]), "exclude": str(options["exclude"]),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **description}
+        kept = {n: top_fraction_per_row(scores[n], ratio) if scores[n].ndim == 2
+                else top_fraction([scores[n]], ratio)[0] for n in names}
+    metadata = {"score": options.score, "ratio": str(ratio), "granularity": granularity,
+                "include": str(options.include), "exclude": str(options.exclude),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"), **description}
     return ParameterMask({n: m.cpu() for n, m in kept.items()}, metadata)

@@ -23,8 +23,8 @@ transformed in place); G_f uses the parameters' own ``.grad``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -90,7 +90,8 @@ def wagle(inputs: ScoringInputs) -> dict[str, torch.Tensor]:
     accumulate_gradients(inputs, inputs.retain, retain_batches)
     scores = {}
     for name, parameter in inputs.parameters.items():
-        buffer = parameter.grad.float() if parameter.grad is not None else torch.zeros_like(parameter, dtype=torch.float32)
+        buffer = (parameter.grad.float() if parameter.grad is not None
+                  else torch.zeros_like(parameter, dtype=torch.float32))
         scores[name] = buffer.div_(-inputs.mu).add_(parameter.detach().float())  # θ − G_r/μ, in place
     accumulate_gradients(inputs, inputs.forget, forget_batches)
     for name, parameter in inputs.parameters.items():

@@ -36,8 +36,8 @@ def kth_largest(scores: list[torch.Tensor], k: int) -> tuple[float, int]:
         width = (high - low) / HISTOGRAM_BINS
         # one bin of slack on each side absorbs histc's rounding at bin edges; the counts are exact
         new_low, new_high = max(low, low + (index - 1) * width), min(high, low + (index + 2) * width)
-        new_above = _count(scores, lambda s: s > new_high)
-        new_inside = _count(scores, lambda s: (s >= new_low) & (s <= new_high))
+        new_above = _count(scores, lambda s, high=new_high: s > high)
+        new_inside = _count(scores, lambda s, low=new_low, high=new_high: (s >= low) & (s <= high))
         if not new_above < k <= new_above + new_inside or new_inside == inside:
             break  # the range no longer holds the k-th value (rounding) or stopped shrinking
         low, high, above, inside = new_low, new_high, new_above, new_inside

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from fastargs import Param
 
-from obliviate.config.settings import Settings
 from obliviate.data.tokenize import EncodedDataset, TokenBatch
 from obliviate.registry import Registry
+
+if TYPE_CHECKING:
+    from obliviate.config.settings import Settings
 
 Batch = dict[str, TokenBatch]
 
@@ -128,12 +130,12 @@ class Method(ABC):
         """The objective for these hyper-parameter values."""
 
     @classmethod
-    def objective(cls, settings: Settings, name: str) -> Objective:
+    def objective(cls, settings: "Settings", name: str) -> Objective:
         """The objective configured in ``settings`` (wrappers such as ILU also read other sections)."""
-        return cls.build(**settings.section(f"unlearn.{name}"))
+        return cls.build(**settings.method(name))
 
     @classmethod
-    def datasets(cls, settings: Settings, name: str) -> dict[str, str]:
+    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
         """Extra splits the objective reads (split → dataset name), beyond forget and retain."""
         return {}
 

@@ -3,7 +3,8 @@
 * GA (Jang et al. 2023, "Knowledge Unlearning for Mitigating Privacy Risks in LMs"):
   L = −NLL(f). Diverges if run long; no retain term.
 * GradDiff (Liu et al. 2022; TOFU's "grad_diff"): L = −γ·NLL(f) + α·NLL(r).
-* GA+KL (TOFU's "KL"): L = −γ·NLL(f) + α·KL(π_ref ‖ π_θ) on r (reference distribution first, as TOFU; answer tokens only).
+* GA+KL (TOFU's "KL"): L = −γ·NLL(f) + α·KL(π_ref ‖ π_θ) on r (reference distribution first, as TOFU;
+  answer tokens only).
 """
 
 from __future__ import annotations

@@ -17,15 +17,18 @@ value and seconds are logged each time.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 from fastargs import Param
 
 from obliviate.config.checkers import ChoiceValue, FloatValue, IntValue, ListValue, StrValue
-from obliviate.config.settings import Settings
 from obliviate.errors import UserError
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
 from obliviate.methods.likelihood import forward_logits, mean_nll
+
+if TYPE_CHECKING:
+    from obliviate.config.settings import Settings
 
 
 class InvariancePenalty(Term):
@@ -75,7 +78,7 @@ class ILU(Method):
     """ILU: a base method + λ · invariance penalty over fine-tuning environments."""
 
     params = {
-        "base_method": Param(ChoiceValue(METHODS.names()), "the unlearning objective made invariant (its own "
+        "base_method": Param(ChoiceValue(METHODS.names), "the unlearning objective made invariant (its own "
                              "section unlearn.<base> configures it)", default="NPO"),
         "lam": Param(FloatValue(low=0.0), "λ: weight of the invariance penalty", default=1.0),
         "w_form": Param(ChoiceValue(["elementwise", "scalar"]), "dummy multiplier w: one per weight or one in all",
@@ -91,15 +94,15 @@ class ILU(Method):
         return base + InvariancePenalty(splits, w_form, every_k) * lam
 
     @classmethod
-    def objective(cls, settings: Settings, name: str) -> Objective:
-        values = settings.section(f"unlearn.{name}")
+    def objective(cls, settings: "Settings", name: str) -> Objective:
+        values = settings.method(name)
         if not values["environments"]:
             raise UserError("unlearn.ILU.environments is empty; name at least one fine-tuning data set")
         base_name = values.pop("base_method")
         return cls.build(METHODS.get(base_name).objective(settings, base_name), **values)
 
     @classmethod
-    def datasets(cls, settings: Settings, name: str) -> dict[str, str]:
-        base = settings[f"unlearn.{name}.base_method"]
+    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
+        base = settings.method(name)["base_method"]
         return {**METHODS.get(base).datasets(settings, base),
-                **{f"env{i}": dataset for i, dataset in enumerate(settings[f"unlearn.{name}.environments"])}}
+                **{f"env{i}": dataset for i, dataset in enumerate(settings.method(name)["environments"])}}

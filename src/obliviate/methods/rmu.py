@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue, ListValue, StrValue
 from obliviate.data.tokenize import TokenBatch
-from obliviate.config.settings import Settings
 from obliviate.errors import UserError
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+
+if TYPE_CHECKING:
+    from obliviate.config.settings import Settings
 
 
 class _StopForward(Exception):
@@ -209,6 +212,6 @@ class RMU(Method):
         return RMULoss(**values, extra_topics=len(extra_topics)) * 1.0
 
     @classmethod
-    def datasets(cls, settings: Settings, name: str) -> dict[str, str]:
-        return dict(zip(topic_splits(len(settings[f"unlearn.{name}.extra_topics"])),
-                        settings[f"unlearn.{name}.extra_topics"]))
+    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
+        return dict(zip(topic_splits(len(settings.method(name)["extra_topics"])),
+                        settings.method(name)["extra_topics"]))

@@ -14,7 +14,7 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -26,24 +26,28 @@ from obliviate.io import write_json_atomic
 from obliviate.methods.terms import NLL
 from obliviate.models.loading import ModelSource, load_model, save_model
 from obliviate.training.loop import train
-from obliviate.training.schedule import TrainingConfig
+
+if TYPE_CHECKING:
+    from obliviate.config.schema import Finetune
 
 RECIPE_VERSION = 1
 
 
 def canonical_examples(examples: list[Example]) -> list[Example]:
     """Deduplicated and sorted, so that the same set of examples always trains the same model."""
-    unique = {json.dumps(asdict(e), sort_keys=True): e for e in examples}
+    unique = {json.dumps(e.record(), sort_keys=True): e for e in examples}
     return [unique[key] for key in sorted(unique)]
 
 
 class FinetuneRecipe:
     """How to make one fine-tuned model; ``source`` names it before (and whether or not) it is built."""
 
-    def __init__(self, base: ModelSource, examples: list[Example], training: dict[str, Any], seed: int,
+    def __init__(self, base: ModelSource, examples: list[Example], finetune: "Finetune", seed: int,
                  fmt: PromptFormat, max_length: int, cache_dir: Path) -> None:
         self.base, self.examples = base, canonical_examples(examples)
-        self.training, self.seed, self.fmt, self.max_length = training, seed, fmt, max_length
+        self.training = finetune.training(finetune.batch_size)
+        self.seed, self.fmt, self.max_length = seed, fmt, max_length
+        training = {key: value for key, value in asdict(finetune).items() if key != "enabled"}
         self.description = {
             "version": RECIPE_VERSION, "base": base.identity, "data": content_hash(self.examples),
             "num_examples": len(self.examples), "training": training, "seed": seed,
@@ -66,9 +70,8 @@ class FinetuneRecipe:
         model, tokenizer = load_model(self.base, cache_dir, device, dtype)
         encoded = [encode_example(tokenizer, e, self.fmt, self.max_length) for e in self.examples]
         dataset = EncodedDataset(encoded, tokenizer.pad_token_id)
-        config = TrainingConfig.from_section(self.training, self.training["batch_size"])
         log: list[dict[str, float]] = []
-        train(model, NLL("train") * 1.0, {"train": dataset}, "train", config, accelerator, self.seed,
+        train(model, NLL("train") * 1.0, {"train": dataset}, "train", self.training, accelerator, self.seed,
               on_log=log.append, description=f"fine-tune {role} model")
         work = self.folder.with_name(self.folder.name + ".incomplete")
         shutil.rmtree(work, ignore_errors=True)

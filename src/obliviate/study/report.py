@@ -2,7 +2,8 @@
 
 ``study.csv`` has one row per (method, seed, attack): the forget metrics before unlearning (the target
 model), right after unlearning and at the end of the attack, their worst point along the attack (the
-most knowledge back: the maximum, or the minimum of ``forget_quality``), the share of the forgotten
+most knowledge back: the maximum, or the minimum for a metric whose declaration says that on the forget
+role higher means less knowledge, such as ``forget_quality``), the share of the forgotten
 amount that came back::
 
     recovered = (forget_attacked − forget_after) / (forget_before − forget_after)
@@ -24,8 +25,8 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -33,12 +34,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from obliviate.comparison import to_csv, to_markdown  # noqa: E402
-from obliviate.evaluation.evaluator import LM_EVAL  # noqa: E402
+from obliviate.evaluation import METRICS  # noqa: E402
+from obliviate.evaluation.results import LM_EVAL  # noqa: E402
+from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
+from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
 from obliviate.study.spec import Study  # noqa: E402
 
-TASK_METRIC = "exact_match"
-HIGHER_MEANS_FORGOTTEN = {"forget_quality"}  # for the other forget metrics, higher = more knowledge
+
+def more_knowledge_is_higher(metric: str) -> bool:
+    """On the forget split, does a higher value of ``metric`` mean more knowledge? (lm-eval task accuracies,
+    e.g. wmdp_bio, do.)"""
+    return METRICS.get(metric).higher_means_knowledge(Role.FORGET) if metric in METRICS else True
 
 
 def finished_cells(study: Study) -> list[dict]:
@@ -78,7 +85,7 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
         row = {**head, "attack": label, "attack_steps": curve[-1]["step"] if curve else None}
         for m in study.forget_metrics:
             along = [point["forget"].get(m) for point in curve]
-            most_known = min if m in HIGHER_MEANS_FORGOTTEN else max
+            most_known = max if more_knowledge_is_higher(m) else min
             row.update({f"forget.{m}.before": forget_before.get(m), f"forget.{m}.after": forget_after.get(m),
                         f"forget.{m}.attacked": along[-1] if along else None,
                         f"forget.{m}.worst": most_known(along) if along else None})
@@ -183,7 +190,8 @@ def plot_tradeoff(study: Study, rows: list[dict], path: Path) -> None:
                           label=f"{method} after {r['attack']} attack")
     befores = [r for r in rows if r.get(f"forget.{metric}.before") is not None]
     if befores:
-        axis.axhline(befores[0][f"forget.{metric}.before"], color="grey", linestyle=":", label="forget before unlearning")
+        axis.axhline(befores[0][f"forget.{metric}.before"], color="grey", linestyle=":",
+                     label="forget before unlearning")
     handles, labels = axis.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     axis.legend(unique.values(), unique.keys(), fontsize=7)

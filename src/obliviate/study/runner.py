@@ -17,6 +17,7 @@ from pathlib import Path
 
 from obliviate.errors import UserError
 from obliviate.io import write_json_atomic
+from obliviate.plan import plan
 from obliviate.study.report import write_report
 from obliviate.study.spec import load_study
 from obliviate.unlearner import Unlearner
@@ -32,12 +33,12 @@ def run_study(path: Path, extra_argv: list[str]) -> Path:
     """Run every unfinished cell of the study file at ``path``; return the study folder."""
     study = load_study(path, extra_argv)
     for cell in study.cells:  # every cheap check of every cell before the first long one
-        Unlearner(cell.settings).setup()
+        plan(cell.settings)
     study.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(study.folder / "study.json", {
         "study_file": str(path), "attacks": study.attacks,
         "cells": [{"method": c.method, "seed": c.seed, "folder": str(c.folder),
-                   "command": shlex.join(["python", "src/exec/unlearn_model.py", *c.argv])} for c in study.cells]})
+                   "command": shlex.join(c.command)} for c in study.cells]})
     failed = []
     for number, cell in enumerate(study.cells, 1):
         where = f"cell {number}/{len(study.cells)} ({cell.method}, seed {cell.seed})"

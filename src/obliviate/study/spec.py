@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from obliviate.config.loader import parse_config
+from obliviate.config.loader import resolve_config, split_argv
 from obliviate.config.schema import experiment_schema
 from obliviate.config.settings import Settings
 from obliviate.errors import UserError
@@ -55,19 +55,22 @@ class Cell:
 
     method: str
     seed: int
-    argv: tuple[str, ...]
+    config_file: str
+    overrides: dict[str, Any]  # dotted key -> value, applied over the config file (typed, or CLI strings)
     settings: Settings
-
-    @property
-    def run_name(self) -> str:
-        return f"{slug(self.method)}_seed{self.seed}"
 
     @property
     def folder(self) -> Path:
         """Where the finished experiment lives (the run folder its logger writes)."""
         s = self.settings
-        return RunFolder.location(Path(s.logger.json.root), s.unlearn.task_name,
-                                  METHODS.canonical(s.unlearn.unlearn_method), s.logger.run_name)
+        return RunFolder.location(Path(s.logger_json.root), s.unlearn.task_name,
+                                  METHODS.canonical(s.unlearn.unlearn_method), s.logger.name)
+
+    @property
+    def command(self) -> list[str]:
+        """The unlearn_model.py command line that runs this cell alone."""
+        return ["python", "src/exec/unlearn_model.py", "--config_file", self.config_file,
+                *(part for key, value in self.overrides.items() for part in (f"--{key}", as_argument(value)))]
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,10 @@ def as_argument(value: Any) -> str:
     return str(value)
 
 
-def overrides_argv(overrides: dict[str, Any], where: str) -> list[str]:
+def checked_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise UserError(f"{where} must be an object of dotted experiment keys, e.g. {{\"unlearn.lr\": 1e-5}}")
-    return [part for key, value in overrides.items() if not key.startswith("_")
-            for part in (f"--{key}", as_argument(value))]
+    return {key: value for key, value in overrides.items() if not key.startswith("_")}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -122,7 +124,7 @@ def _read(path: Path) -> dict[str, Any]:
     return content
 
 
-def _attack_lists(attacks: dict[str, dict], defaults: Settings) -> tuple[dict[str, str], list[str]]:
+def _attack_lists(attacks: dict[str, dict], defaults: Settings) -> tuple[dict[str, str], dict[str, list]]:
     """The attack section's per-attack lists as overrides; and each attack label's data set name."""
     if not isinstance(attacks, dict):
         raise UserError("study 'attacks' must be an object: label -> attack settings")
@@ -139,13 +141,15 @@ def _attack_lists(attacks: dict[str, dict], defaults: Settings) -> tuple[dict[st
             default = defaults[f"attack.{key}"][0] if defaults[f"attack.{key}"] else ""
             columns[key].append(spec.get(key, default))
     if not names:
-        return {}, []
-    return names, [part for key, values in columns.items() for part in (f"--attack.{key}", json.dumps(values))]
+        return {}, {}
+    return names, {f"attack.{key}": values for key, values in columns.items()}
 
 
 def load_study(path: Path, extra_argv: list[str]) -> Study:
-    """Read and check the study file and every cell's experiment config (no long work)."""
+    """Read and check the study file and every cell's experiment config (no long work); ``extra_argv`` holds
+    the study command line's own ``--section.key value`` overrides."""
     content = _read(path)
+    extra = command_line_overrides(extra_argv)
     name = slug(str(content["name"]))
     folder = Path(content.get("results_root", "files/results/studies")) / name
     seeds = content.get("seeds", [0])
@@ -154,7 +158,7 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
     forget_metrics = content.get("forget_metrics", ["prob", "rouge_l_recall"])
     utility_metric = content.get("utility_metric", "prob")
     METRICS.get(utility_metric)  # unknown names fail here, listing the valid ones
-    common = overrides_argv(content.get("overrides", {}), "study 'overrides'")
+    common = checked_overrides(content.get("overrides", {}), "study 'overrides'")
     methods = content["methods"]
     if not isinstance(methods, dict):
         raise UserError("study 'methods' must be an object: label -> overrides")
@@ -166,14 +170,13 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
         config_file = spec.pop("config_file", content.get("base_config"))
         if not config_file:
             raise UserError(f"study method '{label}' has no config_file and the study has no base_config")
-        head = ["--config_file", str(config_file), *common, *overrides_argv(spec, f"study method '{label}'")]
-        defaults = _parse(head + extra_argv, label)
-        attack_names, attack_argv = _attack_lists(content.get("attacks", {}), defaults)
+        head = {**common, **checked_overrides(spec, f"study method '{label}'")}
+        defaults = _resolve(str(config_file), {**head, **extra}, label)
+        attack_names, attack_overrides = _attack_lists(content.get("attacks", {}), defaults)
         for seed in seeds:
-            run_name = f"{slug(label)}_seed{seed}"
-            argv = (*head, "--overall.seed", str(seed), *attack_argv, "--logger.json.root", str(folder / "runs"),
-                    "--logger.run_name", run_name, *extra_argv)
-            cell = Cell(label, seed, argv, _parse(list(argv), label))
+            overrides = {**head, "overall.seed": seed, **attack_overrides, "logger.json.root": str(folder / "runs"),
+                         "logger.name": f"{slug(label)}_seed{seed}", **extra}
+            cell = Cell(label, seed, str(config_file), overrides, _resolve(str(config_file), overrides, label))
             if cell.settings.logger.overwrite:
                 raise UserError("logger.overwrite would redo finished study cells; remove their run folders "
                                 "instead and run the study again")
@@ -182,9 +185,18 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
     return Study(name, folder, attack_names, cells, forget_metrics, utility_metric)
 
 
-def _parse(argv: list[str], label: str) -> Settings:
+def command_line_overrides(argv: list[str]) -> dict[str, str]:
+    """The study command line's ``--section.key value`` overrides (no config files there)."""
+    files, overrides, _ = split_argv(argv, experiment_schema())
+    if files:
+        raise UserError("the study file is the only --config_file of study.py; put experiment config files in the "
+                        "study's methods (config_file)")
+    return overrides
+
+
+def _resolve(config_file: str, overrides: dict[str, Any], label: str) -> Settings:
     try:
-        return parse_config(argv, experiment_schema(), "study.py")
+        return resolve_config([config_file], overrides, experiment_schema())
     except UserError as error:
         raise UserError(f"study method '{label}': {error}") from None
 

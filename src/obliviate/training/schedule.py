@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """The keys of :func:`obliviate.config.schema.training_params`, plus the micro-batch size."""
+    """The keys of :class:`obliviate.config.schema.TrainingKeys`, plus the micro-batch size."""
 
     lr: float
     num_epochs: int
@@ -23,11 +22,6 @@ class TrainingConfig:
     max_grad_norm: float
     logging_steps: int
     batch_size: int
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any], batch_size: int) -> "TrainingConfig":
-        names = cls.__dataclass_fields__.keys() - {"batch_size"}
-        return cls(**{name: section[name] for name in names}, batch_size=batch_size)
 
     def total_steps(self, num_examples: int) -> int:
         """max_steps, or enough optimiser steps for num_epochs passes over ``num_examples``."""

@@ -1,8 +1,9 @@
 """Multiple-choice accuracy through lm-eval on the in-process model (no reload from disk).
 
-A split's examples with wrong answers become four-way questions (the true answer, or its paraphrase
-when the wrong answers are perturbations of the paraphrase as in TOFU, and up to three wrong ones, in a
-seeded order); they are written as JSONL and evaluated with the task template
+A split's questions with wrong answers become four-way questions (the base answer of the split's role, as
+the truth ratio compares: the paraphrase on forget/retain whose TOFU wrong answers perturb it, the answer on
+knowledge splits; and up to three wrong ones, in a fixed order); they are written as JSONL and evaluated
+with the task template
 ``lm-evaluation-harness/obliviate/qa_mcq.yaml`` (log-likelihood of each choice, metric ``acc``).
 """
 
@@ -17,21 +18,22 @@ from pathlib import Path
 
 import yaml
 
-from obliviate.evaluation.metrics import METRICS, MetricResult, SplitScores
+from obliviate.evaluation.declarations import MetricResult, NotComputed, metric
+from obliviate.evaluation.queries import SplitScores
+from obliviate.evaluation.splits import base_answer
 
-TASKS_DIR = Path(__file__).resolve().parents[3] / "lm-evaluation-harness"
+TASKS_DIR = Path(__file__).resolve().parents[4] / "lm-evaluation-harness"
 TEMPLATE = TASKS_DIR / "obliviate" / "qa_mcq.yaml"
 MAX_CHOICES = 4
 
 
 def mcq_rows(scores: SplitScores) -> list[dict]:
-    """prompt / choices / label rows for the examples that have wrong answers."""
+    """prompt / choices / label rows for the questions that have wrong answers."""
     rows = []
-    for example in scores.examples:
+    for example in scores.split.questions:
         if not example.perturbed_answers:
             continue
-        # TOFU-layout wrong answers paraphrase the paraphrased answer: compare like with like.
-        correct = example.paraphrased_answer or example.answer
+        correct = base_answer(example, scores.split.role)
         choices = [correct, *example.perturbed_answers[: MAX_CHOICES - 1]]
         random.Random(example.question).shuffle(choices)
         rows.append({"prompt": scores.prompt(example.question), "choices": choices, "label": choices.index(correct)})
@@ -46,11 +48,12 @@ def _task_manager():
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
-@METRICS.register("mcq_acc")
-def mcq_accuracy(scores: SplitScores) -> MetricResult | None:
+@metric("mcq_acc")
+def mcq_accuracy(scores: SplitScores) -> MetricResult:
+    """Four-way multiple-choice accuracy (true answer against three wrong ones) through lm-eval."""
     rows = mcq_rows(scores)
     if not rows:
-        return None
+        raise NotComputed(f"no record of {scores.split.name} has perturbed_answer (the wrong choices)")
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -61,12 +64,12 @@ def mcq_accuracy(scores: SplitScores) -> MetricResult | None:
     if not data_file.is_file():
         data_file.write_text(content)
     task = yaml.safe_load(TEMPLATE.read_text())
-    task["task"] = f"{task['task']}_{scores.split}"
+    task["task"] = f"{task['task']}_{scores.split.name}"
     task["dataset_kwargs"]["data_files"]["test"] = str(data_file.resolve())
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = HFLM(pretrained=scores.model, tokenizer=scores.tokenizer, batch_size=scores.options.batch_size)
     output = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=_task_manager(), log_samples=True,
                                      bootstrap_iters=0, verbosity="ERROR")
-    samples = sorted(output["samples"][task["task"]], key=lambda sample: sample["doc_id"])
-    per_example = [float(sample["acc"]) for sample in samples]
+    samples = iter(sorted(output["samples"][task["task"]], key=lambda sample: sample["doc_id"]))
+    per_example = [float(next(samples)["acc"]) if e.perturbed_answers else None for e in scores.split.questions]
     return MetricResult(output["results"][task["task"]]["acc,none"], per_example)

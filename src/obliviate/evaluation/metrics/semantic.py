@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from obliviate.errors import UserError
-from obliviate.evaluation.metrics import METRICS, MetricResult, SplitScores
+from obliviate.evaluation.declarations import MetricResult, mean_of, metric
+from obliviate.evaluation.queries import SplitScores
 
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # sentence-transformers upstream
 
@@ -45,9 +46,9 @@ def cosine_similarities(first: list[str], second: list[str]) -> list[float]:
     return (a * b).sum(dim=-1).tolist()
 
 
-@METRICS.register("semantic_match")
-def semantic_match(scores: SplitScores) -> MetricResult | None:
-    if (answered := scores.answered()) is None:
-        return None
+@metric("semantic_match", generates=True, setup_check=checked_model_folder)
+def semantic_match(scores: SplitScores) -> MetricResult:
+    """Cosine similarity of all-MiniLM-L6-v2 embeddings of the greedy and the true answer."""
+    answered = scores.answers
     values = cosine_similarities([e.answer for e, _ in answered], [generated for _, generated in answered])
-    return MetricResult(sum(values) / len(values), values)
+    return MetricResult(mean_of(values), values, scores.answer_texts())

@@ -1,0 +1,146 @@
+"""The model queries of one split, computed on first use and shared by every metric that reads them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from obliviate.data.examples import Example, content_hash
+from obliviate.data.tokenize import PromptFormat, Query, example_query
+from obliviate.evaluation.declarations import METRICS, NotComputed, Reads
+from obliviate.evaluation.results import Evaluation
+from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, greedy_answers
+from obliviate.evaluation.splits import Split, base_answer
+
+CONTINUATION_PREFIX_TOKENS, CONTINUATION_TOKENS = 32, 128  # MUSE VerbMem: prefix, and the continuation scored
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    batch_size: int
+    max_length: int
+    max_new_tokens: int
+    work_dir: Path  # where derived evaluation files (e.g. MCQ JSONL for lm-eval) are written
+    lm_eval_tasks: tuple[str, ...] = ()  # lm-eval's own tasks, evaluated once per model (not per split)
+    task_limit: int = 0  # questions per lm-eval task (0 = all)
+    knowmem_shots: dict[str, tuple[Example, ...]] = field(default_factory=dict)  # split ('' = any) -> ICL examples
+
+    def cache_key(self) -> dict[str, Any]:
+        """What of these options changes the numbers (the work folder does not)."""
+        return {"batch_size": self.batch_size, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
+                "lm_eval_tasks": list(self.lm_eval_tasks), "task_limit": self.task_limit,
+                "knowmem_shots": {split: content_hash(list(shots)) for split, shots in self.knowmem_shots.items()}}
+
+
+class Continuation(NamedTuple):
+    prefix: str
+    truth: str
+    generation: str
+
+
+class SplitScores:
+    """Everything metrics ask the model about one split; each query runs once, when first needed."""
+
+    def __init__(self, split: Split, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
+                 options: EvalOptions, reference: Evaluation | None = None) -> None:
+        self.split, self.examples = split, list(split.examples)
+        self.model, self.tokenizer, self.fmt, self.options = model, tokenizer, fmt, options
+        self.reference = reference
+
+    def prompt(self, question: str) -> str:
+        return self.fmt.prompt(self.tokenizer, question)
+
+    def tokens(self, queries: list[Query]) -> list[AnswerTokens]:
+        return answer_tokens(self.model, self.tokenizer, queries, self.options.max_length, self.options.batch_size)
+
+    def nll(self, queries: list[Query]) -> list[float]:
+        return [stats.mean_nll for stats in self.tokens(queries)]
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        return greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens, self.options.batch_size)
+
+    @cached_property
+    def answer_tokens(self) -> list[AnswerTokens]:
+        """Teacher-forced token statistics of each example's own answer or text (one forward pass, shared)."""
+        return self.tokens([example_query(self.tokenizer, e, self.fmt) for e in self.examples])
+
+    @cached_property
+    def answers(self) -> list[tuple[Example, str]]:
+        """(example, greedy answer to its question with the experiment's prompt) of each question."""
+        questions = self.split.questions
+        generated = self.generate([self.prompt(e.question) for e in questions], self.options.max_new_tokens)
+        return list(zip(questions, generated))
+
+    def answer_texts(self) -> list[dict[str, str]]:
+        """Prompt, ground truth and greedy answer of each question (what generating metrics keep)."""
+        return [{"prompt": self.prompt(e.question), "ground_truth": e.answer, "generation": generated}
+                for e, generated in self.answers]
+
+    @cached_property
+    def continuations(self) -> list[Continuation]:
+        """Greedy continuations of each text's prefix, with the true continuation (MUSE VerbMem).
+
+        The prefix is the record's own (``prompt`` of a ``{prompt, gt}`` record) or else the text's first
+        min(32 tokens, half) tokens; the truth is the next (up to) 128 tokens; the model generates as many
+        tokens as the longest truth of the split needs (at most 128; MUSE always generates 128)."""
+        prefixes, truths, budget = [], [], 1
+        for example in self.split.texts:
+            ids = self.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+            if example.prefix:
+                prefix, rest = example.prefix, ids[:CONTINUATION_TOKENS]
+            else:
+                cut = min(CONTINUATION_PREFIX_TOKENS, len(ids) // 2)
+                prefix, rest = self.tokenizer.decode(ids[:cut]), ids[cut:cut + CONTINUATION_TOKENS]
+            prefixes.append(prefix)
+            truths.append(self.tokenizer.decode(rest))
+            budget = max(budget, len(rest))
+        return [Continuation(*row) for row in zip(prefixes, truths, self.generate(prefixes, budget))]
+
+    def continuation_texts(self) -> list[dict[str, str]]:
+        """Prefix, true continuation and greedy continuation of each text (what generating metrics keep)."""
+        return [{"prompt": c.prefix, "ground_truth": c.truth, "generation": c.generation} for c in self.continuations]
+
+    @cached_property
+    def truth_ratios(self) -> list[float | None]:
+        """Per example R = P_perturbed / P_base (None without perturbed answers), both scored after the
+        ORIGINAL question as in TOFU (``config/eval_everything.yaml``) and open-unlearning
+        (``configs/eval/tofu.yaml`` ``question_key: question``): P = exp(−mean answer NLL),
+        P_perturbed = exp(−mean_j NLL(perturbed_j)) (a geometric mean over the perturbed answers), the base
+        answer :func:`~obliviate.evaluation.splits.base_answer` of the split's role."""
+        usable = [e for e in self.split.questions if e.perturbed_answers]
+        if not usable:
+            raise NotComputed(f"no record of {self.split.name} has perturbed_answer (the wrong answers of the "
+                              "truth ratio)")
+        queries = []
+        for example in usable:
+            prompt = self.prompt(example.question)
+            queries += [Query(prompt, answer) for answer in (base_answer(example, self.split.role),
+                                                             *example.perturbed_answers)]
+        values = iter(self.nll(queries))
+        ratios: dict[int, float] = {}
+        for example in usable:
+            base = next(values)
+            perturbed = [next(values) for _ in example.perturbed_answers]
+            ratios[id(example)] = math.exp(base - sum(perturbed) / len(perturbed))
+        return [ratios.get(id(e)) for e in self.split.questions]
+
+    def reference_values(self, name: str) -> list:
+        """The retain model's per-example ``name`` on this split (NotComputed when not known)."""
+        values = None if self.reference is None else self.reference.per_example.get(self.split.name, {}).get(name)
+        if values is None:
+            raise NotComputed(f"needs the retain model's {name} on {self.split.name}: set --finetune.enabled true, "
+                              "--eval.retain_model_name or --eval.retain_logs_path")
+        scored = self.scored(METRICS.get(name).reads)
+        if len(values) != len(scored):
+            raise NotComputed(f"the retain model's {name} on {self.split.name} has {len(values)} values for "
+                              f"{len(scored)} examples: evaluate the retain model on the same data")
+        return values
+
+    def scored(self, reads: Reads) -> list[Example]:
+        """The examples a metric that ``reads`` these gives one per-example value each, in order."""
+        return {"qa": self.split.questions, "text": self.split.texts, "any": self.examples}[reads]
