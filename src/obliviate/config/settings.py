@@ -18,7 +18,7 @@ from obliviate.config.schema import (
 )
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for dotted, value in flat.items():
         *parents, leaf = dotted.split(".")
@@ -59,4 +59,4 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """Nested dict of all values: saved as config.json, and valid input for ``--config_file``."""
-        return _nest(self._flat)
+        return nest(self._flat)

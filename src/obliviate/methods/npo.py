@@ -16,6 +16,11 @@ Notation: S_θ(y) = Σ_t −log π_θ(y_t | x, y_<t), the SUM of answer-token NL
 
       L_SimNPO = (2/β) · mean_i [ −log σ( β · S_θ(y_i)/|y_i| − δ ) ]
 
+  This is the paper's form (its margin γ is our δ, outside the β). open-unlearning's code
+  (``src/trainer/unlearn/simnpo.py``) writes β·(S_θ/|y| − δ), the margin inside: the same loss at δ = 0
+  (the default), and its δ equals ours divided by β otherwise. The OPTML TOFU code calls the margin
+  ``gamma``; its WMDP code has none.
+
 Both are combined with a retain term: L = γ·L_forget + α·L_retain, L_retain = NLL(r) or KL(π_ref‖π_θ)(r).
 """
 

@@ -9,6 +9,10 @@ one row per topic):
 Means run over the hidden size and the non-padding tokens. Only the selected parameters train (default:
 ``mlp.down_proj`` of layers ℓ−2, ℓ−1, ℓ); every other parameter is frozen.
 
+Layer numbering: ℓ indexes the decoder layers from 0 (ℓ = 7 is the eighth layer's output, as in the WMDP
+RMU code). G-effect's code (seed 001) names its settings ``rmu_N`` with N counting hidden states, whose 0th
+is the embeddings: its ``rmu_N`` is our ``layer`` N − 1.
+
 Topics: the forget set is topic 0; ``extra_topics`` names more forget data sets (e.g. WMDP's bio and
 cyber corpora), each with its own u (and its own c under the norm rule). As in the RMU code, successive
 micro-batches cycle through the topics: micro-batch k misdirects topic k mod n.

@@ -1,0 +1,46 @@
+"""Turn an experiment file of the OPTML code line (WAGLE, SOUL, Unlearn-Simple/-Smooth/-ILU) into ours.
+
+    python src/exec/import_config.py OPTML.json > ours.json
+
+Every key is mapped or refused with one line naming it (exit status 2, nothing printed to stdout); the
+result holds the mapped keys (the others take our defaults) and is checked against our schema before it is
+printed. The README's import table lists the mapping.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from obliviate.cli import USER_ERROR_EXIT  # noqa: E402
+from obliviate.config.loader import resolve_config  # noqa: E402
+from obliviate.config.optml import import_optml  # noqa: E402
+from obliviate.config.schema import experiment_schema  # noqa: E402
+from obliviate.config.settings import nest  # noqa: E402
+from obliviate.errors import UserError  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    try:
+        if len(argv) != 1:
+            raise UserError("usage: import_config.py OPTML.json > ours.json")
+        path = Path(argv[0])
+        if not path.is_file():
+            raise UserError(f"'{path}' does not exist; give the OPTML experiment file to import")
+        try:
+            content = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise UserError(f"'{path}' is not valid JSON (line {error.lineno}): {error.msg}") from None
+        dotted = import_optml(content)
+        resolve_config([], dotted, experiment_schema())  # our schema accepts every value
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    imported = {"_comment": f"imported from {path} by src/exec/import_config.py", **nest(dotted)}
+    print(json.dumps(imported, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
