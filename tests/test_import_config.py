@@ -61,7 +61,8 @@ def test_wmdp_npo_wagle_maps_gamma_to_the_retain_weight():
     assert ours["dataset.retain_dataset_name"] == "cais/wmdp-corpora:bio-retain-corpus"
     assert ours["eval.lm_eval_tasks"] == ["wmdp_bio", "mmlu"]
     assert ours["logger.json.root"] == "files/results/unlearn_wmdp_all/NPO+WAGLE"
-    assert (ours["unlearn.max_steps"], ours["unlearn.gradient_accumulation_steps"], ours["dataset.batch_size"]) == (500, 4, 1)
+    steps = (ours["unlearn.max_steps"], ours["unlearn.gradient_accumulation_steps"], ours["dataset.batch_size"])
+    assert steps == (500, 4, 1)
 
 
 def test_tofu_npo_wagle_gets_tofus_splits_and_prompt():
@@ -71,19 +72,22 @@ def test_tofu_npo_wagle_gets_tofus_splits_and_prompt():
     assert ours["dataset.holdout_dataset_name"] == "locuslab/TOFU:holdout10"
     assert ours["dataset.question_template"] == "[INST] {question} [/INST]"  # TOFU's Llama tags
     assert ours["unlearn.weight_decay"] == 0.1 and ours["eval.max_new_tokens"] == 200
-    grad_diff = imported(changed(TOFU_NPO_WAGLE, "unlearn", unlearn_method="GA+FT", lr=7e-06, **{"GA+FT": {"gamma": 1.0}}))
+    grad_diff = imported(changed(TOFU_NPO_WAGLE, "unlearn", unlearn_method="GA+FT", lr=7e-06,
+                                 **{"GA+FT": {"gamma": 1.0}}))
     assert grad_diff["unlearn.unlearn_method"] == "GradDiff" and grad_diff["unlearn.GradDiff.alpha"] == 1.0
     without_gamma = imported(changed(TOFU_NPO_WAGLE, "unlearn", **{"NPO+FT": {}}))
     assert without_gamma["unlearn.NPO.alpha"] == 0.0  # their default retain weight
 
 
 def test_unlearn_simple_simnpo_and_downstream_data():
-    simple = changed(WMDP_NPO_WAGLE, "unlearn", unlearn_method="SimNPO+FT", **{"SimNPO+FT": {"gamma": 1.0, "beta": 0.1}})
+    simple = changed(WMDP_NPO_WAGLE, "unlearn", unlearn_method="SimNPO+FT",
+                     **{"SimNPO+FT": {"gamma": 1.0, "beta": 0.1}})
     simple["dataset"]["perturb_dataset_name"] = "GSM8K"
     ours = imported(simple)
     assert ours["unlearn.unlearn_method"] == "SimNPO" and ours["unlearn.SimNPO.beta"] == 0.1
     assert ours["unlearn.SimNPO.alpha"] == 1.0 and ours["unlearn.SimNPO.delta"] == 0.0
-    assert ours["attack.datasets"] == ["openai/gsm8k:main"] and ours["attack.test_datasets"] == ["openai/gsm8k:main@test"]
+    assert ours["attack.datasets"] == ["openai/gsm8k:main"]
+    assert ours["attack.test_datasets"] == ["openai/gsm8k:main@test"]
 
 
 @pytest.mark.parametrize("section,values,key", [

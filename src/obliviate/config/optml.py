@@ -18,7 +18,8 @@ methods other than the one run). Meanings that differ:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from obliviate.errors import UserError
 
@@ -209,7 +210,8 @@ def _tofu(theirs: dict[str, Any], ours: dict[str, Any], subset: str) -> None:
                  "dataset.world_facts_dataset_name": "locuslab/TOFU:world_facts_perturbed",
                  "eval.metrics": TOFU_METRICS, "eval.max_new_tokens": 200})
     llama = "llama" in str(theirs.get("overall.model_name", "")).lower()
-    ours["dataset.question_template"] = "[INST] {question} [/INST]" if llama else "### Question: {question}\n### Answer:"
+    ours["dataset.question_template"] = ("[INST] {question} [/INST]" if llama
+                                         else "### Question: {question}\n### Answer:")
 
 
 def _forget_size(theirs: dict[str, Any], subset: str | None) -> None:
