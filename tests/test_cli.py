@@ -94,7 +94,8 @@ BAD_INPUTS = {
     "not a causal LM": (lambda t: ["--overall.model_name", _bert_folder(t)], "not a causal language model"),
     "empty forget set": (lambda t: ["--dataset.forget_dataset_name", _empty_file(t)], "is empty"),
     "hub id offline": (lambda t: ["--overall.model_name", "someone/model"], "the hub is offline"),
-    "no retain model": (lambda t: ["--finetune.enabled", "false"], "there is no retain model"),
+    "no retain model": (lambda t: ["--finetune.enabled", "false"],
+                        "forget_quality need the retain model, and there is none"),
     "no retain data": (lambda t: ["--dataset.retain_dataset_name", ""], "needs retain data"),
     "bad template": (lambda t: ["--dataset.question_template", "Q: {q}"], "may only use the field {question}"),
 }

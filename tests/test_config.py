@@ -188,3 +188,25 @@ def test_every_shipped_config_validates():
         parse("--config_file", str(config))
     for study in studies:  # the study file and every cell's experiment config
         assert load_study(study, []).cells
+
+
+def test_every_synthetic_config_plans(smollm2_dir, tmp_path):
+    """Beyond the schema: data, prompt, metrics, mask section and attacks of the configs that run here."""
+    from pathlib import Path
+
+    from obliviate.plan import plan
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+    for config in sorted(folder.glob("*.json")):
+        experiment = plan(parse("--config_file", str(config), "--dataset.data_dir", str(tmp_path / "data")))
+        assert experiment.evaluation.splits[0].name == "forget", config.name
+
+
+def test_generation_length_defaults_to_tofus_200_and_the_synthetic_configs_keep_16():
+    """TOFU (eval_everything.yaml generation max_length) and open-unlearning generate up to 200 new tokens."""
+    from pathlib import Path
+
+    assert parse().eval.max_new_tokens == 200
+    folder = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+    for config in ("npo.json", "ga.json", "rmu.json", "eval_tofu.json"):
+        assert parse("--config_file", str(folder / config)).eval.max_new_tokens == 16

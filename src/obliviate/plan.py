@@ -172,10 +172,10 @@ def _evaluation(s: Settings, data: dict[str, list[Example]], data_dir: Path, mod
                           e.max_examples, _knowmem_shots(e.knowmem_shots, {split.name for split in splits}, data_dir))
     needs = reference_requirements(splits, e.metrics)
     retain_logs = read_reference_run(Path(e.retain_logs_path), needs) if e.retain_logs_path else None
-    if needs.by_split and models.retain is None and retain_logs is None:
-        raise UserError(f"eval.metrics need the retain model's {', '.join(needs.metrics)} (forget_quality, "
-                        "privleak, mia_reference) but there is no retain model: set --finetune.enabled true, "
-                        "--eval.retain_model_name or --eval.retain_logs_path, or drop those metrics")
+    if needs.required_by and models.retain is None and retain_logs is None:
+        raise UserError(f"eval.metrics {', '.join(sorted(needs.required_by))} need the retain model, and there is "
+                        "none: set --finetune.enabled true, --eval.retain_model_name or --eval.retain_logs_path, "
+                        "or drop those metrics")
     return EvaluationPlan(splits, list(e.metrics), options, needs, retain_logs)
 
 

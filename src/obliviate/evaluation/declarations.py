@@ -187,9 +187,12 @@ def mean_of(values: list[float | None]) -> float:
 
 @dataclass
 class Requirements:
-    """Per split, the metrics the retain model's evaluation must provide for this evaluation."""
+    """Per split, the metrics the retain model's evaluation must provide for this evaluation; ``required_by``
+    names the requested metrics that cannot do without it (a model-level metric such as PrivLeak can: it is
+    then reported as not computed)."""
 
     by_split: dict[str, set[str]] = field(default_factory=dict)
+    required_by: set[str] = field(default_factory=set)
 
     @property
     def metrics(self) -> list[str]:
@@ -204,6 +207,7 @@ def reference_requirements(splits: list[Split], metrics: list[str]) -> Requireme
         for split in splits:
             if declared.reference and declared.applies_to(split):
                 needs.by_split.setdefault(split.name, set()).update(declared.reference)
+                needs.required_by.add(name)
     for _, declared in MODEL_METRICS:
         if declared.triggered_by <= set(metrics):
             for role, needed in declared.reference:

@@ -45,7 +45,7 @@ class EvaluationSession:
 
     def _retain_evaluation(self) -> Evaluation | None:
         needs = self.plan.reference_needs
-        if self.plan.retain_logs is not None or not needs.by_split:
+        if self.plan.retain_logs is not None or not needs.by_split or self.models.retain is None:
             return self.plan.retain_logs
         retain, source = self.models.retain, self.models.retain_source
         splits = [split for split in self.plan.splits if split.name in needs.by_split]
