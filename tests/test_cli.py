@@ -210,6 +210,14 @@ def test_evaluate_writes_one_models_results_and_the_comparison_reads_them(fast, 
     assert [row["label"].split(":")[0] for row in rows] == ["target", "retain"] and "forget.prob" in rows[0]
 
 
+def test_evaluate_needs_no_data_of_the_configured_method(fast, tmp_path):
+    """NPO needs retain data to train; evaluating a model needs only what is evaluated."""
+    assert evaluate_cli(*fast, "--finetune.enabled", "false", "--dataset.retain_dataset_name", "",
+                        "--eval.metrics", "prob", "--logger.name", "no_retain") == 0
+    metrics = json.loads((tmp_path / "results/synthetic/evaluations/no_retain/metrics.json").read_text())
+    assert "retain" not in metrics["evaluated"] and "prob" in metrics["evaluated"]["forget"]
+
+
 def test_evaluating_a_fine_tuned_model_without_fine_tuning_fails_first(fast, tmp_path, capsys):
     assert evaluate_cli(*fast, "--finetune.enabled", "false", "--eval.metrics", "prob", "--eval.model", "target") == 2
     assert "eval.model target needs the fine-tuned models" in capsys.readouterr().err

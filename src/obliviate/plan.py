@@ -85,7 +85,7 @@ class EvaluationPlan:
 class ExperimentPlan:
     settings: Settings
     method: str
-    objective: Objective
+    objective: Objective | None  # None when only evaluating
     fmt: PromptFormat
     data: dict[str, list[Example]]  # training data by split: forget, retain and the method's own
     models: ModelPlan
@@ -105,31 +105,35 @@ def prompt_format(template: str, chat: bool) -> PromptFormat:
     return PromptFormat(template, chat)
 
 
-def plan(settings: Settings) -> ExperimentPlan:
-    """Resolve and check every part of the experiment ``settings`` describe (see the module docstring)."""
+def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
+    """Resolve and check every part of the experiment ``settings`` describe (see the module docstring); with
+    ``unlearning`` false (evaluate.py) the method, its data, the mask and the attacks are left out."""
     s = settings
     method = METHODS.canonical(s.unlearn.unlearn_method)
-    objective = METHODS.get(method).objective(s, method)
+    objective = METHODS.get(method).objective(s, method) if unlearning else None
     fmt = prompt_format(s.dataset.question_template, s.dataset.chat_template)
     data_dir = Path(s.dataset.data_dir)
-    data = _training_data(s, method, data_dir)
-    needed = objective.splits | ({"retain"} if s.finetune.enabled else set())
+    data = _training_data(s, method if unlearning else None, data_dir)
+    needed = (objective.splits if objective else set()) | ({"retain"} if s.finetune.enabled else set())
     if missing := sorted(needed - set(data)):
         raise UserError(f"{method} (or finetune.enabled) needs {', '.join(missing)} data; "
                         f"set dataset.{missing[0]}_dataset_name")
     models = _models(s, fmt, data)
     evaluation = _evaluation(s, data, data_dir, models)
+    if not unlearning:
+        return ExperimentPlan(s, method, None, fmt, data, models, None, [], evaluation)
     return ExperimentPlan(s, method, objective, fmt, data, models, _mask(s, models, data),
                           plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir)),
                           evaluation)
 
 
-def _training_data(s: Settings, method: str, data_dir: Path) -> dict[str, list[Example]]:
+def _training_data(s: Settings, method: str | None, data_dir: Path) -> dict[str, list[Example]]:
+    """Forget and retain data, and the data the method reads besides (none for ``method`` None)."""
     d = s.dataset
     if not d.forget_dataset_name:
         raise UserError("dataset.forget_dataset_name is empty; name the data to forget")
     names = {"forget": d.forget_dataset_name, "retain": d.retain_dataset_name,
-             **METHODS.get(method).datasets(s, method)}
+             **(METHODS.get(method).datasets(s, method) if method else {})}
     return {split: load_examples(name, data_dir) for split, name in names.items() if name}
 
 

@@ -75,8 +75,9 @@ class Unlearner:
         self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - start, 2)
 
     def _start(self, folder_kind: str | None = None) -> None:
-        """Plan (all checks), then claim the run folder and set up the machine."""
-        self.plan = plan(self.settings)
+        """Plan (all checks), then claim the run folder and set up the machine; ``folder_kind`` names the
+        results folder of an evaluation-only run (no method, mask or attacks)."""
+        self.plan = plan(self.settings, unlearning=folder_kind is None)
         s = self.settings
         self.accelerator = Accelerator(cpu=self.plan.models.device.type == "cpu")
         self.run_folder: RunFolder = LOGGERS.get(s.overall.logger)(
