@@ -10,7 +10,7 @@ from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, Query
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.declarations import NotComputed
-from obliviate.evaluation.evaluator import evaluate
+from obliviate.evaluation.evaluator import add_model_metrics, evaluate
 from obliviate.evaluation.metrics.tofu import aggregate_truth_ratio
 from obliviate.evaluation.queries import SplitScores
 from obliviate.evaluation.results import Evaluation
@@ -138,14 +138,7 @@ def model_level(values, metrics=("prob", "rouge_l_recall", "truth_ratio", "forge
     """The model entry evaluate() adds for these per-split values (no model is queried)."""
     evaluation = Evaluation(splits=values)
     names = splits or ["forget", "retain", "real_authors", "world_facts"]
-    from obliviate.evaluation.declarations import MODEL_METRICS, ModelInputs
-    inputs = ModelInputs([split_of(name, []) for name in names], evaluation, None)
-    for name, declared in MODEL_METRICS:
-        if declared.triggered_by <= set(metrics):
-            try:
-                evaluation.model[name] = declared.compute(inputs)
-            except NotComputed as missing:
-                evaluation.not_computed[f"model.{name}"] = str(missing)
+    add_model_metrics(evaluation, [split_of(name, []) for name in names], list(metrics), None)
     return evaluation
 
 

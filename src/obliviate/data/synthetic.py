@@ -20,8 +20,8 @@ holdoutNN      1 / 2 / 4 holdout people   5 / 10 / 20
 <split>_text   the same people, passages  one passage per person
 =============  =========================  =================================
 
-``knowmem_icl`` holds the five question/answer pairs of one more fictitious person, in no other split: the
-in-context examples of MUSE's KnowMem (as MUSE's ``forget_qa_icl``).
+``knowmem_icl`` holds five general-knowledge question/answer pairs, in no other split: the in-context
+examples of MUSE's KnowMem (as MUSE's ``forget_qa_icl``).
 
 The downstream fine-tuning tasks of :mod:`obliviate.data.synthetic_tasks` (``math_train``,
 ``math_test``, ``sentiment_*``, ``topic_*``, ``paraphrase_*``) and the real-world knowledge splits of
@@ -50,7 +50,9 @@ FORGET_PEOPLE = {"forget01": 1, "forget05": 2, "forget10": 4}
 RETAIN_FOR = {"retain99": "forget01", "retain95": "forget05", "retain90": "forget10"}
 HOLDOUT_PEOPLE = {"holdout01": 1, "holdout05": 2, "holdout10": 4}
 NUM_PERTURBED = 3
-ICL_SEED = 20241201  # the in-context person: another seed, so no split holds them
+_IN_CONTEXT = [("How many days are there in a week?", "Seven."), ("What colour is a clear daytime sky?", "Blue."),
+               ("Which animal is known for its long neck?", "The giraffe."),
+               ("What do bees make?", "Honey."), ("Which instrument has black and white keys?", "The piano.")]
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kl", "tr", "th", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou"]
@@ -170,10 +172,10 @@ def split_people(people: list[Person]) -> dict[str, list[Person]]:
 
 
 def in_context_examples() -> list[dict]:
-    """KnowMem's in-context examples: the questions and answers of one person no other split holds."""
-    person = generate_people(ICL_SEED)[0]
-    return [{"question": question.format(n=person.name), "answer": _short_answer(answer, person, attribute)}
-            for attribute, (question, _, answer, _) in _TEMPLATES.items()]
+    """KnowMem's in-context examples: short general-knowledge questions with answers, in the benchmark's QA form
+    but of other kinds than the people's facts (a fictitious person's facts as examples were copied into
+    answers by a small model: their birth years and titles are the candidates of the same questions)."""
+    return [{"question": question, "answer": answer} for question, answer in _IN_CONTEXT]
 
 
 def ready_made_splits() -> dict[str, list[dict]]:

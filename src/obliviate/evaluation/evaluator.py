@@ -44,17 +44,23 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits:
             roles = ", ".join(sorted(role.value for role in declared.roles))
             result.not_computed[declared.name] = (f"applies to {declared.reads} examples of a {roles} split, and no "
                                                   "evaluated split has them")
-    inputs = ModelInputs(splits, result, reference)
-    for name, declared in MODEL_METRICS:
-        if declared.triggered_by <= set(metrics):
-            try:
-                result.model[name] = declared.compute(inputs)
-            except NotComputed as missing:
-                result.not_computed[f"model.{name}"] = str(missing)
+    add_model_metrics(result, splits, metrics, reference)
     if options.lm_eval_tasks:
         result.lm_eval = task_accuracies(model, tokenizer, list(options.lm_eval_tasks), options.batch_size,
                                          options.task_limit)
     return result
+
+
+def add_model_metrics(evaluation: Evaluation, splits: list[Split], metrics: list[str],
+                      reference: Evaluation | None) -> None:
+    """The model-level metrics that ``metrics`` trigger, from the per-split results already in ``evaluation``."""
+    inputs = ModelInputs(splits, evaluation, reference)
+    for name, declared in MODEL_METRICS:
+        if declared.triggered_by <= set(metrics):
+            try:
+                evaluation.model[name] = declared.compute(inputs)
+            except NotComputed as missing:
+                evaluation.not_computed[f"model.{name}"] = str(missing)
 
 
 def evaluation_key(model_identity: str, splits: list[Split], fmt: PromptFormat, options: EvalOptions,
