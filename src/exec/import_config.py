@@ -19,6 +19,7 @@ from obliviate.config.optml import import_optml  # noqa: E402
 from obliviate.config.schema import experiment_schema  # noqa: E402
 from obliviate.config.settings import nest  # noqa: E402
 from obliviate.errors import UserError  # noqa: E402
+from obliviate.io import read_json_object  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -26,12 +27,7 @@ def main(argv: list[str]) -> int:
         if len(argv) != 1:
             raise UserError("usage: import_config.py OPTML.json > ours.json")
         path = Path(argv[0])
-        if not path.is_file():
-            raise UserError(f"'{path}' does not exist; give the OPTML experiment file to import")
-        try:
-            content = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise UserError(f"'{path}' is not valid JSON (line {error.lineno}): {error.msg}") from None
+        content = read_json_object(path, "OPTML experiment file", "give the file to import")
         dotted = import_optml(content)
         resolve_config([], dotted, experiment_schema())  # our schema accepts every value
     except UserError as error:

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file), and reading a user's JSON file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from obliviate.errors import UserError
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -24,3 +26,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json_object(path: Path, what: str, hint: str, error: type[UserError] = UserError) -> dict[str, Any]:
+    """The JSON object in the user's file ``path`` (called ``what`` in messages); ``error`` with one line
+    saying what is wrong (``hint``: how to give an existing file) otherwise."""
+    if not path.is_file():
+        raise error(f"{what} '{path}' does not exist; {hint}")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as failure:
+        raise error(f"{what} '{path}' is not valid JSON (line {failure.lineno}, column {failure.colno}: "
+                    f"{failure.msg}); fix the file") from None
+    if not isinstance(content, dict):
+        raise error(f"{what} '{path}' must hold a JSON object")
+    return content

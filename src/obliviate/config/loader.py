@@ -26,6 +26,7 @@ from obliviate.config.checkers import BoolValue
 from obliviate.config.settings import Settings
 from obliviate.config.spec import Schema
 from obliviate.errors import ConfigError
+from obliviate.io import read_json_object
 
 CONFIG_FILE_FLAGS = ("--config_file", "--config-file", "-C")
 HELP_FLAGS = ("--help", "-h")
@@ -51,16 +52,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass an existing JSON file to --config_file")
-    try:
-        content = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"config file '{path}' is not valid JSON (line {error.lineno}, column {error.colno}: "
-                          f"{error.msg}); fix the file") from None
-    if not isinstance(content, dict):
-        raise ConfigError(f"config file '{path}' must hold a JSON object of sections")
+    content = read_json_object(Path(path), "config file", "pass an existing JSON file to --config_file", ConfigError)
     # Top-level keys starting with "_" are comments (JSON has none of its own).
     return _flatten({k: v for k, v in content.items() if not k.startswith("_")})
 

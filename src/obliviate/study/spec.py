@@ -41,6 +41,7 @@ from obliviate.config.schema import experiment_schema
 from obliviate.config.settings import Settings
 from obliviate.errors import UserError
 from obliviate.evaluation import METRICS
+from obliviate.io import read_json_object
 from obliviate.loggers import RunFolder
 from obliviate.methods import METHODS
 
@@ -104,14 +105,7 @@ def checked_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"study file '{path}' does not exist; pass an existing JSON file to --config_file")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"study file '{path}' is not valid JSON (line {error.lineno}): {error.msg}") from None
-    if not isinstance(content, dict):
-        raise UserError(f"study file '{path}' must hold a JSON object")
+    content = read_json_object(path, "study file", "pass an existing JSON file to --config_file")
     content = {k: v for k, v in content.items() if not k.startswith("_")}
     for key in content:
         if key not in STUDY_KEYS:
