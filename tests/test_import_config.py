@@ -97,7 +97,6 @@ def test_unlearn_simple_simnpo_and_downstream_data():
     ("unlearn", {"unlearn_method": "NPO+FT+SAM"}, "unlearn.unlearn_method"),
     ("unlearn", {"unlearn_method": "RL"}, "unlearn.unlearn_method"),
     ("unlearn", {"sophia": True}, "unlearn.sophia"),
-    ("unlearn", {"use_lora": True}, "unlearn.use_lora"),
     ("unlearn", {"swa": True}, "unlearn.swa"),
     ("unlearn", {"resume_path": "files/model"}, "unlearn.resume_path"),
     ("unlearn", {"NPO+FT": {"gamma": 1.0, "sam_rho": 0.01}}, "unlearn.NPO+FT.sam_rho"),
@@ -114,6 +113,12 @@ def test_unlearn_simple_simnpo_and_downstream_data():
 def test_what_cannot_be_mapped_is_refused_naming_the_key(section, values, key):
     with pytest.raises(UserError, match=f"^cannot import {key.replace('+', '[+]')}: "):
         import_optml(changed(WMDP_NPO_WAGLE, section, **values))
+
+
+def test_their_lora_switch_maps_to_our_lora_section_with_their_settings():
+    ours = imported(changed(WMDP_NPO_WAGLE, "unlearn", use_lora=True, mask_path=None))
+    assert (ours["lora.enabled"], ours["lora.r"], ours["lora.alpha"], ours["lora.dropout"]) == (True, 8, 32.0, 0.05)
+    assert ours["lora.target_modules"] == ["q_proj", "v_proj"] and ours["lora.merge"]
 
 
 def test_keys_without_effect_there_are_dropped_and_the_rest_maps():

@@ -32,6 +32,7 @@ from obliviate.masks.build import select_names
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods import METHODS
 from obliviate.methods.base import Objective
+from obliviate.models.adapters import check_target_modules
 from obliviate.models.finetune import FinetuneRecipe
 from obliviate.models.loading import ModelSource, parameter_shapes, resolve_device, resolve_dtype, resolve_model
 
@@ -122,6 +123,7 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     evaluation = _evaluation(s, data, data_dir, models)
     if not unlearning:
         return ExperimentPlan(s, method, None, fmt, data, models, None, [], evaluation)
+    _check_lora(s, models)
     return ExperimentPlan(s, method, objective, fmt, data, models, _mask(s, models, data),
                           plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir)),
                           evaluation)
@@ -197,6 +199,16 @@ def _knowmem_shots(entries: list[str], split_names: set[str], data_dir: Path) ->
                             "answers")
         shots[split.strip()] = tuple(examples)
     return shots
+
+
+def _check_lora(s: Settings, models: ModelPlan) -> None:
+    """LoRA's target modules exist in the model (no weights loaded); a mask and LoRA are not combined."""
+    if not s.lora.enabled:
+        return
+    if s.unlearn.mask_path:
+        raise UserError("unlearn.mask_path selects base weights, which LoRA freezes (only adapters train); drop the "
+                        "mask or set --lora.enabled false")
+    check_target_modules(s.lora, list(parameter_shapes(models.base, models.cache_dir)))
 
 
 def _mask(s: Settings, models: ModelPlan, data: dict[str, list[Example]]) -> MaskPlan | None:

@@ -34,6 +34,7 @@ from obliviate.masks.build import build_mask
 from obliviate.masks.mask import ParameterMask
 from obliviate.masks.plots import plot_mask_statistics
 from obliviate.methods.base import PrepareContext
+from obliviate.models import adapters
 from obliviate.models.loading import load_model, save_model, shapes_of
 from obliviate.plan import ExperimentPlan, plan
 from obliviate.report import metrics_table, run_summary
@@ -67,6 +68,7 @@ class Unlearner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timings: dict[str, float] = {}
+        self.trained_parameters = 0  # parameters the unlearning updated (adapters only, with LoRA)
 
     @contextlib.contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -104,21 +106,31 @@ class Unlearner:
             with self._timed("evaluate_before"):
                 results["before"] = self.session.evaluate(model, tokenizer, target)
         mask = self._mask(model, tokenizer)
+        if s.lora.enabled:
+            model = adapters.attach(model, s.lora)
         with self._timed("unlearn"):
             self._unlearn(model, tokenizer, mask)
+        if s.lora.enabled:
+            model.save_pretrained(self.run_folder.path("adapter"))  # safetensors + peft's adapter config
+            if s.lora.merge:
+                model = adapters.merged(model)
         if s.eval.after:
             with self._timed("evaluate_after"):
                 results["after"] = self.session.evaluate(model, tokenizer)
         if p.attacks:
+            if adapters.is_adapted(model):
+                model = adapters.merged(model)  # attacks fine-tune full weights
             with self._timed("attacks"):
                 curves = run_attacks(model, tokenizer, p.attacks, p.fmt, s.dataset.max_length, s.attack.eval_every,
                                      self.accelerator, s.overall.seed,
                                      lambda attack: self.session.attack_point(model, tokenizer, attack),
                                      lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
             self.run_folder.write_json("attacks.json", curves)
-        if s.unlearn.save_model:
+        if s.unlearn.save_model or s.lora.merge:
             with self._timed("save_model"):
-                save_model(self.accelerator.unwrap_model(model), tokenizer, self.run_folder.path("model"))
+                plain = self.accelerator.unwrap_model(model)
+                save_model(adapters.merged(plain) if adapters.is_adapted(plain) else plain, tokenizer,
+                           self.run_folder.path("model"))
         return self._write_results(results, start, f"{p.method} unlearning of {target.name}")
 
     def _mask(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ParameterMask | None:
@@ -140,6 +152,7 @@ class Unlearner:
         p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device))
         train(model, p.objective, datasets, "forget", s.unlearn.training(s.dataset.batch_size), self.accelerator,
               s.overall.seed, on_log=self.run_folder.log_step, mask=mask, description=f"unlearn ({p.method})")
+        self.trained_parameters = adapters.trainable_parameters(model)
         if artifacts := p.objective.artifacts():
             save_file({k: v.contiguous().cpu() for k, v in artifacts.items()},
                       str(self.run_folder.path("artifacts.safetensors")))
@@ -169,6 +182,7 @@ class Unlearner:
         models = self.plan.models
         self.run_folder.write_json("env.json", {**environment_record(models.device, models.dtype,
                                                                      self.accelerator.num_processes),
+                                                "trainable_parameters": self.trained_parameters,
                                                 "wall_time_seconds": self.timings})
         write_text_atomic(self.run_folder.path("summary.md"),
                           run_summary(title, self.settings, self.plan.evaluation.splits, results, self.timings))

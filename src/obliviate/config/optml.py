@@ -12,6 +12,8 @@ methods other than the one run). Meanings that differ:
 * ``GA+KL``'s retain term there is the cross-entropy of the current against the frozen model's distribution
   over every position; ours is KL(π_ref ‖ π_θ) over answer tokens (TOFU's form).
 * ``unlearn.mu`` is ``mask.mu``; masks (``.pt``) load as they are.
+* ``use_lora`` true is our ``lora`` section with their LoraConfig (r 8, α 32, dropout 0.05, q_proj and
+  v_proj), merged as they merge at save.
 * ``logger.name`` is the run folder's name and ``overall.logger`` the logger kind in both.
 """
 
@@ -32,6 +34,8 @@ DOWNSTREAM = {"GSM8K": ("openai/gsm8k:main", "openai/gsm8k:main@test"),
               "SST2": ("stanfordnlp/sst2", "stanfordnlp/sst2@validation"),
               "AGNews": ("fancyzhx/ag_news", "fancyzhx/ag_news@test")}
 TOFU_METRICS = ["prob", "rouge_l_recall", "truth_ratio", "mcq_acc"]
+OPTML_LORA = {"lora.enabled": True, "lora.r": 8, "lora.alpha": 32.0, "lora.dropout": 0.05,  # their LoraConfig
+              "lora.target_modules": ["q_proj", "v_proj"], "lora.merge": True}
 
 # their method -> (ours, {their key: our key}, our values when their file leaves a key out)
 METHODS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
@@ -66,7 +70,6 @@ OFF_VALUES = {"unlearn.sophia": (False, 0, None), "unlearn.use_lora": (False, 0,
               "unlearn.resume_path": (None, ""), "dataset.self_retain": (False, 0, None),
               "dataset.perturb_dataset_name": (None, "")}
 REFUSED_WHEN_ON = {"unlearn.sophia": "SophiaG is not supported (AdamW only)",
-                   "unlearn.use_lora": "LoRA is not supported yet",
                    "unlearn.swa": "stochastic weight averaging is not supported",
                    "unlearn.resume_path": "evaluating a saved checkpoint: run src/exec/evaluate.py "
                                           "--overall.model_name <that folder>"}
@@ -141,6 +144,8 @@ def _method(theirs: dict[str, Any], ours: dict[str, Any]) -> set[str]:
 
 
 def _switches(theirs: dict[str, Any], ours: dict[str, Any]) -> set[str]:
+    if theirs.get("unlearn.use_lora") not in OFF_VALUES["unlearn.use_lora"]:
+        ours.update(OPTML_LORA)
     handled = set()
     for key, off in OFF_VALUES.items():
         if key in theirs and theirs[key] not in off and key in REFUSED_WHEN_ON:

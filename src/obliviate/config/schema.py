@@ -146,6 +146,20 @@ class Mask:
 
 
 @dataclass(frozen=True)
+class Lora:
+    """LoRA adapters through peft, for any method (only the adapters train)"""
+
+    enabled: bool = option(BoolValue(), "train LoRA adapters instead of the model's weights", False)
+    r: int = option(IntValue(low=1), "adapter rank", 16)
+    alpha: float = option(FloatValue(low=0.0), "adapter scaling α (the update is scaled by α/r)", 32.0)
+    dropout: float = option(FloatValue(low=0.0, high=1.0), "dropout on the adapter's input", 0.05)
+    target_modules: list[str] = option(ListValue(StrValue()), "modules that get adapters, by the last part of "
+                                       "their name (q_proj, v_proj, ...), or all-linear", ["all-linear"])
+    merge: bool = option(BoolValue(), "merge the adapter into the weights after unlearning (evaluation, attacks "
+                         "and the saved model then use the merged weights)", False)
+
+
+@dataclass(frozen=True)
 class Attack:
     """Fine-tune attacks after unlearning (forget metrics along the way)"""
 
@@ -179,7 +193,8 @@ class JsonLogger:
 
 
 SECTIONS: dict[str, type] = {"overall": Overall, "unlearn": Unlearn, "dataset": Dataset, "finetune": Finetune,
-                             "eval": Eval, "mask": Mask, "attack": Attack, "logger": Logger, "logger.json": JsonLogger}
+                             "eval": Eval, "mask": Mask, "lora": Lora, "attack": Attack, "logger": Logger,
+                             "logger.json": JsonLogger}
 
 
 def method_sections() -> Schema:

@@ -12,6 +12,7 @@ from obliviate.config.schema import (
     Finetune,
     JsonLogger,
     Logger,
+    Lora,
     Mask,
     Overall,
     Unlearn,
@@ -39,6 +40,7 @@ class Settings:
     finetune: Finetune
     eval: Eval
     mask: Mask
+    lora: Lora
     attack: Attack
     logger: Logger
     logger_json: JsonLogger

@@ -50,8 +50,14 @@ class _StopForward(Exception):
     pass
 
 
+ADAPTER_WEIGHT = re.compile(r"\.lora_[AB]\.[^.]+\.weight$")  # peft: <module>.lora_A.<adapter>.weight
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layer stack of a causal LM (Llama/Mistral/Qwen: model.model.layers; GPT-2: transformer.h)."""
+    """The decoder layer stack of a causal LM (Llama/Mistral/Qwen: model.model.layers; GPT-2: transformer.h),
+    inside a peft wrapper too."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
         module = model
         for attribute in path.split("."):
@@ -116,9 +122,12 @@ class RMULoss(Term):
         return {*self.topics, "retain"} if self.alpha else set(self.topics)
 
     def trained_names(self, names: list[str]) -> list[str]:
+        """The parameters that train: those matching the pattern in the trained layers or, with LoRA, the
+        adapters of the modules whose weights match (their starting values give the starting model)."""
         layers = "|".join(str(i) for i in self.trained_layers)
         pattern = re.compile(rf"\.(?:layers|h)\.({layers})\..*{self.param_pattern}")
-        return [n for n in names if pattern.search(n)]
+        adapters = [n for n in names if ADAPTER_WEIGHT.search(n)]
+        return [n for n in adapters or names if pattern.search(ADAPTER_WEIGHT.sub(".weight", n))]
 
     @contextlib.contextmanager
     def starting_weights(self) -> Iterator[None]:
@@ -143,7 +152,7 @@ class RMULoss(Term):
         names = self.trained_names(list(parameters))
         if not names:
             raise UserError(f"unlearn.RMU.param_pattern '{self.param_pattern}' matches no parameter of layers "
-                            f"{self.trained_layers}")
+                            f"{self.trained_layers} (with LoRA: no adapter; add the module to lora.target_modules)")
         for name, parameter in parameters.items():
             parameter.requires_grad_(name in names)
         self.starting_values = [(parameters[n], parameters[n].detach().clone()) for n in names]
