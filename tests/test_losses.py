@@ -106,3 +106,47 @@ def test_kl_puts_the_reference_distribution_first_as_tofu_and_open_unlearning():
     assert token_kl(logits, logits, labels).item() == pytest.approx(0.0, abs=1e-7)
     # an unlabelled (prompt) position never counts
     assert token_kl(logits, reference, torch.tensor([[X, X, 1]])).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_maximum_entropy_loss_is_the_kl_to_uniform_on_answer_tokens():
+    """ME (Yuan et al. 2025, seed 002): mean over answer tokens of Σ_v p log p + log|V| = log|V| − H(p)."""
+    from obliviate.methods.entropy import uniform_kl
+
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 3.0, 1.0], [5.0, 5.0, 5.0]]])
+    labels = torch.tensor([[X, 0, 2, X]])  # positions 0 and 1 predict answer tokens; 2 predicts padding
+
+    def kl_to_uniform(row):
+        total = sum(math.exp(v) for v in row)
+        p = [math.exp(v) / total for v in row]
+        return sum(pi * math.log(pi) for pi in p) + math.log(3)
+
+    expected = (kl_to_uniform([2.0, 0.0, 0.0]) + kl_to_uniform([1.0, 1.0, 1.0])) / 2
+    assert uniform_kl(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert kl_to_uniform([1.0, 1.0, 1.0]) == pytest.approx(0.0, abs=1e-12)  # uniform: nothing left to forget
+    changed = logits.clone()
+    changed[0, 2] = torch.tensor([50.0, -50.0, 0.0])  # predicts padding: never counts
+    assert uniform_kl(changed, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_maximum_entropy_public_code_form_is_the_kl_from_uniform():
+    """sail-sg/closer-look-LLM-unlearning get_me_loss: F.kl_div(log p, u) = Σ_v u (log u − log p) = KL(U ‖ p)."""
+    from obliviate.methods.entropy import uniform_kl
+
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+    labels = torch.tensor([[X, 0]])
+    total = math.exp(2) + 2
+    p = [math.exp(2) / total, 1 / total, 1 / total]
+    expected = sum((1 / 3) * (math.log(1 / 3) - math.log(pi)) for pi in p)
+    assert uniform_kl(logits, labels, "uniform_to_model").item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_answer_preservation_hand_values():
+    """IDK+AP's AP (closer-look trainer/losses.py ap_loss): −(1/β)·mean log σ(β·(S_idk − S_true))."""
+    from obliviate.methods.refusal import answer_preservation_loss
+
+    true, refusal, beta = torch.tensor([2.0, 5.0]), torch.tensor([4.0, 5.0]), 0.1
+    expected = (-math.log(1 / (1 + math.exp(-0.2))) + math.log(2)) / 2 / beta
+    assert answer_preservation_loss(true, refusal, beta).item() == pytest.approx(expected, rel=1e-6)
+    grown = torch.tensor([2.0, 5.0], requires_grad=True)
+    answer_preservation_loss(grown, refusal, beta).backward()
+    assert (grown.grad > 0).all()  # descending lowers the true answers' NLL

@@ -149,7 +149,11 @@ class Unlearner:
         p, s = self.plan, self.settings
         set_seed(s.overall.seed)
         datasets = encoded(tokenizer, p.data, p.objective.splits | {"forget"}, p.fmt, s.dataset.max_length)
-        p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device))
+
+        def encode(examples: list[Example]) -> EncodedDataset:
+            return encoded(tokenizer, {"derived": examples}, {"derived"}, p.fmt, s.dataset.max_length)["derived"]
+
+        p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device, p.data, encode))
         train(model, p.objective, datasets, "forget", s.unlearn.training(s.dataset.batch_size), self.accelerator,
               s.overall.seed, on_log=self.run_folder.log_step, mask=mask, description=f"unlearn ({p.method})")
         self.trained_parameters = adapters.trainable_parameters(model)

@@ -20,7 +20,8 @@ holdoutNN      1 / 2 / 4 holdout people   5 / 10 / 20
 <split>_text   the same people, passages  one passage per person
 =============  =========================  =================================
 
-``knowmem_icl`` holds five general-knowledge question/answer pairs, in no other split: the in-context
+``refusals`` holds a hundred "I don't know" answers (:mod:`obliviate.data.refusals`), the answers of IDK-style
+methods. ``knowmem_icl`` holds five general-knowledge question/answer pairs, in no other split: the in-context
 examples of MUSE's KnowMem (as MUSE's ``forget_qa_icl``).
 
 The downstream fine-tuning tasks of :mod:`obliviate.data.synthetic_tasks` (``math_train``,
@@ -39,6 +40,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from obliviate.data.refusals import refusal_answers
 from obliviate.data.synthetic_knowledge import knowledge_splits
 from obliviate.data.synthetic_tasks import task_splits
 from obliviate.io import write_text_atomic
@@ -181,7 +183,8 @@ def in_context_examples() -> list[dict]:
 def ready_made_splits() -> dict[str, list[dict]]:
     """Splits that are not about the trained or holdout people: downstream tasks, real-world knowledge and
     KnowMem's in-context examples."""
-    return {**task_splits(), **knowledge_splits(), "knowmem_icl": in_context_examples()}
+    return {**task_splits(), **knowledge_splits(), "knowmem_icl": in_context_examples(),
+            "refusals": [{"text": refusal} for refusal in refusal_answers()]}
 
 
 def split_names() -> list[str]:

@@ -13,12 +13,14 @@ positive quantity named (e.g. ``forget_nll`` rises as the model forgets).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from fastargs import Param
 
+from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, TokenBatch
 from obliviate.registry import Registry
 
@@ -36,12 +38,16 @@ class LossOutput:
 
 @dataclass
 class PrepareContext:
-    """What a term may use once, before training, to cache reference quantities."""
+    """What a term may use once, before training, to cache reference quantities: the model, the encoded
+    splits it reads, and (to build derived data such as refusal answers to the forget questions) every
+    loaded split's examples and the experiment's encoder."""
 
     model: torch.nn.Module
     datasets: dict[str, EncodedDataset]
     batch_size: int
     device: torch.device
+    examples: dict[str, list[Example]] = field(default_factory=dict)
+    encode: Callable[[list[Example]], EncodedDataset] | None = None
 
 
 class Term(ABC):

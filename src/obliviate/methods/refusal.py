@@ -1,0 +1,135 @@
+"""Targeted forgetting with refusal answers: IDK+AP (Yuan et al., "A Closer Look at Machine Unlearning for
+Large Language Models", ICLR 2025, arXiv 2410.08109; seed 002; public code sail-sg/closer-look-LLM-unlearning
+``trainer/losses.py``).
+
+Each forget question gets a refusal answer ("I don't know", from ``refusals``, by default the project's
+hundred in ``synthetic:refusals``) and so does each retain question, drawn once per example with ``seed``.
+With S(a|q) the per-sequence SUM of answer-token NLL:
+
+* IDK: NLL of the refusal after the forget question (mean over its answer tokens, the code's ``model(...).loss``);
+* AP (answer preservation, reference-free): on retain questions, prefer the true answer to the refusal,
+
+      L_AP = −(1/β) · mean_i log σ( β · ( S(idk_i | q_i) − S(a_i | q_i) ) ),   β = 0.1;
+
+* total L = γ·IDK + δ·AP + α·NLL(retain). The public TOFU script uses γ = δ = 1 and no retain NLL (α = 0,
+  our default); ``../shared/reference/methods.md`` adds one, which ``alpha`` gives.
+
+The refusal sequences are encoded once (prepare) and fetched by each batch row's index, so the forget and
+retain batches the loop draws keep their own refusal partners.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from fastargs import Param
+
+from obliviate.config.checkers import FloatValue, IntValue, StrValue
+from obliviate.data.examples import Example
+from obliviate.data.tokenize import EncodedDataset, TokenBatch
+from obliviate.errors import UserError
+from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+from obliviate.methods.likelihood import forward_logits, mean_nll, sequence_nll
+from obliviate.methods.terms import NLL
+
+if TYPE_CHECKING:
+    from obliviate.config.settings import Settings
+
+REFUSALS = "refusals"  # the split holding the refusal answers
+
+
+def answer_preservation_loss(true_nll: torch.Tensor, refusal_nll: torch.Tensor, beta: float) -> torch.Tensor:
+    """−(1/β)·mean log σ(β·(S_refusal − S_true)) for per-sequence NLL sums."""
+    return -F.logsigmoid(beta * (refusal_nll - true_nll)).mean() / beta
+
+
+class RefusalAnswers:
+    """Each example of one split with a refusal as its answer, encoded once, fetched by row index."""
+
+    def __init__(self, split: str, seed: int) -> None:
+        self.split, self.seed = split, seed
+        self.encoded: EncodedDataset | None = None
+
+    def prepare(self, context: PrepareContext) -> None:
+        refusals = [example.answer for example in context.examples.get(REFUSALS, [])]
+        if not refusals:
+            raise UserError("the refusal answers are empty; set unlearn.IDK_AP.refusals to a file of refusals")
+        rng = random.Random(f"{self.seed}:{self.split}")
+        questions = context.examples[self.split]
+        self.encoded = context.encode([Example(e.question, rng.choice(refusals)) for e in questions])
+
+    def batch_for(self, rows: TokenBatch) -> TokenBatch:
+        if self.encoded is None:
+            raise RuntimeError("RefusalAnswers.prepare() must run before training")
+        return self.encoded.collate([self.encoded[int(i)] for i in rows.index]).to(rows.input_ids.device)
+
+
+class RefusalNLL(Term):
+    """IDK: NLL of refusal answers to the forget questions."""
+
+    name = "idk"
+    split = "forget"
+
+    def __init__(self, seed: int) -> None:
+        self.refusals = RefusalAnswers(self.split, seed)
+
+    def prepare(self, context: PrepareContext) -> None:
+        self.refusals.prepare(context)
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        idk = self.refusals.batch_for(batch[self.split])
+        return mean_nll(forward_logits(model, idk), idk.labels)
+
+
+class AnswerPreservation(Term):
+    """AP: keep each retain answer more likely than a refusal to the same question."""
+
+    name = "ap"
+    split = "retain"
+
+    def __init__(self, beta: float, seed: int) -> None:
+        self.beta = beta
+        self.refusals = RefusalAnswers(self.split, seed)
+
+    def prepare(self, context: PrepareContext) -> None:
+        self.refusals.prepare(context)
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        data = batch[self.split]
+        idk = self.refusals.batch_for(data)
+        true_nll, _ = sequence_nll(forward_logits(model, data), data.labels)
+        refusal_nll, _ = sequence_nll(forward_logits(model, idk), idk.labels)
+        return answer_preservation_loss(true_nll, refusal_nll, self.beta)
+
+
+@METHODS.register("IDK_AP")
+class IDKAP(Method):
+    """IDK+AP: refusals on forget questions + answer preservation on retain questions."""
+
+    params = {
+        "gamma": Param(FloatValue(low=0.0), "weight of the refusal NLL on forget questions (IDK)", default=1.0),
+        "delta": Param(FloatValue(low=0.0), "weight of answer preservation on retain questions (AP)", default=1.0),
+        "alpha": Param(FloatValue(low=0.0), "weight of the retain NLL (the public code has none)", default=0.0),
+        "beta": Param(FloatValue(low=1e-6), "β of answer preservation", default=0.1),
+        "refusals": Param(StrValue(), "refusal answers: a data set of texts (or of answers)",
+                          default="synthetic:refusals"),
+        "seed": Param(IntValue(low=0), "seed of the refusal drawn for each question", default=0),
+    }
+
+    @staticmethod
+    def build(gamma: float, delta: float, alpha: float, beta: float, refusals: str, seed: int) -> Objective:
+        return RefusalNLL(seed) * gamma + AnswerPreservation(beta, seed) * delta + NLL("retain") * alpha
+
+    @classmethod
+    def objective(cls, settings: "Settings", name: str) -> Objective:
+        if not settings.method(name)["refusals"].strip():
+            raise UserError(f"unlearn.{name}.refusals is empty; name a data set of refusal answers "
+                            "(default synthetic:refusals)")
+        return super().objective(settings, name)
+
+    @classmethod
+    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
+        return {REFUSALS: settings.method(name)["refusals"]}
