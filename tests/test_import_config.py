@@ -27,29 +27,24 @@ WMDP_NPO_WAGLE = {
                 "forget_ratio": 1.0, "self_retain": False, "batch_size": 1},
     "logger": {"json": {"root": "files/results/unlearn_wmdp_all/NPO+WAGLE"}},
 }
-# A.2 B: configs/unlearn/Tofu/NPO+WAGLE.json
-TOFU_NPO_WAGLE = {
-    "overall": {"model_name": "locuslab/tofu_ft_llama2-7b", "logger": "json", "cache_dir": "./.cache", "seed": 1},
-    "unlearn": {"unlearn_method": "NPO+FT", "num_epochs": 5, "lr": 1e-05, "weight_decay": 0.1,
-                "gradient_accumulation_steps": 4, "mask_path": "./mask/tofu_0.95.pt", "task_name": "tofu",
-                "sophia": False, "p": 0.95, "q": 0.95, "resume_path": None, "max_steps": 400, "use_lora": False,
-                "mu": 1e-06, "NPO+FT": {"gamma": 1.0}},
-    "dataset": {"forget_dataset_name": "Tofu_forget10", "retain_dataset_name": "Tofu_retain90", "dataset_seed": 1000,
-                "forget_ratio": 400.0, "self_retain": False, "batch_size": 1},
-    "logger": {"json": {"root": "files/results/unlearn_tofu/NPO+WAGLE"}},
-}
+def changed(base, section, **values):
+    copy = json.loads(json.dumps(base))
+    copy[section].update(values)
+    return copy
+
+
+# A.2 B: configs/unlearn/Tofu/NPO+WAGLE.json differs from A in these values
+TOFU_NPO_WAGLE = changed(changed(changed(
+    WMDP_NPO_WAGLE, "overall", model_name="locuslab/tofu_ft_llama2-7b", seed=1),
+    "unlearn", weight_decay=0.1, mask_path="./mask/tofu_0.95.pt", task_name="tofu", p=0.95, q=0.95, max_steps=400),
+    "dataset", forget_dataset_name="Tofu_forget10", retain_dataset_name="Tofu_retain90", forget_ratio=400.0)
+TOFU_NPO_WAGLE["logger"]["json"]["root"] = "files/results/unlearn_tofu/NPO+WAGLE"
 
 
 def imported(content):
     ours = import_optml(content)
     resolve_config([], ours, experiment_schema())  # valid for our schema
     return ours
-
-
-def changed(base, section, **values):
-    copy = json.loads(json.dumps(base))
-    copy[section].update(values)
-    return copy
 
 
 def test_wmdp_npo_wagle_maps_gamma_to_the_retain_weight():

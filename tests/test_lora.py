@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from obliviate.cli import run
 from obliviate.config.schema import Lora
 from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
@@ -29,7 +29,7 @@ LORA = Lora(enabled=True, r=4, alpha=8.0, dropout=0.0, target_modules=["all-line
 
 def data(tokenizer, offset, n=6):
     examples = [Example(f"Who is person {i}?", f"Person {i} bakes {i * 7} pies.") for i in range(offset, offset + n)]
-    return EncodedDataset([encode_example(tokenizer, e, PromptFormat(), 32) for e in examples], tokenizer.pad_token_id)
+    return encode_dataset(tokenizer, examples, PromptFormat(), 32)
 
 
 def unlearn_with_lora(tokenizer, method, params, lora=LORA, steps=3):

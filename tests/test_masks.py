@@ -9,7 +9,7 @@ from accelerate import Accelerator
 
 from obliviate.config.schema import Mask
 from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
 from obliviate.masks import selection
 from obliviate.masks.build import build_mask, select_names
@@ -25,7 +25,7 @@ from obliviate.training.schedule import TrainingConfig
 
 def dataset(tokenizer, offset, n=6):
     examples = [Example(f"Who is person {i}?", f"Person {i} bakes {i * 7} pies.") for i in range(offset, offset + n)]
-    return EncodedDataset([encode_example(tokenizer, e, PromptFormat(), 32) for e in examples], tokenizer.pad_token_id)
+    return encode_dataset(tokenizer, examples, PromptFormat(), 32)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
@@ -18,8 +18,7 @@ from obliviate.models.embedded import tiny_random_llama
 def setup(tokenizer):
     model = tiny_random_llama(tokenizer)
     examples = [Example(f"Who is person {i}?", f"Person {i} is a baker.") for i in range(6)]
-    data = EncodedDataset([encode_example(tokenizer, e, PromptFormat(), 32) for e in examples],
-                          tokenizer.pad_token_id)
+    data = encode_dataset(tokenizer, examples, PromptFormat(), 32)
     batch = {"forget": data.collate([data[i] for i in (0, 1, 2)]), "retain": data.collate([data[i] for i in (3, 4, 5)])}
     return model, data, batch
 

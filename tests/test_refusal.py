@@ -6,7 +6,7 @@ import torch
 
 from obliviate.data.examples import Example
 from obliviate.data.refusals import refusal_answers
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
 from obliviate.methods.likelihood import forward_logits, mean_nll, sequence_nll
@@ -26,8 +26,7 @@ def test_idk_and_ap_against_independent_computations(tokenizer):
     refusals = [Example("", "I don't know."), Example("", "No idea, sorry.")]
 
     def encode(examples):
-        return EncodedDataset([encode_example(tokenizer, e, PromptFormat(), 32) for e in examples],
-                              tokenizer.pad_token_id)
+        return encode_dataset(tokenizer, examples, PromptFormat(), 32)
 
     datasets = {"forget": encode(forget), "retain": encode(retain)}
     objective = METHODS.get("IDK_AP").build(gamma=1.0, delta=1.0, alpha=0.0, beta=0.1, refusals="x", seed=3)

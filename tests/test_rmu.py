@@ -7,7 +7,7 @@ import torch
 from accelerate import Accelerator
 
 from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
 from obliviate.methods.rmu import hidden_at_layer
@@ -21,7 +21,7 @@ PARAMS = dict(layer=0, trained_layers=[0], param_pattern=r"mlp\.down_proj\.weigh
 
 def data(tokenizer, offset):
     examples = [Example(f"Tell me about item {i}?", f"Item {i} is blue and {i}.") for i in range(offset, offset + 5)]
-    return EncodedDataset([encode_example(tokenizer, e, PromptFormat(), 32) for e in examples], tokenizer.pad_token_id)
+    return encode_dataset(tokenizer, examples, PromptFormat(), 32)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
 from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
 from obliviate.methods.terms import NLL
 from obliviate.training.loop import train
@@ -83,8 +83,7 @@ def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, atta
     for attack in attacks:
         model.load_state_dict(unlearned)
         model.requires_grad_(True)  # downstream fine-tuning updates every weight
-        data = EncodedDataset([encode_example(tokenizer, e, fmt, max_length) for e in attack.train],
-                              tokenizer.pad_token_id)
+        data = encode_dataset(tokenizer, attack.train, fmt, max_length)
         config = TrainingConfig(lr=attack.lr, num_epochs=1, max_steps=attack.max_steps, gradient_accumulation_steps=1,
                                 weight_decay=0.0, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0,
                                 logging_steps=1, batch_size=attack.batch_size)

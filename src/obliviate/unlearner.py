@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from obliviate.attacks import run_attacks
 from obliviate.config.settings import Settings
 from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_dataset
 from obliviate.environment import environment_record
 from obliviate.evaluation.reference import EVALUATED
 from obliviate.evaluation.results import Evaluation
@@ -44,9 +44,7 @@ from obliviate.training.loop import train
 def encoded(tokenizer: PreTrainedTokenizerBase, data: dict[str, list[Example]], splits: set[str],
             fmt: PromptFormat, max_length: int) -> dict[str, EncodedDataset]:
     """The training encoding of the named splits of ``data`` (those present)."""
-    return {split: EncodedDataset([encode_example(tokenizer, e, fmt, max_length) for e in data[split]],
-                                  tokenizer.pad_token_id)
-            for split in splits if split in data}
+    return {split: encode_dataset(tokenizer, data[split], fmt, max_length) for split in splits if split in data}
 
 
 def make_mask(experiment: ExperimentPlan, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -118,8 +116,7 @@ class Unlearner:
             with self._timed("evaluate_after"):
                 results["after"] = self.session.evaluate(model, tokenizer)
         if p.attacks:
-            if adapters.is_adapted(model):
-                model = adapters.merged(model)  # attacks fine-tune full weights
+            model = adapters.merged(model)  # attacks fine-tune full weights
             with self._timed("attacks"):
                 curves = run_attacks(model, tokenizer, p.attacks, p.fmt, s.dataset.max_length, s.attack.eval_every,
                                      self.accelerator, s.overall.seed,
@@ -128,8 +125,7 @@ class Unlearner:
             self.run_folder.write_json("attacks.json", curves)
         if s.unlearn.save_model or s.lora.merge:
             with self._timed("save_model"):
-                plain = self.accelerator.unwrap_model(model)
-                save_model(adapters.merged(plain) if adapters.is_adapted(plain) else plain, tokenizer,
+                save_model(adapters.merged(self.accelerator.unwrap_model(model)), tokenizer,
                            self.run_folder.path("model"))
         return self._write_results(results, start, f"{p.method} unlearning of {target.name}")
 
@@ -151,7 +147,7 @@ class Unlearner:
         datasets = encoded(tokenizer, p.data, p.objective.splits | {"forget"}, p.fmt, s.dataset.max_length)
 
         def encode(examples: list[Example]) -> EncodedDataset:
-            return encoded(tokenizer, {"derived": examples}, {"derived"}, p.fmt, s.dataset.max_length)["derived"]
+            return encode_dataset(tokenizer, examples, p.fmt, s.dataset.max_length)
 
         p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device, p.data, encode))
         train(model, p.objective, datasets, "forget", s.unlearn.training(s.dataset.batch_size), self.accelerator,

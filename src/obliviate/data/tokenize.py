@@ -135,3 +135,9 @@ class EncodedDataset(torch.utils.data.Dataset):
                ) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(self, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                            collate_fn=self.collate)
+
+
+def encode_dataset(tokenizer: PreTrainedTokenizerBase, examples: list[Example], fmt: PromptFormat,
+                   max_length: int) -> EncodedDataset:
+    """The training encoding of ``examples`` as a data set (the one way every trainer encodes its data)."""
+    return EncodedDataset([encode_example(tokenizer, e, fmt, max_length) for e in examples], tokenizer.pad_token_id)

@@ -72,5 +72,5 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 
 def merged(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model with the adapters folded into its weights."""
-    return model.merge_and_unload()
+    """The plain model with the adapters folded into its weights (a model without adapters as it is)."""
+    return model.merge_and_unload() if is_adapted(model) else model

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from obliviate.data.examples import Example, content_hash
-from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.io import write_json_atomic
 from obliviate.methods.terms import NLL
 from obliviate.models.loading import ModelSource, load_model, save_model
@@ -68,8 +68,7 @@ class FinetuneRecipe:
             return self.source
         set_seed(self.seed)
         model, tokenizer = load_model(self.base, cache_dir, device, dtype)
-        encoded = [encode_example(tokenizer, e, self.fmt, self.max_length) for e in self.examples]
-        dataset = EncodedDataset(encoded, tokenizer.pad_token_id)
+        dataset = encode_dataset(tokenizer, self.examples, self.fmt, self.max_length)
         log: list[dict[str, float]] = []
         train(model, NLL("train") * 1.0, {"train": dataset}, "train", self.training, accelerator, self.seed,
               on_log=log.append, description=f"fine-tune {role} model")
