@@ -89,7 +89,7 @@ BAD_INPUTS = {
     "missing data file": (lambda t: ["--dataset.forget_dataset_name", "nope.jsonl"], "dataset 'nope.jsonl' not found"),
     "misspelled key": (lambda t: ["--unlearn.lrr", "1e-5"], "did you mean 'unlearn.lr'"),
     "unknown method": (lambda t: ["--unlearn.unlearn_method", "npoo"],
-                       "must be one of GA|GA_KL|GradDiff|IDK_AP|ILU|ME_GD|NPO|RMU|SimNPO"),
+                       "must be one of GA|GA_KL|GradDiff|IDK_AP|ILU|ME_GD|NPO|Offset|RMU|SimNPO|ULD"),
     "out of range": (lambda t: ["--unlearn.lr", "-1"], "unlearn.lr='-1' must be a number >= 0.0"),
     "not a causal LM": (lambda t: ["--overall.model_name", _bert_folder(t)], "not a causal language model"),
     "empty forget set": (lambda t: ["--dataset.forget_dataset_name", _empty_file(t)], "is empty"),

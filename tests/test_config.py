@@ -116,7 +116,7 @@ def test_method_names_are_case_insensitive_and_unknown_ones_list_the_valid():
     assert parse("--unlearn.unlearn_method", "simnpo").unlearn.unlearn_method == "SimNPO"
     assert parse("--unlearn.unlearn_method", "graddiff").unlearn.unlearn_method == "GradDiff"
     with pytest.raises(ConfigError, match=r"unlearn\.unlearn_method='npoo' must be one of "
-                                          r"GA\|GA_KL\|GradDiff\|IDK_AP\|ILU\|ME_GD\|NPO\|RMU\|SimNPO"):
+                                          r"GA\|GA_KL\|GradDiff\|IDK_AP\|ILU\|ME_GD\|NPO\|Offset\|RMU\|SimNPO\|ULD"):
         parse("--unlearn.unlearn_method", "npoo")
 
 

@@ -12,6 +12,11 @@ Results go to ``attacks.json`` (keyed by the attack's data set name); training l
 ``attack_train_log.jsonl``.
 
 The unlearned weights are kept as one CPU copy to restart each attack from them.
+
+What is fine-tuned: every weight of the released model. With LoRA, the adapters are merged first (an
+attacker holds weights, not our adapter split). A logit-difference model (ULD, Offset) is fine-tuned as the
+system it is: the target's weights and the assistant's adapters, through the combined logits (dropping the
+assistant would give back the target itself, which needs no attack).
 """
 
 from __future__ import annotations

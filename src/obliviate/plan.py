@@ -32,9 +32,18 @@ from obliviate.masks.build import select_names
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods import METHODS
 from obliviate.methods.base import Objective
+from obliviate.methods.logit_difference import logit_difference_method
 from obliviate.models.adapters import check_target_modules
 from obliviate.models.finetune import FinetuneRecipe
-from obliviate.models.loading import ModelSource, parameter_shapes, resolve_device, resolve_dtype, resolve_model
+from obliviate.models.loading import (
+    ModelSource,
+    model_depth,
+    parameter_shapes,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    tokenizers_match,
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,8 @@ class ExperimentPlan:
     method: str
     objective: Objective | None  # None when only evaluating
     fmt: PromptFormat
-    data: dict[str, list[Example]]  # training data by split: forget, retain and the method's own
+    data: dict[str, list[Example]]  # loaded data by split: forget, retain and the method's own
+    training_data: dict[str, list[Example]]  # what the method trains on (ULD adds paraphrases)
     models: ModelPlan
     mask: MaskPlan | None
     attacks: list[Attack]
@@ -122,9 +132,14 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     models = _models(s, fmt, data)
     evaluation = _evaluation(s, data, data_dir, models)
     if not unlearning:
-        return ExperimentPlan(s, method, None, fmt, data, models, None, [], evaluation)
+        return ExperimentPlan(s, method, None, fmt, data, data, models, None, [], evaluation)
+    if models.base.kind == "logit_difference":
+        raise UserError(f"overall.model_name '{models.base.name}' is a ULD/Offset run folder, which evaluate.py "
+                        "evaluates but cannot be unlearned again; unlearn its target model")
     _check_lora(s, models)
-    return ExperimentPlan(s, method, objective, fmt, data, models, _mask(s, models, data),
+    _check_logit_difference(s, method, models)
+    training_data = METHODS.get(method).training_data(s, method, data)
+    return ExperimentPlan(s, method, objective, fmt, data, training_data, models, _mask(s, models, data),
                           plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir)),
                           evaluation)
 
@@ -209,6 +224,31 @@ def _check_lora(s: Settings, models: ModelPlan) -> None:
         raise UserError("unlearn.mask_path selects base weights, which LoRA freezes (only adapters train); drop the "
                         "mask or set --lora.enabled false")
     check_target_modules(s.lora, list(parameter_shapes(models.base, models.cache_dir)))
+
+
+def _check_logit_difference(s: Settings, method: str, models: ModelPlan) -> None:
+    """ULD/Offset: the assistant fits the target (depth, tokenizer), and no option asks to train the target."""
+    if logit_difference_method(method) is None:
+        return
+    if s.unlearn.mask_path:
+        raise UserError(f"{method} trains an assistant, never the target's weights that unlearn.mask_path selects; "
+                        "drop the mask")
+    if s.lora.merge:
+        raise UserError(f"lora.merge: {method}'s assistant shares the target's weights, so its adapter stays "
+                        "separate; set --lora.merge false")
+    check_target_modules(s.lora, list(parameter_shapes(models.base, models.cache_dir)))
+    values = s.method(method)
+    if values.get("assistant"):
+        assistant = resolve_model(values["assistant"])
+        if not tokenizers_match(assistant, models.base, models.cache_dir):
+            raise UserError(f"unlearn.{method}.assistant '{assistant.name}' has a different tokenizer from the target "
+                            f"'{models.base.name}'; the logits must index the same tokens: use a model of the same "
+                            "family, or '' (the target's first layers)")
+        return
+    depth = model_depth(models.base, models.cache_dir)
+    if values["num_layers"] > depth:
+        raise UserError(f"unlearn.{method}.num_layers is {values['num_layers']} but the target has {depth} layers; "
+                        f"use 1 to {depth}")
 
 
 def _mask(s: Settings, models: ModelPlan, data: dict[str, list[Example]]) -> MaskPlan | None:

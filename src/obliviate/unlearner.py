@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -34,8 +35,10 @@ from obliviate.masks.build import build_mask
 from obliviate.masks.mask import ParameterMask
 from obliviate.masks.plots import plot_mask_statistics
 from obliviate.methods.base import PrepareContext
+from obliviate.methods.logit_difference import LogitDifferenceMethod, logit_difference_method
 from obliviate.models import adapters
-from obliviate.models.loading import load_model, save_model, shapes_of
+from obliviate.models.loading import ModelSource, load_model, resolve_model, save_model, shapes_of
+from obliviate.models.logit_difference import SPEC_FILE, LogitDifferenceModel
 from obliviate.plan import ExperimentPlan, plan
 from obliviate.report import metrics_table, run_summary
 from obliviate.training.loop import train
@@ -104,11 +107,17 @@ class Unlearner:
             with self._timed("evaluate_before"):
                 results["before"] = self.session.evaluate(model, tokenizer, target)
         mask = self._mask(model, tokenizer)
-        if s.lora.enabled:
-            model = adapters.attach(model, s.lora)
+        combination = logit_difference_method(p.method)
+        if combination is not None:
+            model = self._assemble(combination, model, target)
+            trained = combination.trained(model)
+        else:
+            model = trained = adapters.attach(model, s.lora) if s.lora.enabled else model
         with self._timed("unlearn"):
-            self._unlearn(model, tokenizer, mask)
-        if s.lora.enabled:
+            self._unlearn(trained, tokenizer, mask)
+        if isinstance(model, LogitDifferenceModel):
+            model.assistant.save_pretrained(self.run_folder.path("adapter"))
+        elif s.lora.enabled:
             model.save_pretrained(self.run_folder.path("adapter"))  # safetensors + peft's adapter config
             if s.lora.merge:
                 model = adapters.merged(model)
@@ -125,9 +134,21 @@ class Unlearner:
             self.run_folder.write_json("attacks.json", curves)
         if s.unlearn.save_model or s.lora.merge:
             with self._timed("save_model"):
-                save_model(adapters.merged(self.accelerator.unwrap_model(model)), tokenizer,
-                           self.run_folder.path("model"))
+                saved = model.target if isinstance(model, LogitDifferenceModel) else adapters.merged(model)
+                save_model(self.accelerator.unwrap_model(saved), tokenizer, self.run_folder.path("model"))
+        if isinstance(model, LogitDifferenceModel):  # the saved target when there is one, else where it came from
+            spec = replace(model.spec, target="model" if s.unlearn.save_model else model.spec.target)
+            self.run_folder.write_json(SPEC_FILE, spec.record())
         return self._write_results(results, start, f"{p.method} unlearning of {target.name}")
+
+    def _assemble(self, combination: type[LogitDifferenceMethod], target: PreTrainedModel,
+                  source: ModelSource) -> LogitDifferenceModel:
+        """ULD/Offset: the target combined with a fresh adapter on the assistant."""
+        s, models = self.settings, self.plan.models
+        spec = combination.spec(s, self.plan.method, source.name)
+        assistant = (load_model(resolve_model(spec.assistant), models.cache_dir, models.device, models.dtype)[0]
+                     if spec.assistant else None)
+        return combination.assemble(target, assistant, spec, s)
 
     def _mask(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ParameterMask | None:
         planned = self.plan.mask
@@ -144,12 +165,13 @@ class Unlearner:
     def _unlearn(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mask: ParameterMask | None) -> None:
         p, s = self.plan, self.settings
         set_seed(s.overall.seed)
-        datasets = encoded(tokenizer, p.data, p.objective.splits | {"forget"}, p.fmt, s.dataset.max_length)
+        datasets = encoded(tokenizer, p.training_data, p.objective.splits | {"forget"}, p.fmt, s.dataset.max_length)
 
         def encode(examples: list[Example]) -> EncodedDataset:
             return encode_dataset(tokenizer, examples, p.fmt, s.dataset.max_length)
 
-        p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device, p.data, encode))
+        p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device, p.training_data,
+                                           encode))
         train(model, p.objective, datasets, "forget", s.unlearn.training(s.dataset.batch_size), self.accelerator,
               s.overall.seed, on_log=self.run_folder.log_step, mask=mask, description=f"unlearn ({p.method})")
         self.trained_parameters = adapters.trainable_parameters(model)

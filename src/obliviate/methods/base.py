@@ -145,5 +145,12 @@ class Method(ABC):
         """Extra splits the objective reads (split → dataset name), beyond forget and retain."""
         return {}
 
+    @classmethod
+    def training_data(cls, settings: "Settings", name: str, data: dict[str, list[Example]]
+                      ) -> dict[str, list[Example]]:
+        """The examples the method trains on, by split, from the loaded ones (default: as loaded; ULD adds
+        paraphrases). Evaluation always uses the data as loaded."""
+        return data
+
 
 METHODS: Registry[type[Method]] = Registry("unlearning method")

@@ -41,12 +41,11 @@ def uniform_kl(logits: torch.Tensor, labels: torch.Tensor, divergence: str = "mo
 
 
 class MaxEntropyForget(Term):
-    """KL(p_θ ‖ Uniform) on the forget answers' tokens."""
+    """KL(p_θ ‖ Uniform) (or KL(U ‖ p_θ)) on the answer tokens of a split (forget for ME+GD; ULD's assistant
+    uses it on retain)."""
 
-    name = "me"
-
-    def __init__(self, divergence: str, split: str = "forget") -> None:
-        self.divergence, self.split = divergence, split
+    def __init__(self, divergence: str, split: str = "forget", name: str = "me") -> None:
+        self.divergence, self.split, self.name = divergence, split, name
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]

@@ -41,6 +41,7 @@ from obliviate.config.checkers import FloatValue, IntValue, ListValue, StrValue
 from obliviate.data.tokenize import TokenBatch
 from obliviate.errors import UserError
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+from obliviate.models.anatomy import decoder_layers
 
 if TYPE_CHECKING:
     from obliviate.config.settings import Settings
@@ -51,22 +52,6 @@ class _StopForward(Exception):
 
 
 ADAPTER_WEIGHT = re.compile(r"\.lora_[AB]\.[^.]+\.weight$")  # peft: <module>.lora_A.<adapter>.weight
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layer stack of a causal LM (Llama/Mistral/Qwen: model.model.layers; GPT-2: transformer.h),
-    inside a peft wrapper too."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        module = model
-        for attribute in path.split("."):
-            module = getattr(module, attribute, None)
-            if module is None:
-                break
-        if isinstance(module, torch.nn.ModuleList):
-            return module
-    raise UserError(f"cannot find the decoder layers of {type(model).__name__}; RMU supports Llama-style models")
 
 
 def hidden_at_layer(model: torch.nn.Module, batch: TokenBatch, layer: int) -> torch.Tensor:

@@ -28,7 +28,8 @@ class KLToReference(Term):
     """KL(π_ref ‖ π_θ) per answer token of ``batch[split]``, π_ref the frozen starting model.
 
     The reference distribution changes with every batch and spans the whole vocabulary, so it cannot
-    be cached cheaply. With LoRA it is the same model with its adapters switched off (no copy); otherwise
+    be cached cheaply. With LoRA (and for Offset unlearning, whose model with the assistant's adapters off is
+    the target) it is the same model with its adapters switched off (no copy); otherwise
     this term keeps one frozen copy of the starting model (twice the weight memory).
     """
 

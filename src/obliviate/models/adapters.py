@@ -32,9 +32,9 @@ ALL_LINEAR = "all-linear"  # peft: every Linear layer but the output head
 
 
 def is_adapted(model: torch.nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    """The model has adapters that :func:`without_adapters` can switch off (a peft model, or an Offset model,
+    which is then its target)."""
+    return callable(getattr(model, "disable_adapter", None))
 
 
 def check_target_modules(lora: "Lora", parameter_names: list[str]) -> None:
@@ -72,5 +72,7 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 
 def merged(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model with the adapters folded into its weights (a model without adapters as it is)."""
-    return model.merge_and_unload() if is_adapted(model) else model
+    """The plain model with the adapters folded into its weights (a model without peft adapters as it is)."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model

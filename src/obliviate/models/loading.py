@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from obliviate.errors import UserError
 from obliviate.hub import hub_offline
 from obliviate.models import embedded
+from obliviate.models.anatomy import decoder_layers, first_layers
+from obliviate.models.logit_difference import SPEC_FILE, LogitDifferenceModel, LogitDifferenceSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,7 +25,7 @@ class ModelSource:
     """Where a model comes from. ``identity`` changes whenever the weights would (used in cache keys)."""
 
     name: str
-    kind: str  # "embedded" | "folder" | "hub"
+    kind: str  # "embedded" | "folder" | "hub" | "logit_difference" (a ULD/Offset run folder)
     identity: str
 
 
@@ -50,6 +53,8 @@ def resolve_model(name: str) -> ModelSource:
     if name in embedded.EMBEDDED_NAMES:
         return ModelSource(name, "embedded", f"embedded:{name}")
     path = Path(name)
+    if (path / SPEC_FILE).is_file():
+        return _logit_difference_source(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"model folder '{name}' has no config.json; give a folder written by save_pretrained")
@@ -72,6 +77,32 @@ def resolve_model(name: str) -> ModelSource:
                         ) from None
     _check_causal_lm(config, name)
     return ModelSource(name, "hub", f"hub:{name}")
+
+
+def read_spec(folder: Path) -> LogitDifferenceSpec:
+    """The spec of a logit-difference run folder; its target (and assistant) resolved from the folder when they
+    are paths inside it (the saved target, ``model``)."""
+    try:
+        spec = LogitDifferenceSpec(**json.loads((folder / SPEC_FILE).read_text()))
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{folder / SPEC_FILE} is not a logit-difference spec ({error}); give a ULD or Offset run "
+                        "folder") from None
+
+    def inside(name: str) -> str:
+        return str(folder / name) if name and (folder / name).exists() else name
+
+    return LogitDifferenceSpec(**{**spec.record(), "target": inside(spec.target), "assistant": inside(spec.assistant)})
+
+
+def _logit_difference_source(folder: Path) -> ModelSource:
+    spec = read_spec(folder)
+    if not (folder / "adapter").is_dir():
+        raise UserError(f"'{folder}' has {SPEC_FILE} but no adapter/ folder; give a finished ULD or Offset run folder")
+    parts = [resolve_model(spec.target).identity] + ([resolve_model(spec.assistant).identity] if spec.assistant
+                                                     else [])
+    identity = hashlib.sha256("|".join(parts + [_folder_identity(folder),
+                                                _folder_identity(folder / "adapter")]).encode()).hexdigest()[:16]
+    return ModelSource(str(folder), "logit_difference", "logit_difference:" + identity)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -104,11 +135,34 @@ def _weights_location(source: ModelSource, cache_dir: Path) -> Path | str:
 def load_model(source: ModelSource, cache_dir: Path, device: torch.device, dtype: torch.dtype
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (on ``device``, in ``dtype``) and tokenizer (pad token set, right padding)."""
+    if source.kind == "logit_difference":
+        return _load_logit_difference(Path(source.name), cache_dir, device, dtype)
     location = _weights_location(source, cache_dir)
     tokenizer = load_tokenizer(location)
     if source.name == embedded.TINY_RANDOM_LLAMA:
         return embedded.tiny_random_llama(tokenizer).to(device=device, dtype=dtype), tokenizer
     return AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device), tokenizer
+
+
+def _load_logit_difference(folder: Path, cache_dir: Path, device: torch.device, dtype: torch.dtype
+                           ) -> tuple[LogitDifferenceModel, PreTrainedTokenizerBase]:
+    """The combined model of a ULD/Offset run folder: its target, the assistant (the target's first layers, or
+    its own model) and the saved adapter."""
+    from peft import PeftModel
+
+    spec = read_spec(folder)
+    target, tokenizer = load_model(resolve_model(spec.target), cache_dir, device, dtype)
+    target.requires_grad_(False)
+    base = (load_model(resolve_model(spec.assistant), cache_dir, device, dtype)[0] if spec.assistant
+            else first_layers(target, spec.num_layers))
+    assistant = PeftModel.from_pretrained(base, folder / "adapter")
+    return LogitDifferenceModel(target, assistant.eval(), spec), tokenizer
+
+
+def tokenizers_match(first: ModelSource, second: ModelSource, cache_dir: Path) -> bool:
+    """Both models read text the same way (same vocabulary, token for token)."""
+    return (load_tokenizer(_weights_location(first, cache_dir)).get_vocab()
+            == load_tokenizer(_weights_location(second, cache_dir)).get_vocab())
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
@@ -122,10 +176,20 @@ def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
 
 
-def parameter_shapes(source: ModelSource, cache_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, from a weight-less (meta device) instance of the model."""
+def _weightless(source: ModelSource, cache_dir: Path) -> PreTrainedModel:
+    """A weight-less (meta device) instance of the model."""
     location = _weights_location(source, cache_dir)
     with torch.device("meta"):
         if source.name == embedded.TINY_RANDOM_LLAMA:
-            return shapes_of(embedded.tiny_random_llama(load_tokenizer(location)))
-        return shapes_of(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location)))
+            return embedded.tiny_random_llama(load_tokenizer(location))
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location))
+
+
+def parameter_shapes(source: ModelSource, cache_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape (no weights loaded)."""
+    return shapes_of(_weightless(source, cache_dir))
+
+
+def model_depth(source: ModelSource, cache_dir: Path) -> int:
+    """The number of decoder layers (no weights loaded)."""
+    return len(decoder_layers(_weightless(source, cache_dir)))

@@ -1,0 +1,176 @@
+"""Logit-difference methods: ULD and Offset unlearning. The unlearned model is a
+:class:`~obliviate.models.logit_difference.LogitDifferenceModel` (target + assistant); the target's weights
+never change.
+
+* ULD (Ji et al., NeurIPS 2024, arXiv 2406.08607; seed 000; UCSB-NLP-Chang/ULD): the assistant is the
+  target's first K layers (``num_layers``, 8 in the paper) with its final norm and head, plus LoRA adapters
+  (the ``lora`` section's r, α, dropout and modules: r 16, α 32, dropout 0.05, all linear layers, as the
+  paper). Only the assistant trains, with the REVERSED objectives (``configs/unlearn_loss/remember+uniform``):
+
+      L = NLL_A(forget) + λ · KL(U ‖ p_A)(retain),     λ = 5
+
+  so the assistant knows the forget set and nothing else; subtracting its logits (w < 0) removes exactly
+  that knowledge. The public ``UniformLossFunc`` is KL(U ‖ p_A) averaged over every position (prompt and
+  padding too); here over answer tokens, as every term of the engine; ``retain_divergence
+  model_to_uniform`` gives KL(p_A ‖ U), the form the reference notes gave. With ``augment`` (the public
+  ``forget_more_retain_perturb`` data mode) the forget set also holds each question with its paraphrased
+  answer and its paraphrased question with the answer, and the retain set each forget question with each
+  perturbed (wrong) answer, to be uniform on.
+  Setting: lr 1e-3 for the adapters (``uld_train.sh``), w −0.8 and τ 1e-2 (its TOFU evaluation).
+* Offset unlearning (Huang et al. 2024, arXiv 2404.11045): any registered forget objective
+  (``objective``, configured by its own section) is minimised on the COMBINED model's logits
+  z_T + w·(z_A − z_A⁰), only the assistant's adapters training (the unofficial implementation in the ULD
+  repository, ``uld/model/offsetllm.py``, does the same). Its assistant is the target's first ``num_layers``
+  layers as for ULD, or another model with the target's tokenizer (``assistant``). z_A⁰ is the assistant
+  with its adapters off, so the model starts as the target and NPO's S_ref is the target's. The paper
+  fine-tunes a whole smaller model of the same family (Llama-2-7B for 13B); adapters on a truncated target
+  are our default because that needs no second model family and no copy of any weights.
+
+Both save ``adapter/`` (the assistant's LoRA) and ``logit_difference.json`` in the run folder; evaluate.py
+loads such a folder as a model (:mod:`obliviate.models.loading`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from fastargs import Param
+
+from obliviate.config.checkers import BoolValue, ChoiceValue, FloatValue, IntValue, StrValue
+from obliviate.data.examples import Example
+from obliviate.errors import UserError
+from obliviate.methods.base import METHODS, Method, Objective
+from obliviate.methods.entropy import MaxEntropyForget
+from obliviate.methods.terms import NLL
+from obliviate.models import adapters
+from obliviate.models.anatomy import first_layers
+from obliviate.models.logit_difference import LogitDifferenceModel, LogitDifferenceSpec
+
+if TYPE_CHECKING:
+    from obliviate.config.settings import Settings
+
+# Offset's objective acts on the combined logits: not another logit-difference method, and not RMU, which
+# misdirects the target's own hidden states (they never change here).
+NOT_OFFSET_OBJECTIVES = ("ULD", "Offset", "RMU")
+
+
+def augmented(data: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """ULD's data augmentation: paraphrases of the forget examples join the forget set, their perturbed answers
+    the retain set (see the module docstring)."""
+    forget = data["forget"]
+    paraphrases = [Example(e.question, e.paraphrased_answer) for e in forget if e.paraphrased_answer] + \
+                  [Example(e.paraphrased_question, e.answer) for e in forget if e.paraphrased_question]
+    wrong = [Example(e.question, wrong) for e in forget for wrong in e.perturbed_answers]
+    if not paraphrases and not wrong:
+        raise UserError("unlearn.ULD.augment: the forget data has no paraphrased_question, paraphrased_answer or "
+                        "perturbed_answer to augment with; set --unlearn.ULD.augment false")
+    return {**data, "forget": forget + paraphrases, "retain": data.get("retain", []) + wrong}
+
+
+class LogitDifferenceMethod(Method):
+    """A method whose unlearned model is the target combined with a trained assistant."""
+
+    subtracts_initial: ClassVar[bool]
+
+    @classmethod
+    def spec(cls, settings: "Settings", name: str, target: str) -> LogitDifferenceSpec:
+        values = settings.method(name)
+
+        def located(model: str) -> str:  # folders by absolute path, so that the spec can be read from anywhere
+            return str(Path(model).resolve()) if model and Path(model).exists() else model
+
+        return LogitDifferenceSpec(located(target), located(values.get("assistant", "")), values["num_layers"],
+                                   values["weight"], values["relative_top"], cls.subtracts_initial)
+
+    @classmethod
+    def assemble(cls, target: torch.nn.Module, assistant: torch.nn.Module | None, spec: LogitDifferenceSpec,
+                 settings: "Settings") -> LogitDifferenceModel:
+        """The combined model with a fresh adapter on the assistant (the target's first layers when
+        ``assistant`` is None); the target is frozen."""
+        target.requires_grad_(False)
+        base = first_layers(target, spec.num_layers) if assistant is None else assistant
+        return LogitDifferenceModel(target, adapters.attach(base, settings.lora), spec)
+
+    @staticmethod
+    def trained(model: LogitDifferenceModel) -> torch.nn.Module:
+        """What the objective is computed on: the assistant alone (ULD) or the combined model (Offset)."""
+        return model
+
+
+@METHODS.register("ULD")
+class ULD(LogitDifferenceMethod):
+    """ULD: assistant trained to know the forget set and be uniform on the retain set; logits z_T + w·m⊙z_A."""
+
+    subtracts_initial = False
+    params = {
+        "num_layers": Param(IntValue(low=1), "K: the assistant is the target's first K layers + norm + head",
+                            default=8),
+        "weight": Param(FloatValue(), "w in z_T + w·z_A (negative: subtract the assistant)", default=-0.8),
+        "relative_top": Param(FloatValue(low=0.0, high=1.0), "τ of the relative-top filter (0 = no filter)",
+                              default=0.01),
+        "retain_weight": Param(FloatValue(low=0.0), "λ: weight of the assistant's uniform term on retain",
+                               default=5.0),
+        "retain_divergence": Param(ChoiceValue(["uniform_to_model", "model_to_uniform"]), "KL(U‖p) as the "
+                                   "public code, or KL(p‖U)", default="uniform_to_model"),
+        "augment": Param(BoolValue(), "add paraphrased forget QA to forget and perturbed answers to retain",
+                         default=True),
+    }
+
+    @staticmethod
+    def build(retain_weight: float, retain_divergence: str, **combination: object) -> Objective:
+        return NLL("forget") * 1.0 + MaxEntropyForget(retain_divergence, "retain", "retain_uniform") * retain_weight
+
+    @classmethod
+    def training_data(cls, settings: "Settings", name: str, data: dict[str, list[Example]]
+                      ) -> dict[str, list[Example]]:
+        return augmented(data) if settings.method(name)["augment"] else data
+
+    @staticmethod
+    def trained(model: LogitDifferenceModel) -> torch.nn.Module:
+        return model.assistant
+
+
+@METHODS.register("Offset")
+class Offset(LogitDifferenceMethod):
+    """Offset unlearning: a registered forget objective on z_T + w·(z_A − z_A⁰), only the assistant training."""
+
+    subtracts_initial = True
+    params = {
+        "objective": Param(ChoiceValue(lambda: [n for n in METHODS.names() if n not in NOT_OFFSET_OBJECTIVES]),
+                           "the forget objective (its own section unlearn.<name> configures it)", default="NPO"),
+        "assistant": Param(StrValue(), "'' = the target's first num_layers layers; else a model (embedded name, "
+                           "folder or hub id) with the target's tokenizer", default=""),
+        "num_layers": Param(IntValue(low=1), "layers of the target kept in the assistant (when assistant is '')",
+                            default=8),
+        "weight": Param(FloatValue(), "w in z_T + w·(z_A − z_A⁰)", default=1.0),
+        "relative_top": Param(FloatValue(low=0.0, high=1.0), "τ of the relative-top filter (0 = none, the paper)",
+                              default=0.0),
+    }
+
+    @staticmethod
+    def build(base: Objective, **combination: object) -> Objective:
+        return base
+
+    @classmethod
+    def objective(cls, settings: "Settings", name: str) -> Objective:
+        base = settings.method(name)["objective"]
+        return METHODS.get(base).objective(settings, base)
+
+    @classmethod
+    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
+        base = settings.method(name)["objective"]
+        return METHODS.get(base).datasets(settings, base)
+
+    @classmethod
+    def training_data(cls, settings: "Settings", name: str, data: dict[str, list[Example]]
+                      ) -> dict[str, list[Example]]:
+        base = settings.method(name)["objective"]
+        return METHODS.get(base).training_data(settings, base, data)
+
+
+def logit_difference_method(name: str) -> type[LogitDifferenceMethod] | None:
+    """The method class when ``name`` is a logit-difference method, else None."""
+    method = METHODS.get(name)
+    return method if isinstance(method, type) and issubclass(method, LogitDifferenceMethod) else None
