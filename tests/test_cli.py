@@ -10,6 +10,7 @@ import pytest
 from obliviate.cli import run
 from obliviate.config.loader import parse_config
 from obliviate.config.schema import experiment_schema
+from obliviate.methods import METHODS
 from obliviate.unlearner import Unlearner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ BAD_INPUTS = {
     "missing data file": (lambda t: ["--dataset.forget_dataset_name", "nope.jsonl"], "dataset 'nope.jsonl' not found"),
     "misspelled key": (lambda t: ["--unlearn.lrr", "1e-5"], "did you mean 'unlearn.lr'"),
     "unknown method": (lambda t: ["--unlearn.unlearn_method", "npoo"],
-                       "must be one of GA|GA_KL|GradDiff|IDK_AP|ILU|ME_GD|NPO|Offset|RMU|SimNPO|ULD"),
+                       "must be one of " + "|".join(METHODS.names())),
     "out of range": (lambda t: ["--unlearn.lr", "-1"], "unlearn.lr='-1' must be a number >= 0.0"),
     "not a causal LM": (lambda t: ["--overall.model_name", _bert_folder(t)], "not a causal language model"),
     "empty forget set": (lambda t: ["--dataset.forget_dataset_name", _empty_file(t)], "is empty"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from obliviate.cli import run
 from obliviate.config.schema import Lora
@@ -111,7 +112,7 @@ def test_offset_references_come_from_the_model_with_adapters_off(tokenizer):
     model = combined(tokenizer, offset=True, relative_top=0.0, weight=1.0)
     term = KLToReference("retain")
     term.prepare(PrepareContext(model, {}, 2, torch.device("cpu")))
-    assert term.reference is None  # no copy of target + assistant
+    assert term.reference.copy is None  # no copy of target + assistant
     batch = inputs(tokenizer, ["Who wrote the book?"])
     with torch.no_grad(), adapters.without_adapters(model) as starting:
         assert torch.allclose(starting(**batch).logits, model.target(**batch).logits, atol=1e-5)
@@ -242,6 +243,10 @@ def test_a_uld_run_saves_a_folder_that_evaluate_reloads(tiny, tmp_path, cache_di
     assert json.loads((folder / "env.json").read_text())["trainable_parameters"] > 0
     after = json.loads((folder / "metrics.json").read_text())["after"]
     assert "forget" in json.loads((folder / "attacks.json").read_text())["relearn"][0]
+    target = next(f for f in (cache_dir / "finetuned").iterdir()
+                  if json.loads((f / "recipe.json").read_text())["role"] == "target")
+    saved, original = load_file(folder / "model" / "model.safetensors"), load_file(target / "model.safetensors")
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)  # untouched
     assert evaluate_cli("--config_file", str(ROOT / "configs/synthetic/uld.json"), *tiny, "--overall.model_name",
                         str(folder), "--finetune.enabled", "false", "--logger.name", "again") == 0
     again = json.loads((tmp_path / "results" / "synthetic" / "evaluations" / "again" / "metrics.json").read_text())

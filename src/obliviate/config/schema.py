@@ -147,7 +147,7 @@ class Mask:
 
 @dataclass(frozen=True)
 class Lora:
-    """LoRA adapters through peft, for any method (only the adapters train)"""
+    """LoRA adapters through peft, for any method (only adapters train; ULD/Offset always adapt their assistant)"""
 
     enabled: bool = option(BoolValue(), "train LoRA adapters instead of the model's weights", False)
     r: int = option(IntValue(low=1), "adapter rank", 16)

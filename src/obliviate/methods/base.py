@@ -64,6 +64,9 @@ class Term(ABC):
     def prepare(self, context: PrepareContext) -> None:
         """Cache what the term needs from the starting model (default: nothing)."""
 
+    def after_step(self) -> None:
+        """Update the term's own state once per optimiser step, e.g. PDU's dual variable (default: nothing)."""
+
     def extra_logs(self) -> dict[str, float]:
         """Values to log besides the term itself (default: none)."""
         return {}
@@ -105,6 +108,10 @@ class Objective:
     def prepare(self, context: PrepareContext) -> None:
         for _, term in self.terms:
             term.prepare(context)
+
+    def after_step(self) -> None:
+        for _, term in self.terms:
+            term.after_step()
 
     def artifacts(self) -> dict[str, torch.Tensor]:
         return {key: value for _, term in self.terms for key, value in term.artifacts().items()}

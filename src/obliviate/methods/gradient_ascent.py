@@ -9,18 +9,8 @@
 
 from __future__ import annotations
 
-from fastargs import Param
-
-from obliviate.config.checkers import FloatValue
 from obliviate.methods.base import METHODS, Method, Objective, Term
-from obliviate.methods.terms import NLL, KLToReference
-
-
-def _weights() -> dict[str, Param]:
-    return {
-        "gamma": Param(FloatValue(low=0.0), "weight of the forget term", default=1.0),
-        "alpha": Param(FloatValue(low=0.0), "weight of the retain term", default=1.0),
-    }
+from obliviate.methods.terms import NLL, KLToReference, weight_params
 
 
 @METHODS.register("GA")
@@ -36,7 +26,7 @@ class GA(Method):
 class GradDiff(Method):
     """Gradient difference: L = −γ·NLL(f) + α·NLL(r)."""
 
-    params = _weights()
+    params = weight_params()
 
     @staticmethod
     def retain_term() -> Term:

@@ -6,10 +6,12 @@ shifted label is -100 (prompt, padding) contribute nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
-from obliviate.data.tokenize import IGNORE_INDEX, TokenBatch
+from obliviate.data.tokenize import IGNORE_INDEX, EncodedDataset, TokenBatch
 
 
 def forward_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
@@ -58,3 +60,53 @@ def token_kl(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch
     log_ref = F.log_softmax(reference_logits.float(), dim=-1)
     kl = (log_ref.exp() * (log_ref - log_p)).sum(dim=-1)
     return (kl * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def reference_sequence_nll(model: torch.nn.Module, dataset: EncodedDataset, batch_size: int, device: torch.device
+                           ) -> torch.Tensor:
+    """S_ref(x) of every example of ``dataset`` under ``model`` as it is now (eval mode), indexed like the data
+    set: the reference quantity NPO and DPO cache once instead of keeping a second model."""
+    was_training = model.training
+    model.eval()
+    sums_by_index = torch.zeros(len(dataset))
+    for batch in dataset.loader(batch_size):
+        batch = batch.to(device)
+        sums, _ = sequence_nll(forward_logits(model, batch), batch.labels)
+        sums_by_index[batch.index.cpu()] = sums.float().cpu()
+    model.train(was_training)
+    return sums_by_index
+
+
+class PerTokenReference:
+    """A per-token quantity of the starting model for every example of a data set (e.g. log π_ref(y_t), or a
+    target token), computed once, served aligned with a batch's shifted labels [B, T−1]."""
+
+    def __init__(self, rows: list[torch.Tensor]) -> None:
+        self.rows = rows
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, model: torch.nn.Module, dataset: EncodedDataset, batch_size: int, device: torch.device,
+                quantity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> "PerTokenReference":
+        """``quantity(logits, labels)`` → [B, T−1] under ``model`` as it is now (eval mode), for every example."""
+        was_training = model.training
+        model.eval()
+        rows: list[torch.Tensor] = [torch.empty(0)] * len(dataset)
+        for batch in dataset.loader(batch_size):
+            batch = batch.to(device)
+            values = quantity(forward_logits(model, batch), batch.labels).cpu()
+            for row, index in enumerate(batch.index.tolist()):
+                rows[index] = values[row, :int(batch.attention_mask[row].sum()) - 1]
+        model.train(was_training)
+        return cls(rows)
+
+    def for_batch(self, batch: TokenBatch) -> torch.Tensor:
+        """The cached values of the batch's rows, right-padded with 0 to [B, T−1]."""
+        width = batch.input_ids.shape[1] - 1
+        first = self.rows[int(batch.index[0])]
+        out = torch.zeros((len(batch.index), width), dtype=first.dtype)
+        for row, index in enumerate(batch.index.tolist()):
+            values = self.rows[index]
+            out[row, :len(values)] = values
+        return out.to(batch.input_ids.device)

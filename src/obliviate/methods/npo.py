@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from fastargs import Param
 
-from obliviate.config.checkers import ChoiceValue, FloatValue
+from obliviate.config.checkers import FloatValue
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, sequence_nll
-from obliviate.methods.terms import retain_term
+from obliviate.methods.likelihood import forward_logits, reference_sequence_nll, sequence_nll
+from obliviate.methods.terms import retain_term, weight_params
 
 
 def npo_loss(sequence_nll_current: torch.Tensor, sequence_nll_reference: torch.Tensor, beta: float) -> torch.Tensor:
@@ -56,19 +56,9 @@ class NPOForget(Term):
         self.beta = beta
         self.reference_nll: torch.Tensor | None = None
 
-    @torch.no_grad()
     def prepare(self, context: PrepareContext) -> None:
-        model = context.model
-        was_training = model.training
-        model.eval()
-        dataset = context.datasets[self.split]
-        reference = torch.zeros(len(dataset))
-        for batch in dataset.loader(context.batch_size):
-            batch = batch.to(context.device)
-            sums, _ = sequence_nll(forward_logits(model, batch), batch.labels)
-            reference[batch.index.cpu()] = sums.float().cpu()
-        self.reference_nll = reference
-        model.train(was_training)
+        self.reference_nll = reference_sequence_nll(context.model, context.datasets[self.split], context.batch_size,
+                                                    context.device)
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         if self.reference_nll is None:
@@ -94,20 +84,12 @@ class SimNPOForget(Term):
         return simnpo_loss(current, lengths, self.beta, self.delta)
 
 
-def _retain_params(gamma: float) -> dict[str, Param]:
-    return {
-        "gamma": Param(FloatValue(low=0.0), "weight of the forget term", default=gamma),
-        "alpha": Param(FloatValue(low=0.0), "weight of the retain term (0 disables it)", default=1.0),
-        "retain_loss": Param(ChoiceValue(["nll", "kl"]), "retain term: nll (GD) or kl (to the starting model)",
-                             default="nll"),
-    }
-
-
 @METHODS.register("NPO")
 class NPO(Method):
     """NPO + retain term: L = γ·L_NPO(f) + α·L_retain(r)."""
 
-    params = {"beta": Param(FloatValue(low=1e-6), "inverse temperature β", default=0.1), **_retain_params(1.0)}
+    params = {"beta": Param(FloatValue(low=1e-6), "inverse temperature β", default=0.1),
+              **weight_params(1.0, retain_choice=True)}
 
     @staticmethod
     def build(beta: float, gamma: float, alpha: float, retain_loss: str) -> Objective:
@@ -121,7 +103,7 @@ class SimNPO(Method):
     params = {
         "beta": Param(FloatValue(low=1e-6), "inverse temperature β", default=4.5),
         "delta": Param(FloatValue(), "reward margin δ", default=0.0),
-        **_retain_params(0.125),
+        **weight_params(0.125, retain_choice=True),
     }
 
     @staticmethod

@@ -20,7 +20,6 @@ retain batches the loop draws keep their own refusal partners.
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,9 +27,8 @@ import torch.nn.functional as F
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue, StrValue
-from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, TokenBatch
 from obliviate.errors import UserError
+from obliviate.methods.alternatives import REFUSALS, AlternativeAnswers
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
 from obliviate.methods.likelihood import forward_logits, mean_nll, sequence_nll
 from obliviate.methods.terms import NLL
@@ -38,33 +36,9 @@ from obliviate.methods.terms import NLL
 if TYPE_CHECKING:
     from obliviate.config.settings import Settings
 
-REFUSALS = "refusals"  # the split holding the refusal answers
-
-
 def answer_preservation_loss(true_nll: torch.Tensor, refusal_nll: torch.Tensor, beta: float) -> torch.Tensor:
     """−(1/β)·mean log σ(β·(S_refusal − S_true)) for per-sequence NLL sums."""
     return -F.logsigmoid(beta * (refusal_nll - true_nll)).mean() / beta
-
-
-class RefusalAnswers:
-    """Each example of one split with a refusal as its answer, encoded once, fetched by row index."""
-
-    def __init__(self, split: str, seed: int) -> None:
-        self.split, self.seed = split, seed
-        self.encoded: EncodedDataset | None = None
-
-    def prepare(self, context: PrepareContext) -> None:
-        refusals = [example.answer for example in context.examples.get(REFUSALS, [])]
-        if not refusals:
-            raise UserError("the refusal answers are empty; set unlearn.IDK_AP.refusals to a file of refusals")
-        rng = random.Random(f"{self.seed}:{self.split}")
-        questions = context.examples[self.split]
-        self.encoded = context.encode([Example(e.question, rng.choice(refusals)) for e in questions])
-
-    def batch_for(self, rows: TokenBatch) -> TokenBatch:
-        if self.encoded is None:
-            raise RuntimeError("RefusalAnswers.prepare() must run before training")
-        return self.encoded.collate([self.encoded[int(i)] for i in rows.index]).to(rows.input_ids.device)
 
 
 class RefusalNLL(Term):
@@ -74,7 +48,7 @@ class RefusalNLL(Term):
     split = "forget"
 
     def __init__(self, seed: int) -> None:
-        self.refusals = RefusalAnswers(self.split, seed)
+        self.refusals = AlternativeAnswers(self.split, "refusal", seed)
 
     def prepare(self, context: PrepareContext) -> None:
         self.refusals.prepare(context)
@@ -92,7 +66,7 @@ class AnswerPreservation(Term):
 
     def __init__(self, beta: float, seed: int) -> None:
         self.beta = beta
-        self.refusals = RefusalAnswers(self.split, seed)
+        self.refusals = AlternativeAnswers(self.split, "refusal", seed)
 
     def prepare(self, context: PrepareContext) -> None:
         self.refusals.prepare(context)
@@ -105,23 +79,13 @@ class AnswerPreservation(Term):
         return answer_preservation_loss(true_nll, refusal_nll, self.beta)
 
 
-@METHODS.register("IDK_AP")
-class IDKAP(Method):
-    """IDK+AP: refusals on forget questions + answer preservation on retain questions."""
+def refusal_params() -> dict[str, Param]:
+    return {"refusals": Param(StrValue(), "refusal answers: a data set of texts (or of answers)",
+                              default="synthetic:refusals")}
 
-    params = {
-        "gamma": Param(FloatValue(low=0.0), "weight of the refusal NLL on forget questions (IDK)", default=1.0),
-        "delta": Param(FloatValue(low=0.0), "weight of answer preservation on retain questions (AP)", default=1.0),
-        "alpha": Param(FloatValue(low=0.0), "weight of the retain NLL (the public code has none)", default=0.0),
-        "beta": Param(FloatValue(low=1e-6), "β of answer preservation", default=0.1),
-        "refusals": Param(StrValue(), "refusal answers: a data set of texts (or of answers)",
-                          default="synthetic:refusals"),
-        "seed": Param(IntValue(low=0), "seed of the refusal drawn for each question", default=0),
-    }
 
-    @staticmethod
-    def build(gamma: float, delta: float, alpha: float, beta: float, refusals: str, seed: int) -> Objective:
-        return RefusalNLL(seed) * gamma + AnswerPreservation(beta, seed) * delta + NLL("retain") * alpha
+class RefusalMethod(Method):
+    """A method that reads refusal answers (its ``refusals`` key names them)."""
 
     @classmethod
     def objective(cls, settings: "Settings", name: str) -> Objective:
@@ -133,3 +97,21 @@ class IDKAP(Method):
     @classmethod
     def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
         return {REFUSALS: settings.method(name)["refusals"]}
+
+
+@METHODS.register("IDK_AP")
+class IDKAP(RefusalMethod):
+    """IDK+AP: refusals on forget questions + answer preservation on retain questions."""
+
+    params = {
+        "gamma": Param(FloatValue(low=0.0), "weight of the refusal NLL on forget questions (IDK)", default=1.0),
+        "delta": Param(FloatValue(low=0.0), "weight of answer preservation on retain questions (AP)", default=1.0),
+        "alpha": Param(FloatValue(low=0.0), "weight of the retain NLL (the public code has none)", default=0.0),
+        "beta": Param(FloatValue(low=1e-6), "β of answer preservation", default=0.1),
+        **refusal_params(),
+        "seed": Param(IntValue(low=0), "seed of the refusal drawn for each question", default=0),
+    }
+
+    @staticmethod
+    def build(gamma: float, delta: float, alpha: float, beta: float, refusals: str, seed: int) -> Objective:
+        return RefusalNLL(seed) * gamma + AnswerPreservation(beta, seed) * delta + NLL("retain") * alpha

@@ -6,7 +6,10 @@ import contextlib
 import copy
 
 import torch
+from fastargs import Param
 
+from obliviate.config.checkers import ChoiceValue, FloatValue
+from obliviate.data.tokenize import TokenBatch
 from obliviate.methods.base import Batch, PrepareContext, Term
 from obliviate.methods.likelihood import forward_logits, mean_nll, token_kl
 from obliviate.models.adapters import is_adapted, without_adapters
@@ -24,38 +27,60 @@ class NLL(Term):
         return mean_nll(forward_logits(model, data), data.labels)
 
 
-class KLToReference(Term):
-    """KL(π_ref ‖ π_θ) per answer token of ``batch[split]``, π_ref the frozen starting model.
+class StartingModel:
+    """The frozen starting model, for terms whose reference is a distribution over the vocabulary at every
+    token (too large to cache): with adapters (LoRA, and Offset unlearning, whose model with the assistant's
+    adapters off is the target) the same model with its adapters switched off, no copy; otherwise one frozen
+    copy made in :meth:`prepare` (twice the weight memory)."""
 
-    The reference distribution changes with every batch and spans the whole vocabulary, so it cannot
-    be cached cheaply. With LoRA (and for Offset unlearning, whose model with the assistant's adapters off is
-    the target) it is the same model with its adapters switched off (no copy); otherwise
-    this term keeps one frozen copy of the starting model (twice the weight memory).
-    """
+    def __init__(self) -> None:
+        self.copy: torch.nn.Module | None = None
+
+    def prepare(self, context: PrepareContext) -> None:
+        if not is_adapted(context.model):
+            self.copy = copy.deepcopy(context.model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logits(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+        """The starting model's logits on ``batch`` (no graph)."""
+        with self._model(model) as reference:
+            return forward_logits(reference, batch)
+
+    def _model(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        if self.copy is not None:
+            return contextlib.nullcontext(self.copy)
+        if is_adapted(model):
+            return without_adapters(model)
+        raise RuntimeError("StartingModel.prepare() must run before training")
+
+
+class KLToReference(Term):
+    """KL(π_ref ‖ π_θ) per answer token of ``batch[split]``, π_ref the frozen :class:`StartingModel`."""
 
     def __init__(self, split: str) -> None:
         self.split = split
         self.name = f"{split}_kl"
-        self.reference: torch.nn.Module | None = None
+        self.reference = StartingModel()
 
     def prepare(self, context: PrepareContext) -> None:
-        if not is_adapted(context.model):
-            self.reference = copy.deepcopy(context.model).eval().requires_grad_(False)
+        self.reference.prepare(context)
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
-        with torch.no_grad(), self._reference(model) as reference:
-            reference_logits = forward_logits(reference, data)
-        return token_kl(forward_logits(model, data), reference_logits, data.labels)
-
-    def _reference(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[torch.nn.Module]:
-        if self.reference is not None:
-            return contextlib.nullcontext(self.reference)
-        if is_adapted(model):
-            return without_adapters(model)
-        raise RuntimeError("KLToReference.prepare() must run before training")
+        return token_kl(forward_logits(model, data), self.reference.logits(model, data), data.labels)
 
 
 def retain_term(kind: str) -> Term:
     """The retain regulariser named by a method's ``retain_loss`` key: ``nll`` (GD) or ``kl``."""
     return NLL("retain") if kind == "nll" else KLToReference("retain")
+
+
+def weight_params(gamma: float = 1.0, alpha: float = 1.0, *, retain_choice: bool = False) -> dict[str, Param]:
+    """The keys most methods share: ``gamma`` (weight of the forget term), ``alpha`` (weight of the retain term)
+    and, with ``retain_choice``, ``retain_loss`` (which :func:`retain_term`)."""
+    params = {"gamma": Param(FloatValue(low=0.0), "weight of the forget term", default=gamma),
+              "alpha": Param(FloatValue(low=0.0), "weight of the retain term (0 disables it)", default=alpha)}
+    if retain_choice:
+        params["retain_loss"] = Param(ChoiceValue(["nll", "kl"]),
+                                      "retain term: nll (GD) or kl (to the starting model)", default="nll")
+    return params

@@ -84,6 +84,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        objective.after_step()
         logs = {"step": step, **sums, "lr": lr, "grad_norm": float(grad_norm),
                 "seconds": round(time.perf_counter() - start, 3)}
         progress.set_postfix(loss=f"{sums['loss']:.4f}")

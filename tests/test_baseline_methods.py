@@ -1,0 +1,178 @@
+"""Issue 11's methods on a tiny model: cached references line up with the batch rows, the objectives start
+where their formulas say, PDU's dual variable moves as stated, every method runs from its config."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from obliviate.data.examples import Example
+from obliviate.data.tokenize import IGNORE_INDEX, PromptFormat, encode_dataset
+from obliviate.methods import METHODS
+from obliviate.methods.base import PrepareContext
+from obliviate.methods.labels import random_targets, runner_up_targets, sequence_mean_nll
+from obliviate.methods.likelihood import forward_logits, mean_nll, shifted
+from obliviate.models.embedded import tiny_random_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+NEW_METHODS = {"DPO": "dpo", "IdkDPO": "idk_dpo", "IDK": "idk", "WGA": "wga", "SatImp": "satimp", "TNPO": "tnpo",
+               "WTNPO": "wtnpo", "UNDIAL": "undial", "CEU": "ceu", "PDU": "pdu", "SAM_NPO": "sam_npo",
+               "RandomLabel": "random_label", "AdversarialLabel": "adversarial_label",
+               "AscentDescent": "ascent_descent"}
+
+
+@pytest.fixture
+def setup(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    forget = [Example(f"Who is person {i}?", f"Person {i} is a baker.",
+                      perturbed_answers=(f"Person {i} is a pilot.",))
+              for i in range(4)]
+    retain = [Example(f"Where is town {i}?", f"Town {i} lies north.") for i in range(5)]
+    refusals = [Example("", "I don't know."), Example("", "No idea, sorry.")]
+
+    def encode(examples):
+        return encode_dataset(tokenizer, examples, PromptFormat(), 32)
+
+    datasets = {"forget": encode(forget), "retain": encode(retain)}
+    context = PrepareContext(model, datasets, 3, torch.device("cpu"),
+                             {"forget": forget, "retain": retain, "refusals": refusals}, encode)
+    batch = {"forget": datasets["forget"].collate([datasets["forget"][i] for i in (2, 0)]),
+             "retain": datasets["retain"].collate([datasets["retain"][i] for i in (4, 1)])}
+    return model, context, batch
+
+
+def build(name, context, **overrides):
+    values = {key: param.default for key, param in METHODS.get(name).params.items()} | overrides
+    objective = METHODS.get(name).build(**values)
+    objective.prepare(context)
+    return objective
+
+
+@pytest.mark.parametrize("name", ["DPO", "IdkDPO"])
+def test_dpo_starts_at_2_over_beta_log_2_with_cached_references(setup, name):
+    model, context, batch = setup
+    objective = build(name, context, alpha=0.0)
+    assert objective(model, batch).loss.item() == pytest.approx(20 * math.log(2), rel=1e-5)
+
+
+def test_tnpo_starts_as_gradient_ascent_and_wtnpo_as_wga(setup):
+    model, context, batch = setup
+    nll = mean_nll(forward_logits(model, batch["forget"]), batch["forget"].labels).item()
+    assert build("TNPO", context)(model, batch).loss.item() == pytest.approx(-nll, rel=1e-3)
+    wtnpo = build("WTNPO", context, power=1.0)(model, batch).loss.item()
+    wga = build("WGA", context, beta=1.0, alpha=0.0)(model, batch).loss.item()
+    assert wtnpo == pytest.approx(wga, rel=1e-3)  # p_ref = p at the start: 2p^(β+1)/(2p^β) = p
+
+
+def test_undial_with_beta_0_is_the_entropy_at_the_start_and_its_reference_stays_frozen(setup):
+    model, context, batch = setup
+    objective = build("UNDIAL", context, beta=0.0)
+    logits, _, mask = shifted(forward_logits(model, batch["forget"]), batch["forget"].labels)
+    log_p = torch.log_softmax(logits, dim=-1)
+    entropy = (-(log_p.exp() * log_p).sum(-1) * mask).sum() / mask.sum()
+    assert objective(model, batch).loss.item() == pytest.approx(entropy.item(), rel=1e-5)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+    assert objective(model, batch).loss.item() != pytest.approx(entropy.item(), rel=1e-3)
+
+
+def test_adversarial_targets_are_cached_from_the_starting_model(setup):
+    model, context, batch = setup
+    objective = build("AdversarialLabel", context)
+    term = objective.terms[0][1]
+    data = batch["forget"]
+    expected = runner_up_targets(forward_logits(model, data), data.labels)
+    cached = term.targets.for_batch(data)
+    answer = expected != IGNORE_INDEX
+    assert torch.equal(cached[answer], expected[answer])
+    assert not (cached[answer] == data.labels[:, 1:][answer]).any()
+    with torch.no_grad():
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    assert torch.equal(term.targets.for_batch(data)[answer], expected[answer])
+
+
+def test_random_targets_replace_answer_tokens_only_and_are_seeded(setup, tokenizer):
+    _, context, _ = setup
+    data = context.datasets["forget"]
+    eos = tokenizer.eos_token_id
+    first, again, other = (random_targets(data, 100, {eos}, seed) for seed in (0, 0, 1))
+    for row, item in enumerate(data.encoded):
+        labels = torch.tensor(item.labels[1:])
+        targets = first.rows[row]
+        assert torch.equal(targets[labels == IGNORE_INDEX], labels[labels == IGNORE_INDEX])
+        assert torch.equal(targets[labels == eos], labels[labels == eos])
+        ordinary = (labels != IGNORE_INDEX) & (labels != eos)
+        assert ((targets[ordinary] >= 0) & (targets[ordinary] < 100) & (targets[ordinary] != eos)).all()
+        assert torch.equal(targets, again.rows[row])
+    assert any(not torch.equal(a, b) for a, b in zip(first.rows, other.rows))
+
+
+def test_ascent_descent_is_the_mixed_batch_mean_of_signed_sequence_means(setup):
+    model, context, batch = setup
+    value = build("AscentDescent", context)(model, batch).loss.item()
+    forget = sequence_mean_nll(forward_logits(model, batch["forget"]), batch["forget"].labels).item()
+    retain = sequence_mean_nll(forward_logits(model, batch["retain"]), batch["retain"].labels).item()
+    assert value == pytest.approx((-2 * forget + 2 * retain) / 4, rel=1e-5)
+
+
+def test_pdu_eps_and_dual_variable(setup):
+    model, context, batch = setup
+    objective = build("PDU", context, alpha=2.0, dual_step_size=0.5, dual_warmup_steps=1, eps_ratio=1.1)
+    constraint = objective.terms[1][1]
+    retain = context.datasets["retain"]
+    everything = retain.collate([retain[i] for i in range(len(retain))])
+    assert constraint.eps == pytest.approx(1.1 * mean_nll(forward_logits(model, everything), everything.labels).item(),
+                                           rel=1e-5)
+    output = objective(model, batch)
+    assert output.logs["dual"] == 2.0
+    assert output.logs["retain_constraint"] == pytest.approx(2.0 * (output.logs["retain_nll"] - constraint.eps),
+                                                             rel=1e-5)
+    objective.after_step()  # warm-up step: λ stays
+    assert constraint.dual == 2.0
+    violations = [objective(model, batch).logs["retain_nll"] - constraint.eps for _ in range(2)]
+    objective.after_step()  # one optimiser step of two micro-batches: their mean violation
+    assert constraint.dual == pytest.approx(max(0.0, 2.0 + 0.5 * sum(violations) / 2), rel=1e-6)
+    assert objective.artifacts()["pdu_dual"].item() == pytest.approx(constraint.dual)
+
+
+def test_sam_npo_restores_the_weights_and_differs_from_npo_only_by_the_perturbation(setup):
+    model, context, batch = setup
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    npo = build("NPO", context, alpha=0.0)
+    npo(model, batch).loss.backward()
+    npo_grad = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    for rho, close in ((0.0, True), (1.0, False)):
+        sam = build("SAM_NPO", context, alpha=0.0, rho=rho)
+        sam(model, batch).loss.backward()
+        assert all(torch.equal(p, start[name]) for name, p in model.named_parameters())
+        same = all(torch.allclose(p.grad, npo_grad[name], atol=1e-6) for name, p in model.named_parameters())
+        assert same == close
+        model.zero_grad()
+
+
+@pytest.mark.parametrize("name", sorted(NEW_METHODS))
+def test_every_method_has_a_config_and_help(name):
+    config = json.loads((ROOT / "configs" / "synthetic" / f"{NEW_METHODS[name]}.json").read_text())
+    assert config["unlearn"]["unlearn_method"] == name
+    assert set(config[f"unlearn.{name}"]) == set(METHODS.get(name).params)
+
+
+def test_every_new_method_runs_from_its_config_on_a_tiny_model(tmp_path, cache_dir):
+    from obliviate.cli import run
+    from obliviate.unlearner import Unlearner
+
+    for name, file in NEW_METHODS.items():
+        argv = ["--config_file", str(ROOT / "configs" / "synthetic" / f"{file}.json"),
+                "--overall.model_name", "tiny-random-llama", "--overall.cache_dir", str(cache_dir),
+                "--dataset.data_dir", str(tmp_path / "data"), "--logger.json.root", str(tmp_path / "results"),
+                "--unlearn.max_steps", "2", "--finetune.max_steps", "2", "--eval.max_examples", "4",
+                "--eval.metrics", "prob", "--logger.name", file]
+        assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", argv) == 0, name
+        run_folder = next((tmp_path / "results").rglob(f"{file}/train_log.jsonl")).parent
+        log = [json.loads(line) for line in (run_folder / "train_log.jsonl").read_text().splitlines()]
+        assert len(log) == 2 and all(math.isfinite(record["loss"]) for record in log), name
+        metrics = json.loads((run_folder / "metrics.json").read_text())
+        assert metrics, name
