@@ -125,9 +125,10 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     fmt = prompt_format(s.dataset.question_template, s.dataset.chat_template)
     data_dir = Path(s.dataset.data_dir)
     data = _training_data(s, method if unlearning else None, data_dir)
-    needed = (objective.splits if objective else set()) | ({"retain"} if s.finetune.enabled else set())
+    needed = (objective.splits if objective else set()) | (
+        {"retain"} if s.finetune.enabled or (unlearning and s.unlearn.g_effect_every) else set())
     if missing := sorted(needed - set(data)):
-        raise UserError(f"{method} (or finetune.enabled) needs {', '.join(missing)} data; "
+        raise UserError(f"{method} (or finetune.enabled, or unlearn.g_effect_every) needs {', '.join(missing)} data; "
                         f"set dataset.{missing[0]}_dataset_name")
     models = _models(s, fmt, data)
     evaluation = _evaluation(s, data, data_dir, models)

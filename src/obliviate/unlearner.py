@@ -41,6 +41,7 @@ from obliviate.models.loading import ModelSource, load_model, resolve_model, sav
 from obliviate.models.logit_difference import SPEC_FILE, LogitDifferenceModel
 from obliviate.plan import ExperimentPlan, plan
 from obliviate.report import metrics_table, run_summary
+from obliviate.training.g_effect import G_EFFECT_LOG, GEffectProbe, plot_g_effect
 from obliviate.training.loop import train
 
 
@@ -165,15 +166,22 @@ class Unlearner:
     def _unlearn(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mask: ParameterMask | None) -> None:
         p, s = self.plan, self.settings
         set_seed(s.overall.seed)
-        datasets = encoded(tokenizer, p.training_data, p.objective.splits | {"forget"}, p.fmt, s.dataset.max_length)
+        probing = s.unlearn.g_effect_every > 0
+        splits = p.objective.splits | {"forget"} | ({"retain"} if probing else set())
+        datasets = encoded(tokenizer, p.training_data, splits, p.fmt, s.dataset.max_length)
 
         def encode(examples: list[Example]) -> EncodedDataset:
             return encode_dataset(tokenizer, examples, p.fmt, s.dataset.max_length)
 
         p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device, p.training_data,
                                            encode))
+        probe = (GEffectProbe(s.unlearn.g_effect_every, datasets, s.dataset.batch_size, s.overall.seed,
+                              self.run_folder.path(G_EFFECT_LOG)) if probing else None)
         train(model, p.objective, datasets, "forget", s.unlearn.training(s.dataset.batch_size), self.accelerator,
-              s.overall.seed, on_log=self.run_folder.log_step, mask=mask, description=f"unlearn ({p.method})")
+              s.overall.seed, on_log=self.run_folder.log_step, mask=mask, inspect=probe,
+              description=f"unlearn ({p.method})")
+        if probing:
+            plot_g_effect(self.run_folder.path(G_EFFECT_LOG), self.run_folder.path("g_effect.png"), p.method)
         self.trained_parameters = adapters.trainable_parameters(model)
         if artifacts := p.objective.artifacts():
             save_file({k: v.contiguous().cpu() for k, v in artifacts.items()},

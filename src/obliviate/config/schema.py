@@ -62,6 +62,8 @@ class Unlearn(TrainingKeys):
     task_name: str = option(StrValue(), "benchmark name: results go to files/results/<task_name>/<method>/",
                             "synthetic")
     save_model: bool = option(BoolValue(), "save the unlearned model in the run folder", False)
+    g_effect_every: int = option(IntValue(low=0), "every k steps, the G-effect of the step on forget and retain NLL "
+                                 "per block to g_effect.jsonl/png (0 = off)", 0)
     mask_path: str = option(StrValue(), "weight mask (.safetensors, or WAGLE .pt): loaded if it exists, else built "
                             "from the mask section and saved there; empty for no mask", "")
 

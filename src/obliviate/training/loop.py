@@ -49,8 +49,10 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
           config: TrainingConfig, accelerator: Accelerator, seed: int, *,
           on_log: Callable[[dict[str, float]], None] = lambda record: None,
           mask: ParameterMask | None = None, after_step: Callable[[int], None] | None = None,
+          inspect: Callable[[int, torch.nn.Module], None] | None = None,
           description: str = "train") -> TrainingResult:
-    """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps."""
+    """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps; ``inspect``
+    sees the model with each step's final gradient just before the optimiser applies it (G-effect)."""
     total = config.total_steps(len(datasets[primary]))
     if mask is not None:
         mask.attach(model)
@@ -81,6 +83,8 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
         lr = scheduler.get_last_lr()[0]
         if mask is not None:
             mask.before_step(lr, config.weight_decay)
+        if inspect is not None:
+            inspect(step, model)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,145 @@
+"""G-effect diagnostics (Wang et al., "Rethinking LLM Unlearning Objectives: A Gradient Perspective and Go
+Beyond", ICLR 2025, arXiv 2502.19301; seed 001; public code tmlr-group/G-effect ``dataloader_ge.py``).
+
+The G-effect of the unlearning objective L on a risk R is the inner product of their gradients,
+
+    e = ⟨∇_θ L, ∇_θ R⟩,    R = NLL on forget data ("unlearning", e_u) or on retain data ("retention", e_r),
+
+split into blocks of parameters: ``embeddings``, ``layer_<i>`` for every decoder layer, and ``head`` (final
+norm and output head; a head tied to the embeddings counts as embeddings). A gradient step θ ← θ − η∇L
+changes R by about −η·e, so **a negative e_u means the step forgets** (forget NLL rises) and **a negative
+e_r means it damages retained knowledge** (retain NLL rises); the paper wants e_u notably negative and e_r
+not negative.
+
+Where our numbers come from:
+
+* ∇L is the gradient the optimiser step receives (accumulated over its micro-batches, clipped, masked), read
+  from ``.grad`` just before the step: no extra pass. With LoRA or a mask, only the trained tensors (or
+  elements) count, so the G-effect is that of the update actually applied.
+* ∇R is taken on probe batches of the forget and retain sets that the probe draws itself (its own seeded
+  generator: switching the diagnostic on does not change training), with ``torch.autograd.grad`` (the
+  training ``.grad`` is left untouched).
+* Smoothing as the seed: each gradient (∇L, ∇R_forget, ∇R_retain) is an exponential moving average,
+  g ← 0.6·g_old + 0.4·g_new, updated at every logged step (the seed averages over the micro-batches of a
+  frozen checkpoint; here the checkpoints are the live run's). ``smoothing`` 0 logs the raw products.
+
+Cost per logged step: two forward+backward passes (one forget, one retain probe batch) and, with smoothing,
+three float32 copies of the trainable parameters kept between logged steps.
+Output: ``g_effect.jsonl`` (one record per logged step) and ``g_effect.png`` (blocks × steps).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from obliviate.data.tokenize import EncodedDataset
+from obliviate.methods.base import Batch
+from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.training.loop import micro_batches
+
+G_EFFECT_LOG = "g_effect.jsonl"
+SMOOTHING = 0.6  # weight of the old gradient in the seed's moving average
+LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
+EMBEDDING = re.compile(r"embed|wte|wpe")
+RISKS = ("forget", "retain")
+
+
+def block_of(name: str) -> str:
+    """The block of a parameter name: layer_<i>, embeddings or head."""
+    if match := LAYER.search(name):
+        return f"layer_{int(match.group(1))}"
+    return "embeddings" if EMBEDDING.search(name) else "head"
+
+
+def block_order(blocks: set[str]) -> list[str]:
+    """embeddings, layer_0 … layer_{n−1}, head."""
+    layers = sorted((b for b in blocks if b.startswith("layer_")), key=lambda b: int(b.split("_")[1]))
+    return [b for b in ("embeddings",) if b in blocks] + layers + [b for b in ("head",) if b in blocks]
+
+
+def blockwise_products(first: list[torch.Tensor], second: list[torch.Tensor], blocks: list[str]) -> dict[str, float]:
+    """Σ over each block's tensors of ⟨first, second⟩."""
+    totals: dict[str, float] = {}
+    for a, b, block in zip(first, second, blocks):
+        totals[block] = totals.get(block, 0.0) + float((a.double() * b.double()).sum())
+    return totals
+
+
+class GEffectProbe:
+    """Every ``every`` optimiser steps, the blockwise G-effects of the step's gradient on the forget and retain
+    NLL, appended to ``path`` (jsonl)."""
+
+    def __init__(self, every: int, datasets: dict[str, EncodedDataset], batch_size: int, seed: int, path: Path,
+                 smoothing: float = SMOOTHING) -> None:
+        self.every, self.path, self.smoothing = every, path, smoothing
+        self.probes: Iterator[Batch] = micro_batches({k: datasets[k] for k in RISKS}, "forget", batch_size,
+                                                     seed + 1)
+        self.averages: dict[str, list[torch.Tensor]] = {}
+
+    def _smoothed(self, key: str, gradients: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.smoothing == 0.0:
+            return gradients
+        if key not in self.averages:
+            self.averages[key] = [g.detach().float().clone() for g in gradients]
+        else:
+            for average, g in zip(self.averages[key], gradients):
+                average.mul_(self.smoothing).add_(g.detach().float(), alpha=1.0 - self.smoothing)
+        return self.averages[key]
+
+    def __call__(self, step: int, model: torch.nn.Module) -> None:
+        if step % self.every:
+            return
+        start = time.perf_counter()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
+        parameters = [p for _, p in named]
+        blocks = [block_of(n) for n, _ in named]
+        objective = self._smoothed("objective", [p.grad for p in parameters])
+        batch = {name: part.to(parameters[0].device) for name, part in next(self.probes).items()}
+        record: dict = {"step": step}
+        for risk in RISKS:
+            data = batch[risk]
+            gradients = torch.autograd.grad(mean_nll(forward_logits(model, data), data.labels), parameters,
+                                            allow_unused=True)
+            gradients = [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, gradients)]
+            per_block = blockwise_products(objective, self._smoothed(risk, gradients), blocks)
+            record[risk] = {block: per_block[block] for block in block_order(set(per_block))}
+            record[f"{risk}_total"] = sum(per_block.values())
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+
+def plot_g_effect(jsonl: Path, path: Path, title: str) -> None:
+    """Two heat maps, blocks × logged steps, of the unlearning and the retention G-effect (red: negative)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
+
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    figure, axes = plt.subplots(1, 2, figsize=(12, 0.25 * len(records[0]["forget"]) + 2.5), squeeze=False)
+    for axis, risk, label in zip(axes[0], RISKS, ("unlearning G-effect e_u (forget NLL)",
+                                                  "retention G-effect e_r (retain NLL)")):
+        blocks = list(records[0][risk])
+        values = torch.tensor([[r[risk][b] for r in records] for b in blocks])
+        limit = float(values.abs().max()) or 1.0
+        image = axis.imshow(values.numpy(), aspect="auto", cmap="RdBu",
+                            norm=SymLogNorm(linthresh=limit * 1e-3, vmin=-limit, vmax=limit))
+        axis.set(title=label, xlabel="step", yticks=range(len(blocks)), yticklabels=blocks)
+        axis.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90, fontsize=7)
+        axis.tick_params(axis="y", labelsize=7)
+        figure.colorbar(image, ax=axis)
+    figure.suptitle(f"{title}: negative e_u = forgetting, negative e_r = damage to retained knowledge")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
