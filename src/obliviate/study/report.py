@@ -9,7 +9,8 @@ amount that came back::
     recovered = (forget_attacked − forget_after) / (forget_before − forget_after)
 
 (0 = nothing came back, 1 = back to the target model; for the first of ``forget_metrics``), the retain
-utility after unlearning, the attack task's own accuracy at its start and end, and wall times; for a
+(and holdout) utility after unlearning, the model-level metrics (e.g. ``model_utility``) before and after, the
+attack task's own accuracy at its start and end, wall times and the unlearning seconds per step; for a
 relearning attack on a slice, the forget metrics of the examples outside the slice (``forget_unseen``)
 right after unlearning and at the attack's end.
 ``study.md`` holds the same rows averaged over seeds (± standard deviation), then every row, then the
@@ -35,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from obliviate.comparison import to_csv, to_markdown  # noqa: E402
 from obliviate.evaluation import METRICS  # noqa: E402
-from obliviate.evaluation.results import LM_EVAL  # noqa: E402
+from obliviate.evaluation.results import LM_EVAL, MODEL  # noqa: E402
 from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
 from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
@@ -55,6 +56,9 @@ def finished_cells(study: Study) -> list[dict]:
         if cell.folder.is_dir():
             files = {name: json.loads(path.read_text()) for name in ("metrics", "env", "attacks")
                      if (path := cell.folder / f"{name}.json").is_file()}
+            if (log := cell.folder / "train_log.jsonl").is_file() and (lines := log.read_text().splitlines()):
+                last = json.loads(lines[-1])
+                files["training"] = {"steps": last["step"], "seconds": last["seconds"]}
             cells.append({"method": cell.method, "seed": cell.seed, "attacks": {}, **files})
     return cells
 
@@ -69,9 +73,16 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
     metrics = cell.get("metrics", {})
     before, after = metrics.get("before", {}), metrics.get("after", {})
     head = {"method": cell["method"], "seed": cell["seed"]}
-    common = {f"retain.{study.utility_metric}.after": after.get("retain", {}).get(study.utility_metric)}
+    utility = study.utility_metric
+    common = {f"retain.{utility}.after": after.get("retain", {}).get(utility)}
+    if "holdout" in after:
+        common[f"holdout.{utility}.after"] = after["holdout"].get(utility)
+    common.update({f"{metric}.{stage}": value for stage, source in (("before", before), ("after", after))
+                   for metric, value in source.get(MODEL, {}).items()})
     seconds = cell.get("env", {}).get("wall_time_seconds", {})
-    common.update({"seconds.unlearn": seconds.get("unlearn"), "seconds.attacks": seconds.get("attacks")})
+    training = cell.get("training", {})
+    common.update({"seconds.unlearn": seconds.get("unlearn"), "seconds.attacks": seconds.get("attacks"),
+                   "seconds_per_step": training["seconds"] / training["steps"] if training else None})
     # lm-eval task accuracies (e.g. wmdp_bio) count as forget metrics: attacks record them with the forget split
     forget_before = {**before.get("forget", {}), **before.get(LM_EVAL, {})}
     forget_after = {**after.get("forget", {}), **after.get(LM_EVAL, {})}
