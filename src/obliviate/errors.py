@@ -12,3 +12,21 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """An invalid configuration (unknown key, wrong type, impossible value)."""
+
+
+class RunFailed(Exception):
+    """A run that stopped on its own (a non-finite loss, an interruption): the message says at which point,
+    what is left on disk and what to do. Entry points print it as one line and exit with status 1."""
+
+
+class NonFiniteStep(RunFailed):
+    """A training step whose loss or gradient is not finite (raised before the step is applied)."""
+
+    def __init__(self, step: int, logs: dict[str, float]) -> None:
+        terms = ", ".join(f"{key}={value:.4g}" for key, value in logs.items())
+        super().__init__(f"step {step}: the loss or gradient is not finite ({terms}); the step was not applied")
+        self.step, self.logs = step, logs
+
+
+class Interrupted(RunFailed):
+    """Ctrl-C or SIGTERM during a run."""

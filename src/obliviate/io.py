@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -24,8 +25,20 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def finite_or_null(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_null(value) for value in data]
+    return data
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (a non-finite number is written as null)."""
+    write_text_atomic(path, json.dumps(finite_or_null(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json_object(path: Path, what: str, hint: str, error: type[UserError] = UserError) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from obliviate.config.settings import Settings
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_dataset
 from obliviate.environment import environment_record
+from obliviate.errors import Interrupted, NonFiniteStep, RunFailed
 from obliviate.evaluation.reference import EVALUATED
 from obliviate.evaluation.results import Evaluation
 from obliviate.evaluation.session import EvaluationSession
@@ -92,55 +93,74 @@ class Unlearner:
         self.session = EvaluationSession(self.plan.evaluation, self.plan.fmt, models,
                                          lambda which, role: models.build(which, role, self.accelerator))
 
+    @contextlib.contextmanager
+    def _marked_failed_on_stop(self) -> Iterator[None]:
+        """A run that stops (non-finite step, Ctrl-C/SIGTERM, any error) leaves ``<name>.failed/`` with
+        ``failure.json``, never a folder that looks finished; the error is re-raised as one line."""
+        try:
+            yield
+        except NonFiniteStep as failure:
+            folder = self.run_folder.fail(str(failure), {"step": failure.step, "logs": failure.logs})
+            raise RunFailed(f"{failure}; the run stopped and its logs are in '{folder}' (no metrics.json); "
+                            "lower unlearn.lr or check the data, then rerun") from None
+        except KeyboardInterrupt:
+            folder = self.run_folder.fail("interrupted", {})
+            raise Interrupted(f"interrupted; the partial run (logs, no metrics.json) is in '{folder}'; rerun the "
+                              "same command to start it again") from None
+        except BaseException as error:
+            self.run_folder.fail(type(error).__name__, {"message": str(error)})
+            raise
+
     # ---------------------------------------------------------------- the whole run
     def run(self) -> Path:
         """Run the experiment; return the finished run folder."""
         start = time.perf_counter()
         self._start()
-        p, s = self.plan, self.settings
-        with self._timed("prepare_models"):
-            target = p.models.build(p.models.target or p.models.base, "target", self.accelerator)
-            self.session.reference()  # evaluated (or read from the cache) before training
-        with self._timed("load_model"):
-            model, tokenizer = load_model(target, p.models.cache_dir, p.models.device, p.models.dtype)
-        results: dict[str, Evaluation] = {}
-        if s.eval.before:
-            with self._timed("evaluate_before"):
-                results["before"] = self.session.evaluate(model, tokenizer, target)
-        mask = self._mask(model, tokenizer)
-        combination = logit_difference_method(p.method)
-        if combination is not None:
-            model = self._assemble(combination, model, target)
-            trained = combination.trained(model)
-        else:
-            model = trained = adapters.attach(model, s.lora) if s.lora.enabled else model
-        with self._timed("unlearn"):
-            self._unlearn(trained, tokenizer, mask)
-        if isinstance(model, LogitDifferenceModel):
-            model.assistant.save_pretrained(self.run_folder.path("adapter"))
-        elif s.lora.enabled:
-            model.save_pretrained(self.run_folder.path("adapter"))  # safetensors + peft's adapter config
-            if s.lora.merge:
-                model = adapters.merged(model)
-        if s.eval.after:
-            with self._timed("evaluate_after"):
-                results["after"] = self.session.evaluate(model, tokenizer)
-        if p.attacks:
-            model = adapters.merged(model)  # attacks fine-tune full weights
-            with self._timed("attacks"):
-                curves = run_attacks(model, tokenizer, p.attacks, p.fmt, s.dataset.max_length, s.attack.eval_every,
-                                     self.accelerator, s.overall.seed,
-                                     lambda attack: self.session.attack_point(model, tokenizer, attack),
-                                     lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
-            self.run_folder.write_json("attacks.json", curves)
-        if s.unlearn.save_model or s.lora.merge:
-            with self._timed("save_model"):
-                saved = model.target if isinstance(model, LogitDifferenceModel) else adapters.merged(model)
-                save_model(self.accelerator.unwrap_model(saved), tokenizer, self.run_folder.path("model"))
-        if isinstance(model, LogitDifferenceModel):  # the saved target when there is one, else where it came from
-            spec = replace(model.spec, target="model" if s.unlearn.save_model else model.spec.target)
-            self.run_folder.write_json(SPEC_FILE, spec.record())
-        return self._write_results(results, start, f"{p.method} unlearning of {target.name}")
+        with self._marked_failed_on_stop():
+            p, s = self.plan, self.settings
+            with self._timed("prepare_models"):
+                target = p.models.build(p.models.target or p.models.base, "target", self.accelerator)
+                self.session.reference()  # evaluated (or read from the cache) before training
+            with self._timed("load_model"):
+                model, tokenizer = load_model(target, p.models.cache_dir, p.models.device, p.models.dtype)
+            results: dict[str, Evaluation] = {}
+            if s.eval.before:
+                with self._timed("evaluate_before"):
+                    results["before"] = self.session.evaluate(model, tokenizer, target)
+            mask = self._mask(model, tokenizer)
+            combination = logit_difference_method(p.method)
+            if combination is not None:
+                model = self._assemble(combination, model, target)
+                trained = combination.trained(model)
+            else:
+                model = trained = adapters.attach(model, s.lora) if s.lora.enabled else model
+            with self._timed("unlearn"):
+                self._unlearn(trained, tokenizer, mask)
+            if isinstance(model, LogitDifferenceModel):
+                model.assistant.save_pretrained(self.run_folder.path("adapter"))
+            elif s.lora.enabled:
+                model.save_pretrained(self.run_folder.path("adapter"))  # safetensors + peft's adapter config
+                if s.lora.merge:
+                    model = adapters.merged(model)
+            if s.eval.after:
+                with self._timed("evaluate_after"):
+                    results["after"] = self.session.evaluate(model, tokenizer)
+            if p.attacks:
+                model = adapters.merged(model)  # attacks fine-tune full weights
+                with self._timed("attacks"):
+                    curves = run_attacks(model, tokenizer, p.attacks, p.fmt, s.dataset.max_length, s.attack.eval_every,
+                                         self.accelerator, s.overall.seed,
+                                         lambda attack: self.session.attack_point(model, tokenizer, attack),
+                                         lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
+                self.run_folder.write_json("attacks.json", curves)
+            if s.unlearn.save_model or s.lora.merge:
+                with self._timed("save_model"):
+                    saved = model.target if isinstance(model, LogitDifferenceModel) else adapters.merged(model)
+                    save_model(self.accelerator.unwrap_model(saved), tokenizer, self.run_folder.path("model"))
+            if isinstance(model, LogitDifferenceModel):  # the saved target when there is one, else where it came from
+                spec = replace(model.spec, target="model" if s.unlearn.save_model else model.spec.target)
+                self.run_folder.write_json(SPEC_FILE, spec.record())
+            return self._write_results(results, start, f"{p.method} unlearning of {target.name}")
 
     def _assemble(self, combination: type[LogitDifferenceMethod], target: PreTrainedModel,
                   source: ModelSource) -> LogitDifferenceModel:
@@ -195,14 +215,15 @@ class Unlearner:
         which = self.settings.eval.model
         self._start("evaluations")
         models = self.plan.models
-        with self._timed("prepare_models"):
-            source = models.build({"model_name": models.base, "target": models.target,
-                                   "retain": models.retain}[which], which, self.accelerator)
-            self.session.reference()
-        with self._timed("evaluate"):
-            model, tokenizer = load_model(source, models.cache_dir, models.device, models.dtype)
-            evaluation = self.session.evaluate(model, tokenizer, source)
-        return self._write_results({EVALUATED: evaluation}, start, f"{which}: {source.name}")
+        with self._marked_failed_on_stop():
+            with self._timed("prepare_models"):
+                source = models.build({"model_name": models.base, "target": models.target,
+                                       "retain": models.retain}[which], which, self.accelerator)
+                self.session.reference()
+            with self._timed("evaluate"):
+                model, tokenizer = load_model(source, models.cache_dir, models.device, models.dtype)
+                evaluation = self.session.evaluate(model, tokenizer, source)
+            return self._write_results({EVALUATED: evaluation}, start, f"{which}: {source.name}")
 
     def _write_results(self, results: dict[str, Evaluation], start: float, title: str) -> Path:
         """metrics.json, per_example.json, env.json and summary.md; then the run folder is finished."""

@@ -20,6 +20,15 @@ from obliviate.evaluation.splits import Split, base_answer
 CONTINUATION_PREFIX_TOKENS, CONTINUATION_TOKENS = 32, 128  # MUSE VerbMem: prefix, and the continuation scored
 
 
+EXP_LIMIT = 700.0  # exp(±700) is finite and nonzero in float64
+
+
+def bounded_exp(x: float) -> float:
+    """exp(x) with x clipped to ±700: a collapsed model's ratio of two vanishing probabilities stays a finite,
+    nonzero number (never an overflow, a division by zero or a NaN) and keeps its side of 1."""
+    return math.exp(max(-EXP_LIMIT, min(EXP_LIMIT, x)))
+
+
 @dataclass(frozen=True)
 class EvalOptions:
     batch_size: int
@@ -126,7 +135,7 @@ class SplitScores:
         for example in usable:
             base = next(values)
             perturbed = [next(values) for _ in example.perturbed_answers]
-            ratios[id(example)] = math.exp(base - sum(perturbed) / len(perturbed))
+            ratios[id(example)] = bounded_exp(base - sum(perturbed) / len(perturbed))
         return [ratios.get(id(e)) for e in self.split.questions]
 
     def reference_values(self, name: str) -> list:

@@ -1,8 +1,15 @@
 """The run folder: ``<root>/<task>/<method>/<run-name>/``.
 
 While a run works, everything goes to ``<run-name>.incomplete/``; only a run that finishes is renamed to
-``<run-name>/``, so a results folder is always complete. An existing run folder is never replaced
-unless ``logger.overwrite`` is true, and that is checked before any long work.
+``<run-name>/``, so a results folder is always complete. A run that stops (a non-finite loss, Ctrl-C,
+SIGTERM) is renamed to ``<run-name>.failed/`` with ``failure.json`` saying why; no ``metrics.json`` is
+written for it. An existing run folder is never replaced unless ``logger.overwrite`` is true, and that is
+checked before any long work.
+
+Claiming is atomic: under an exclusive lock on the method folder, a run checks the finished folder, and an
+``.incomplete`` folder whose owner (``owner.json``: host and process id) is still alive makes it stop with
+a one-line error; one left by a dead run is removed. So two runs started with the same name at once cannot
+both proceed, and neither deletes the other's work.
 
 Files: ``config.json`` (the resolved config; ``--config_file`` on it reproduces the run),
 ``train_log.jsonl`` (one line per logged step), ``metrics.json``, ``per_example.json``, ``env.json``.
@@ -10,17 +17,63 @@ Files: ``config.json`` (the resolved config; ``--config_file`` on it reproduces 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
+import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from obliviate.errors import UserError
-from obliviate.io import write_json_atomic
+from obliviate.io import finite_or_null, write_json_atomic
 from obliviate.registry import Registry
 
 LOGGERS: Registry[type] = Registry("logger")
+OWNER_FILE = "owner.json"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` (held by this process until the block ends)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def owner_alive(work: Path) -> int | None:
+    """The process id of the live process on this host that owns ``work``, if there is one."""
+    try:
+        owner = json.loads((work / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if owner.get("host") != socket.gethostname():
+        return int(owner.get("pid", 0)) or None  # another machine's: assume it is alive
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        return None
+    except PermissionError:
+        pass
+    return int(owner["pid"])
+
+
+def writable_folder(root: Path, key: str) -> None:
+    """Create ``root`` if needed; a one-line error if it is a file or cannot be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{key} '{root}' is a file, not a folder; name a folder for the results") from None
+    except PermissionError:
+        raise UserError(f"{key} '{root}' cannot be created (permission denied); name a writable folder") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"{key} '{root}' is not writable; name a writable folder for the results")
 
 
 @LOGGERS.register("json")
@@ -31,11 +84,17 @@ class RunFolder:
         name = run_name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
         if "/" in name or name.startswith("."):
             raise UserError(f"logger.name '{name}' must be a plain folder name (no '/', not starting with '.')")
+        writable_folder(root, "logger.json.root")
         self.final = self.location(root, task, method, name)
-        if self.final.exists() and not overwrite:
+        self.overwrite = overwrite
+        self._check_final()
+        self.work = self.final.with_name(name + ".incomplete")
+        self.failed = self.final.with_name(name + ".failed")
+
+    def _check_final(self) -> None:
+        if self.final.exists() and not self.overwrite:
             raise UserError(f"run folder '{self.final}' already exists; choose another --logger.name "
                             "or pass --logger.overwrite true")
-        self.work = self.final.with_name(name + ".incomplete")
 
     @staticmethod
     def location(root: Path, task: str, method: str, run_name: str) -> Path:
@@ -43,9 +102,17 @@ class RunFolder:
         return root / task / method / run_name
 
     def start(self, config: dict[str, Any]) -> None:
-        if self.work.exists():
-            shutil.rmtree(self.work)  # left by an interrupted run of the same name
-        self.work.mkdir(parents=True)
+        """Claim the work folder (see the module docstring) and write the config."""
+        self.work.parent.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.work.parent):
+            self._check_final()
+            if self.work.exists():
+                if (pid := owner_alive(self.work)) is not None:
+                    raise UserError(f"run '{self.final.name}' is running now (process {pid} owns '{self.work}'); "
+                                    "choose another --logger.name or wait for it to end")
+                shutil.rmtree(self.work)  # left by a run that died
+            self.work.mkdir()
+            write_json_atomic(self.work / OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
         self.write_json("config.json", config)
 
     def path(self, name: str) -> Path:
@@ -59,10 +126,20 @@ class RunFolder:
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         with self.path(name).open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+            stream.write(json.dumps(finite_or_null(record)) + "\n")
+
+    def _release(self, destination: Path) -> Path:
+        with folder_lock(self.work.parent):
+            (self.work / OWNER_FILE).unlink(missing_ok=True)
+            if destination.exists():
+                shutil.rmtree(destination)  # a finished folder only with overwrite (checked in start)
+            self.work.rename(destination)
+        return destination
 
     def finish(self) -> Path:
-        if self.final.exists():
-            shutil.rmtree(self.final)  # only reachable with overwrite (checked in __init__)
-        self.work.rename(self.final)
-        return self.final
+        return self._release(self.final)
+
+    def fail(self, reason: str, details: dict[str, Any]) -> Path:
+        """Mark the run failed: ``failure.json`` and the folder renamed to ``<name>.failed``."""
+        self.write_json("failure.json", {"reason": reason, **details})
+        return self._release(self.failed)

@@ -5,11 +5,18 @@ of the primary split (``forget`` when unlearning, ``train`` when fine-tuning), w
 passes, plus a batch of every other split the objective reads (e.g. ``retain``), drawn at random with a
 seeded generator (each forget batch paired with a random retain batch). Then: clip the gradient,
 apply the parameter mask if any (the one place masks act), optimiser and scheduler step.
+
+A step whose loss or gradient norm is not finite is never applied: the loop raises
+:class:`~obliviate.errors.NonFiniteStep` naming the step and every loss term, the weights as they were after
+the last good step. The optimiser, scheduler and everything accelerate prepared are released when
+:func:`train` returns or raises (a run of several trainings, e.g. attacks, holds one optimiser at a time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,9 +26,12 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from obliviate.data.tokenize import EncodedDataset
+from obliviate.errors import NonFiniteStep
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods.base import Batch, Objective
 from obliviate.training.schedule import TrainingConfig, build_optimizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,34 +77,47 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     model.train()
     start = time.perf_counter()
     logs: dict[str, float] = {}
+    warned_zero_gradient = False
     progress = tqdm(range(1, total + 1), desc=description, disable=not accelerator.is_local_main_process)
-    for step in progress:
-        sums: dict[str, float] = {}
-        for micro in range(accumulation):
-            batch = {name: part.to(accelerator.device) for name, part in next(stream).items()}
-            syncing = micro == accumulation - 1
-            with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
-                output = objective(model, batch)
-                accelerator.backward(output.loss / accumulation)
-            for key, value in output.logs.items():
-                sums[key] = sums.get(key, 0.0) + value / accumulation
-        max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-        grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
-        lr = scheduler.get_last_lr()[0]
-        if mask is not None:
-            mask.before_step(lr, config.weight_decay)
-        if inspect is not None:
-            inspect(step, model)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        objective.after_step()
-        logs = {"step": step, **sums, "lr": lr, "grad_norm": float(grad_norm),
-                "seconds": round(time.perf_counter() - start, 3)}
-        progress.set_postfix(loss=f"{sums['loss']:.4f}")
-        if step % config.logging_steps == 0 or step == total:
-            on_log(logs)
-        if after_step is not None:  # e.g. evaluation points of a fine-tune attack
-            after_step(step)
-            model.train()
+    try:
+        for step in progress:
+            sums: dict[str, float] = {}
+            for micro in range(accumulation):
+                batch = {name: part.to(accelerator.device) for name, part in next(stream).items()}
+                syncing = micro == accumulation - 1
+                with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
+                    output = objective(model, batch)
+                    accelerator.backward(output.loss / accumulation)
+                for key, value in output.logs.items():
+                    sums[key] = sums.get(key, 0.0) + value / accumulation
+            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+            grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
+            if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteStep(step, {**sums, "grad_norm": float(grad_norm)})
+            if float(grad_norm) == 0.0 and not warned_zero_gradient:
+                warned_zero_gradient = True
+                logger.warning("%s step %d: the gradient is exactly zero (a collapsed model, e.g. after too large a "
+                               "learning rate, or nothing trainable reached by the loss)", description, step)
+            lr = scheduler.get_last_lr()[0]
+            if mask is not None:
+                mask.before_step(lr, config.weight_decay)
+            if inspect is not None:
+                inspect(step, model)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            objective.after_step()
+            logs = {"step": step, **sums, "lr": lr, "grad_norm": float(grad_norm),
+                    "seconds": round(time.perf_counter() - start, 3)}
+            progress.set_postfix(loss=f"{sums['loss']:.4f}")
+            if step % config.logging_steps == 0 or step == total:
+                on_log(logs)
+            if after_step is not None:  # e.g. evaluation points of a fine-tune attack
+                after_step(step)
+                model.train()
+    finally:
+        progress.close()
+        accelerator.free_memory()  # accelerate's references to the model and optimiser
+        del optimizer, scheduler
     return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs)

@@ -39,20 +39,29 @@ def answer_probability(scores: SplitScores) -> MetricResult:
     """exp(−mean answer NLL); on knowledge splits TOFU's normalised form over the options."""
     probabilities: list[float | None] = [math.exp(-stats.mean_nll) for stats in scores.answer_tokens]
     if scores.split.role is Role.KNOWLEDGE:
-        probabilities = normalised_probabilities(scores, probabilities)
+        probabilities = normalised_probabilities(scores)
     return MetricResult(mean_of(probabilities), probabilities)
 
 
-def normalised_probabilities(scores: SplitScores, probabilities: list[float | None]) -> list[float | None]:
+def normalised_probabilities(scores: SplitScores) -> list[float | None]:
     """p_true / (p_true + Σ p_wrong), each p = exp(−mean NLL) of the option after the question; None for an
     example without wrong options."""
     if not any(e.perturbed_answers for e in scores.examples):
         raise NotComputed(f"prob on the knowledge split {scores.split.name} is normalised over the options, and no "
                           "record has perturbed_answer")
     queries = [Query(scores.prompt(e.question), wrong) for e in scores.examples for wrong in e.perturbed_answers]
-    wrong = iter(math.exp(-nll) for nll in scores.nll(queries))
-    return [p / (p + sum(next(wrong) for _ in e.perturbed_answers)) if e.perturbed_answers else None
-            for p, e in zip(probabilities, scores.examples)]
+    wrong = iter(scores.nll(queries))
+    true_nlls = [stats.mean_nll for stats in scores.answer_tokens]
+    return [option_share(nll, [next(wrong) for _ in e.perturbed_answers]) if e.perturbed_answers else None
+            for nll, e in zip(true_nlls, scores.examples)]
+
+
+def option_share(true_nll: float, wrong_nlls: list[float]) -> float:
+    """p_true / (p_true + Σ p_wrong) with p = exp(−mean NLL), computed as a softmax (no 0/0 when every
+    option's probability underflows)."""
+    logits = [-true_nll, *(-nll for nll in wrong_nlls)]
+    top = max(logits)
+    return math.exp(logits[0] - top) / sum(math.exp(value - top) for value in logits)
 
 
 @metric("rouge_l_recall", generates=True)

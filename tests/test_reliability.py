@@ -1,0 +1,137 @@
+"""Runs that stop cleanly: a non-finite step is never applied and leaves a failed folder, interruptions are one
+line, run folders are claimed atomically, metrics of a collapsed model stay finite, JSON stays strict."""
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from obliviate.cli import run
+from obliviate.data.examples import Example
+from obliviate.data.tokenize import PromptFormat, encode_dataset
+from obliviate.errors import NonFiniteStep, UserError
+from obliviate.evaluation.metrics.tofu import option_share
+from obliviate.evaluation.queries import bounded_exp
+from obliviate.io import write_json_atomic
+from obliviate.loggers.json_logger import OWNER_FILE, RunFolder
+from obliviate.methods import METHODS
+from obliviate.models.embedded import tiny_random_llama
+from obliviate.training.loop import train
+from obliviate.training.schedule import TrainingConfig
+from obliviate.unlearner import Unlearner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_config(steps=3):
+    return TrainingConfig(lr=1e-3, num_epochs=1, max_steps=steps, gradient_accumulation_steps=1, weight_decay=0.0,
+                          warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0, logging_steps=1,
+                          batch_size=2)
+
+
+def test_a_non_finite_step_is_not_applied_and_names_the_step_and_terms(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    data = encode_dataset(tokenizer, [Example(f"Q{i}?", f"A{i}.") for i in range(4)], PromptFormat(), 32)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    accelerator = Accelerator(cpu=True)
+    with pytest.raises(NonFiniteStep, match=r"step 1: the loss or gradient is not finite \(forget_nll=nan, loss=nan"):
+        train(model, METHODS.get("GA").build(), {"forget": data}, "forget", training_config(), accelerator, 0)
+    assert all(torch.equal(p, start[n]) or (p.isnan() == start[n].isnan()).all() for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
+    assert not accelerator._optimizers and not accelerator._models  # released even on failure
+
+
+def test_training_releases_the_optimizer(tokenizer):
+    model = tiny_random_llama(tokenizer)
+    data = encode_dataset(tokenizer, [Example(f"Q{i}?", f"A{i}.") for i in range(4)], PromptFormat(), 32)
+    accelerator = Accelerator(cpu=True)
+    train(model, METHODS.get("GA").build(), {"forget": data}, "forget", training_config(1), accelerator, 0)
+    assert not accelerator._optimizers and not accelerator._schedulers and not accelerator._models
+
+
+def cli_argv(tmp_path, cache_dir, *extra):
+    return ["--config_file", str(ROOT / "configs" / "synthetic" / "ga.json"), "--overall.model_name",
+            "tiny-random-llama", "--overall.cache_dir", str(cache_dir), "--dataset.data_dir", str(tmp_path / "data"),
+            "--logger.json.root", str(tmp_path / "results"), "--unlearn.max_steps", "2", "--finetune.max_steps", "2",
+            "--eval.max_examples", "4", "--eval.metrics", "prob", "--logger.name", "run", *extra]
+
+
+def test_a_run_with_nan_weights_stops_at_step_1_and_is_marked_failed(tmp_path, cache_dir, tokenizer, capsys):
+    model = tiny_random_llama(tokenizer)
+    with torch.no_grad():
+        model.lm_head.weight[5, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan_model")
+    tokenizer.save_pretrained(tmp_path / "nan_model")
+    argv = cli_argv(tmp_path, cache_dir, "--overall.model_name", str(tmp_path / "nan_model"), "--finetune.enabled",
+                    "false", "--eval.before", "false")
+    assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: step 1: the loss or gradient is not finite") and "run.failed" in error
+    method_folder = tmp_path / "results" / "synthetic" / "GA"
+    assert sorted(p.name for p in method_folder.iterdir()) == ["run.failed"]
+    failed = method_folder / "run.failed"
+    assert json.loads((failed / "failure.json").read_text())["step"] == 1
+    assert not (failed / "metrics.json").exists() and not (failed / OWNER_FILE).exists()
+
+
+def test_an_interrupted_run_is_one_line_and_leaves_a_failed_folder(tmp_path, cache_dir, capsys, monkeypatch):
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Unlearner, "_unlearn", interrupted)
+    assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", cli_argv(tmp_path, cache_dir)) == 130
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: interrupted; the partial run") and "rerun the same command" in error
+    failed = tmp_path / "results" / "synthetic" / "GA" / "run.failed"
+    assert json.loads((failed / "failure.json").read_text())["reason"] == "interrupted"
+
+
+def test_two_runs_claiming_one_name_at_once_one_proceeds(tmp_path):
+    outcomes = []
+
+    def claim():
+        try:
+            RunFolder(tmp_path, "task", "GA", "same", overwrite=False).start({"n": 1})
+            outcomes.append("started")
+        except UserError as error:
+            outcomes.append(str(error))
+    threads = [threading.Thread(target=claim) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes)[1] == "started" and "is running now" in sorted(outcomes)[0]
+    assert json.loads((tmp_path / "task" / "GA" / "same.incomplete" / "config.json").read_text()) == {"n": 1}
+
+
+def test_a_dead_runs_work_folder_is_reclaimed_and_a_finished_one_is_kept(tmp_path):
+    work = tmp_path / "task" / "GA" / "old.incomplete"
+    work.mkdir(parents=True)
+    (work / OWNER_FILE).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2**22 + 17}))
+    folder = RunFolder(tmp_path, "task", "GA", "old", overwrite=False)
+    folder.start({})
+    assert folder.finish().name == "old"
+    with pytest.raises(UserError, match="already exists"):
+        RunFolder(tmp_path, "task", "GA", "old", overwrite=False)
+
+
+def test_a_results_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="logger.json.root '.*file' is a file, not a folder"):
+        RunFolder(tmp_path / "file", "task", "GA", "x", overwrite=False)
+
+
+def test_collapsed_model_arithmetic_stays_finite():
+    assert bounded_exp(5000.0) == math.exp(700.0) and bounded_exp(-5000.0) == math.exp(-700.0)
+    assert option_share(1000.0, [1000.0, 3000.0]) == pytest.approx(0.5)
+    assert option_share(9000.0, [8000.0]) == pytest.approx(0.0) and option_share(10.0, [9000.0]) == 1.0
+
+
+def test_json_files_are_strict(tmp_path):
+    write_json_atomic(tmp_path / "m.json", {"a": float("nan"), "b": [float("inf"), 1.0]})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [None, 1.0]}
