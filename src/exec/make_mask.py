@@ -18,6 +18,7 @@ from accelerate import Accelerator  # noqa: E402
 from obliviate.cli import run  # noqa: E402
 from obliviate.config.settings import Settings  # noqa: E402
 from obliviate.environment import peak_memory_mb  # noqa: E402
+from obliviate.errors import UserError  # noqa: E402
 from obliviate.models.loading import load_model, shapes_of  # noqa: E402
 from obliviate.plan import plan  # noqa: E402
 from obliviate.unlearner import make_mask  # noqa: E402
@@ -28,6 +29,8 @@ def build(settings: Settings) -> None:
     s, models = settings, experiment.models
     default = f"mask/{s.unlearn.task_name}_{s.mask.score}_{s.mask.ratio}.safetensors"
     out = Path(s.mask.out or s.unlearn.mask_path or default)
+    if out.is_dir() or out.parent.is_file():
+        raise UserError(f"mask output '{out}' is a folder or inside a file; name a .safetensors file (mask.out)")
     target = models.build(models.target or models.base, "target", Accelerator(cpu=models.device.type == "cpu"))
     model, tokenizer = load_model(target, models.cache_dir, models.device, models.dtype)
     start = time.perf_counter()

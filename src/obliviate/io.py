@@ -44,10 +44,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_json_object(path: Path, what: str, hint: str, error: type[UserError] = UserError) -> dict[str, Any]:
     """The JSON object in the user's file ``path`` (called ``what`` in messages); ``error`` with one line
     saying what is wrong (``hint``: how to give an existing file) otherwise."""
+    if path.is_dir():
+        raise error(f"{what} '{path}' is a folder, not a file; {hint}")
     if not path.is_file():
         raise error(f"{what} '{path}' does not exist; {hint}")
     try:
-        content = json.loads(path.read_text())
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as failure:
+        raise error(f"{what} '{path}' is not UTF-8 text (byte {failure.start}); save it as UTF-8 JSON") from None
     except json.JSONDecodeError as failure:
         raise error(f"{what} '{path}' is not valid JSON (line {failure.lineno}, column {failure.colno}: "
                     f"{failure.msg}); fix the file") from None

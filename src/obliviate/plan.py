@@ -9,6 +9,7 @@ finetune.py, make_mask.py and the study runner all start from a plan.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from obliviate.models.loading import (
     resolve_model,
     tokenizers_match,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,10 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
                         "evaluates but cannot be unlearned again; unlearn its target model")
     _check_lora(s, models)
     _check_logit_difference(s, method, models)
+    METHODS.get(method).check_depth(s, method, model_depth(models.base, models.cache_dir))
+    if unused := sorted(s.given_method_sections() - METHODS.get(method).sections(s, method)):
+        logger.warning("unlearn.%s: set but not used by %s (it has no effect on this run)",
+                       ", unlearn.".join(unused), method)
     training_data = METHODS.get(method).training_data(s, method, data)
     return ExperimentPlan(s, method, objective, fmt, data, training_data, models, _mask(s, models, data),
                           plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir)),
@@ -258,6 +265,8 @@ def _mask(s: Settings, models: ModelPlan, data: dict[str, list[Example]]) -> Mas
     if not s.unlearn.mask_path:
         return None
     path = Path(s.unlearn.mask_path)
+    if path.is_dir():
+        raise UserError(f"unlearn.mask_path '{path}' is a folder; name a mask file (.safetensors) in it")
     shapes = parameter_shapes(models.base, models.cache_dir)
     if path.exists():
         mask = ParameterMask.load(path)

@@ -151,7 +151,7 @@ def resolve_config(files: list[str], overrides: dict[str, Any], schema: Schema) 
     if errors:
         count = f"{len(errors)} config errors: " if len(errors) > 1 else ""
         raise ConfigError(count + "; ".join(errors))
-    return Settings({dotted: config[dotted] for dotted in params})
+    return Settings({dotted: config[dotted] for dotted in params}, frozenset(values))
 
 
 def format_help(schema: Schema, prog: str) -> str:

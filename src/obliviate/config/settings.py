@@ -45,8 +45,9 @@ class Settings:
     logger: Logger
     logger_json: JsonLogger
 
-    def __init__(self, flat: dict[str, Any]) -> None:
+    def __init__(self, flat: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
         self._flat = dict(flat)
+        self.given = given  # the keys a config file or the command line set (the rest are defaults)
         for name, section in SECTIONS.items():
             values = {field: flat[f"{name}.{field}"] for field in section.__dataclass_fields__}
             setattr(self, name.replace(".", "_"), section(**values))  # logger.json -> settings.logger_json
@@ -58,6 +59,10 @@ class Settings:
         """The keys of the method section ``unlearn.<name>`` (empty for a method without parameters)."""
         head = f"unlearn.{name}."
         return {k[len(head):]: v for k, v in self._flat.items() if k.startswith(head) and "." not in k[len(head):]}
+
+    def given_method_sections(self) -> set[str]:
+        """The methods whose section ``unlearn.<Name>`` has a key set by a config file or the command line."""
+        return {key.split(".")[1] for key in self.given if key.startswith("unlearn.") and key.count(".") == 2}
 
     def to_dict(self) -> dict[str, Any]:
         """Nested dict of all values: saved as config.json, and valid input for ``--config_file``."""

@@ -57,22 +57,23 @@ def example_from_record(record: dict[str, Any] | str, source: str) -> Example:
         raise UserError(f"dataset '{source}' has a record of type {type(record).__name__}; records are JSON "
                         "objects (or plain strings for texts)")
     if "question" in record and "choices" in record and isinstance(record.get("answer"), int):
-        choices = [str(c) for c in record["choices"]]
+        choices = [_text(c, "a choice", source) for c in record["choices"]]
         correct = record["answer"]
         if not 0 <= correct < len(choices):
             raise UserError(f"dataset '{source}': answer index {correct} is outside its {len(choices)} choices")
         wrong = tuple(c for i, c in enumerate(choices) if i != correct)
-        return Example(question=str(record["question"]), answer=choices[correct], perturbed_answers=wrong)
+        return Example(question=_text(record["question"], "question", source), answer=choices[correct],
+                       perturbed_answers=wrong)
     if "question" in record and "answer" in record:
         perturbed = record.get("perturbed_answer") or ()
         if isinstance(perturbed, str):
             perturbed = (perturbed,)
         return Example(
-            question=str(record["question"]),
-            answer=str(record["answer"]),
+            question=_text(record["question"], "question", source),
+            answer=_text(record["answer"], "answer", source),
             paraphrased_question=record.get("paraphrased_question"),
             paraphrased_answer=record.get("paraphrased_answer"),
-            perturbed_answers=tuple(str(p) for p in perturbed),
+            perturbed_answers=tuple(_text(p, "a perturbed_answer", source) for p in perturbed),
         )
     if "label" in record and ("sentence" in record or "text" in record or "sentence1" in record):
         return _classification(record, source)
@@ -85,6 +86,16 @@ def example_from_record(record: dict[str, Any] | str, source: str) -> Example:
         "(question/answer), the WMDP layout (question/choices/answer), a classification layout "
         "(sentence or text or sentence1/sentence2, with label), a completion (prompt/gt) or a text corpus (text)"
     )
+
+
+def _text(value: Any, field: str, source: str) -> str:
+    """A record's text field: a non-empty string (a number is taken as its text)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserError(f"dataset '{source}': {field} is {json.dumps(value)}, not a text; give a string")
+    text = str(value)
+    if not text.strip():
+        raise UserError(f"dataset '{source}': {field} is empty; give a non-empty string or drop the record")
+    return text
 
 
 def _classification(record: dict[str, Any], source: str) -> Example:

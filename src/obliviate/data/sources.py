@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from obliviate.data import synthetic
 from obliviate.data.examples import Example, example_from_record
@@ -35,10 +36,13 @@ def synthetic_file(split: str, data_dir: Path) -> Path:
 
 
 def _read_local(path: Path, name: str) -> list[dict]:
-    text = path.read_text()
     try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"dataset file '{name}' is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    if path.suffix == ".jsonl":
+        return [_json_line(line, number, name) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    try:
         content = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"dataset file '{name}' is not valid JSON (line {error.lineno}): {error.msg}") from None
@@ -47,6 +51,13 @@ def _read_local(path: Path, name: str) -> list[dict]:
     if not isinstance(content, list):
         raise UserError(f"dataset file '{name}' must hold a list of records (or be JSON Lines)")
     return content
+
+
+def _json_line(line: str, number: int, name: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserError(f"dataset file '{name}' line {number} is not valid JSON ({error.msg}); fix that line") from None
 
 
 def _read_hub(name: str) -> list[dict]:
@@ -84,4 +95,4 @@ def load_examples(name: str, data_dir: Path) -> list[Example]:
         records = _read_hub(name)
     if not records:
         raise UserError(f"dataset '{name}' is empty; give a dataset with at least one record")
-    return [example_from_record(record, name) for record in records]
+    return [example_from_record(record, f"{name}, record {number}") for number, record in enumerate(records, 1)]

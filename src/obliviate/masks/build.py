@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 
 def select_names(names: list[str], include: list[str], exclude: list[str]) -> list[str]:
     """Names matching any ``include`` regex (all when empty) and no ``exclude`` regex."""
+    for key, patterns in (("mask.include", include), ("mask.exclude", exclude)):
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise UserError(f"{key} '{pattern}' is not a valid regular expression ({error}); fix it") from None
     chosen = [n for n in names if (not include or any(re.search(p, n) for p in include))
               and not any(re.search(p, n) for p in exclude)]
     if not chosen:

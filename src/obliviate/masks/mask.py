@@ -29,6 +29,16 @@ from obliviate.training.schedule import no_decay
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
+def boolean_masks(masks: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """The masks as bool tensors; a UserError for values other than True/False or 0/1 (e.g. saliency scores,
+    which ``.bool()`` would silently turn into "every non-zero trains")."""
+    for name, mask in masks.items():
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            raise UserError(f"mask {where} holds values other than 0/1 in '{name}' (dtype {mask.dtype}; scores?); "
+                            "a mask must be boolean: select the top elements with src/exec/make_mask.py")
+    return {name: mask.bool() for name, mask in masks.items()}
+
+
 class ParameterMask:
     def __init__(self, masks: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         self.masks = {name: mask.bool() for name, mask in masks.items()}
@@ -55,12 +65,13 @@ class ParameterMask:
                                 "re-save it as {name: bool tensor}") from None
             if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
                 raise UserError(f"mask file '{path}' must hold a dict of parameter name -> bool tensor")
-            return cls(content, {"source": str(path)})
+            return cls(boolean_masks(content, f"'{path}'"), {"source": str(path)})
         try:
             with safe_open(str(path), framework="pt") as handle:
-                return cls({name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata() or {})
+                tensors, metadata = {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata()
         except Exception as error:
             raise UserError(f"mask file '{path}' is not a readable safetensors file ({error})") from None
+        return cls(boolean_masks(tensors, f"'{path}'"), metadata or {})
 
     # ------------------------------------------------------------------ checks
     def check(self, shapes: dict[str, tuple[int, ...]], where: str) -> None:
@@ -73,6 +84,9 @@ class ParameterMask:
                     ([f"{len(wrong)} shapes differ ({'; '.join(wrong[:3])})"] if wrong else [])
             raise UserError(f"mask {where} does not fit the model: {', '.join(parts)}; build a mask for this model "
                             "(src/exec/make_mask.py)")
+        if not any(mask.any() for mask in self.masks.values()):
+            raise UserError(f"mask {where} selects no element (all False): nothing would train; build it with a "
+                            "larger mask.ratio or fix the file")
 
     # ------------------------------------------------------------------ training
     def attach(self, model: torch.nn.Module) -> None:

@@ -153,6 +153,16 @@ class Method(ABC):
         return {}
 
     @classmethod
+    def sections(cls, settings: "Settings", name: str) -> set[str]:
+        """The method sections the run reads: its own, and a wrapped method's (ILU's base, Offset's objective)."""
+        return {name}
+
+    @classmethod
+    def check_depth(cls, settings: "Settings", name: str, depth: int) -> None:
+        """Raise a UserError if the method's settings name decoder layers beyond the model's ``depth``
+        (checked in setup, before any model loads; default: the method names no layer)."""
+
+    @classmethod
     def training_data(cls, settings: "Settings", name: str, data: dict[str, list[Example]]
                       ) -> dict[str, list[Example]]:
         """The examples the method trains on, by split, from the loaded ones (default: as loaded; ULD adds

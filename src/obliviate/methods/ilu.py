@@ -102,6 +102,16 @@ class ILU(Method):
         return cls.build(METHODS.get(base_name).objective(settings, base_name), **values)
 
     @classmethod
+    def sections(cls, settings: "Settings", name: str) -> set[str]:
+        base = settings.method(name)["base_method"]
+        return {name} | METHODS.get(base).sections(settings, base)
+
+    @classmethod
+    def check_depth(cls, settings: "Settings", name: str, depth: int) -> None:
+        base = settings.method(name)["base_method"]
+        METHODS.get(base).check_depth(settings, base, depth)
+
+    @classmethod
     def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
         base = settings.method(name)["base_method"]
         return {**METHODS.get(base).datasets(settings, base),

@@ -159,6 +159,11 @@ class Offset(LogitDifferenceMethod):
         return METHODS.get(base).objective(settings, base)
 
     @classmethod
+    def sections(cls, settings: "Settings", name: str) -> set[str]:
+        base = settings.method(name)["objective"]
+        return {name} | METHODS.get(base).sections(settings, base)
+
+    @classmethod
     def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
         base = settings.method(name)["objective"]
         return METHODS.get(base).datasets(settings, base)

@@ -210,6 +210,16 @@ class RMU(Method):
         return RMULoss(**values, extra_topics=len(extra_topics)) * 1.0
 
     @classmethod
+    def check_depth(cls, settings: "Settings", name: str, depth: int) -> None:
+        values = settings.method(name)
+        layer = values["layer"]
+        trained = values["trained_layers"] or [layer - 2, layer - 1, layer]
+        if layer >= depth or not all(0 <= i < depth for i in trained):
+            raise UserError(f"unlearn.{name}.layer {layer} / trained_layers {trained} reach beyond the model's "
+                            f"{depth} decoder layers (0 to {depth - 1}); set unlearn.{name}.layer and "
+                            f"unlearn.{name}.trained_layers within them")
+
+    @classmethod
     def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
         return dict(zip(topic_splits(len(settings.method(name)["extra_topics"])),
                         settings.method(name)["extra_topics"]))
