@@ -56,7 +56,7 @@ def test_study_runs_each_cell_once_and_writes_table_and_plots(study_file, tmp_pa
     assert {"forget.prob.before", "forget.prob.after", "forget.prob.attacked", "forget.prob.worst", "recovered.prob",
             "retain.prob.after", "task.exact_match.end", "seconds.unlearn"} <= set(rows[0])
     # the table is read from the cells' own results: recovered = (attacked - after) / (before - after)
-    run = folder / "runs" / "synthetic" / "GA" / "GA_fast_seed0"
+    run, = (folder / "runs" / "synthetic" / "GA").glob("GA_fast_seed0_*")  # named by its config's hash
     metrics = json.loads((run / "metrics.json").read_text())
     curve = json.loads((run / "attacks.json").read_text())["relearn"]
     assert [p["step"] for p in curve] == [0, 1, 2, 3]
@@ -95,14 +95,13 @@ def test_interrupted_study_resumes_with_the_unfinished_cell(study_file, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run_study(study_file(), [])
     runs = tmp_path / "studies" / "tiny" / "runs" / "synthetic"
-    first = runs / "NPO" / "NPO_seed0"
-    assert first.is_dir() and (runs / "GA" / "GA_fast_seed0.incomplete").is_dir()
-    assert not (runs / "GA" / "GA_fast_seed0").exists()
+    first, = (runs / "NPO").glob("NPO_seed0_*")
+    assert [p.suffix for p in (runs / "GA").iterdir()] == [".failed"]  # the interrupted cell, marked failed
     done_at = (first / "metrics.json").stat().st_mtime_ns
 
     run_study(study_file(), [])
     assert (first / "metrics.json").stat().st_mtime_ns == done_at  # finished cell skipped
-    assert (runs / "GA" / "GA_fast_seed0" / "attacks.json").is_file()
+    assert [(p / "attacks.json").is_file() for p in (runs / "GA").iterdir()] == [True]  # the .failed one replaced
     assert not list(runs.rglob("*.incomplete"))
     assert len(read_rows(tmp_path / "studies" / "tiny")) == 4
 
@@ -131,11 +130,23 @@ def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypat
     ({"attacks": {"math": {"datasets": "synthetic:maths_train"}}}, "unknown synthetic split 'maths_train'"),
     ({"forget_metrics": ["truth_ratio"]}, "study reports truth_ratio but method 'NPO' does not compute it"),
     ({"overrides": {"logger.overwrite": True}}, "logger.overwrite would redo finished study cells"),
+    ({"seeds": [0, 1, 0]}, r"study 'seeds' repeats \[0\]; each seed is one independent run"),
+    ({"methods": {"RMU": {"config_file": str(ROOT / "configs/synthetic/rmu.json")}}},
+     r"study method 'RMU' \(seed 0\): unlearn.RMU.layer 7 / trained_layers \[5, 6, 7\] reach beyond the model's 2"),
 ])
 def test_bad_study_files_fail_before_any_work(study_file, tmp_path, changes, message):
     with pytest.raises(UserError, match=message):
         run_study(study_file(**changes), [])
     assert not (tmp_path / "studies").exists()
+
+
+def test_cells_are_keyed_by_their_resolved_config_and_the_root_is_the_studys(study_file):
+    names = [cell.folder.name for cell in load_study(study_file(), []).cells]
+    again = [cell.folder.name for cell in load_study(study_file(), []).cells]
+    changed = [cell.folder.name for cell in load_study(study_file(), ["--unlearn.lr", "3e-4"]).cells]
+    assert names == again and all(a != b for a, b in zip(names, changed)) and names[0].startswith("NPO_seed0_")
+    with pytest.raises(UserError, match="logger.json.root is set by the study"):
+        load_study(study_file(), ["--logger.json.root", "/tmp/elsewhere"])
 
 
 def test_study_command_line_overrides_every_cell(study_file):

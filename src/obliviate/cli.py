@@ -44,7 +44,10 @@ def run(action: Callable[[Settings], object], prog: str, argv: list[str] | None 
         return USER_ERROR_EXIT
     except RunFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
-        return INTERRUPTED_EXIT if isinstance(failure, Interrupted) else RUN_FAILED_EXIT
+        return RUN_FAILED_EXIT
+    except Interrupted as interruption:
+        print(f"error: {interruption}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     except KeyboardInterrupt:
         print("error: interrupted before the run started; nothing was written", file=sys.stderr)
         return INTERRUPTED_EXIT

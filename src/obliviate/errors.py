@@ -28,5 +28,6 @@ class NonFiniteStep(RunFailed):
         self.step, self.logs = step, logs
 
 
-class Interrupted(RunFailed):
-    """Ctrl-C or SIGTERM during a run."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run, after its folder was marked failed: still a KeyboardInterrupt, so it
+    stops whatever runs the experiment (a study), with a message saying what is left on disk."""

@@ -111,6 +111,8 @@ class RunFolder:
                     raise UserError(f"run '{self.final.name}' is running now (process {pid} owns '{self.work}'); "
                                     "choose another --logger.name or wait for it to end")
                 shutil.rmtree(self.work)  # left by a run that died
+            if self.failed.exists():
+                shutil.rmtree(self.failed)  # an earlier attempt's record: this attempt replaces it
             self.work.mkdir()
             write_json_atomic(self.work / OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
         self.write_json("config.json", config)

@@ -33,7 +33,10 @@ def run_study(path: Path, extra_argv: list[str]) -> Path:
     """Run every unfinished cell of the study file at ``path``; return the study folder."""
     study = load_study(path, extra_argv)
     for cell in study.cells:  # every cheap check of every cell before the first long one
-        plan(cell.settings)
+        try:
+            plan(cell.settings)
+        except UserError as error:
+            raise UserError(f"study method '{cell.method}' (seed {cell.seed}): {error}") from None
     study.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(study.folder / "study.json", {
         "study_file": str(path), "attacks": study.attacks,

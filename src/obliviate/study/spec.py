@@ -30,6 +30,7 @@ attacks < the study command line's own ``--section.key value`` overrides.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from obliviate.io import read_json_object
 from obliviate.loggers import RunFolder
 from obliviate.methods import METHODS
 
+ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
               "utility_metric"}
 PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
@@ -82,6 +84,13 @@ class Study:
     cells: list[Cell]
     forget_metrics: list[str]
     utility_metric: str
+
+
+def config_key(settings: Settings) -> str:
+    """8 hex digits of the hash of a cell's resolved config (its run name aside): a cell whose config
+    changes (another --unlearn.lr on the study command line) gets a new folder and runs again."""
+    content = {k: v for k, v in settings.to_dict().items() if k != "logger"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def slug(label: str) -> str:
@@ -149,6 +158,11 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
     seeds = content.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise UserError(f"study 'seeds' must be a non-empty list of non-negative integers, not {seeds!r}")
+    if repeated := sorted({seed for seed in seeds if seeds.count(seed) > 1}):
+        raise UserError(f"study 'seeds' repeats {repeated}; each seed is one independent run, list it once")
+    if ROOT_KEY in extra:
+        raise UserError(f"{ROOT_KEY} is set by the study (its cells live in <results_root>/<name>/runs); set "
+                        "'results_root' in the study file instead")
     forget_metrics = content.get("forget_metrics", ["prob", "rouge_l_recall"])
     utility_metric = content.get("utility_metric", "prob")
     METRICS.get(utility_metric)  # unknown names fail here, listing the valid ones
@@ -168,8 +182,9 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
         defaults = _resolve(str(config_file), {**head, **extra}, label)
         attack_names, attack_overrides = _attack_lists(content.get("attacks", {}), defaults)
         for seed in seeds:
-            overrides = {**head, "overall.seed": seed, **attack_overrides, "logger.json.root": str(folder / "runs"),
-                         "logger.name": f"{slug(label)}_seed{seed}", **extra}
+            overrides = {**head, "overall.seed": seed, **attack_overrides, **extra, ROOT_KEY: str(folder / "runs")}
+            key = config_key(_resolve(str(config_file), overrides, label))
+            overrides["logger.name"] = f"{slug(label)}_seed{seed}_{key}"
             cell = Cell(label, seed, str(config_file), overrides, _resolve(str(config_file), overrides, label))
             if cell.settings.logger.overwrite:
                 raise UserError("logger.overwrite would redo finished study cells; remove their run folders "
