@@ -135,3 +135,48 @@ def test_collapsed_model_arithmetic_stays_finite():
 def test_json_files_are_strict(tmp_path):
     write_json_atomic(tmp_path / "m.json", {"a": float("nan"), "b": [float("inf"), 1.0]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [None, 1.0]}
+
+
+def test_model_folders_without_safe_weights_or_with_broken_ones_are_one_line(tmp_path, tokenizer):
+    from obliviate.models.loading import load_model, resolve_model
+
+    tiny_random_llama(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    content = weights.read_bytes()
+    weights.unlink()
+    with pytest.raises(UserError, match="has no weights \\(model.safetensors\\)"):
+        resolve_model(str(tmp_path / "model"))
+    torch.save({"x": torch.zeros(1)}, tmp_path / "model" / "pytorch_model.bin")
+    with pytest.raises(UserError, match="has only pickled weights .* refused because unpickling can run code"):
+        resolve_model(str(tmp_path / "model"))
+    weights.write_bytes(content[: len(content) // 2])  # a truncated cache entry
+    source = resolve_model(str(tmp_path / "model"))
+    with pytest.raises(UserError, match="cannot be read .*delete that folder and rerun to rebuild it"):
+        load_model(source, tmp_path / "cache", torch.device("cpu"), torch.float32)
+
+
+def test_records_with_null_or_empty_text_and_bad_json_lines_are_one_line(tmp_path):
+    from obliviate.data.sources import load_examples
+
+    cases = {"null.jsonl": ('{"question": "Q?", "answer": "A."}\n{"question": null, "answer": "B."}\n',
+                            "record 2': question is null, not a text"),
+             "empty.jsonl": ('{"question": "Q?", "answer": "  "}\n', "record 1': answer is empty"),
+             "broken.jsonl": ('{"question": "Q?", "answer": "A."}\n\n{"question": "Q?"\n', "line 3 is not valid JSON")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_examples(str(tmp_path / name), tmp_path)
+
+
+def test_masks_must_be_boolean_and_select_something(tmp_path):
+    from safetensors.torch import save_file
+
+    from obliviate.masks.mask import ParameterMask
+
+    save_file({"w": torch.tensor([0.3, 0.0])}, str(tmp_path / "scores.safetensors"))
+    with pytest.raises(UserError, match="holds values other than 0/1 in 'w'"):
+        ParameterMask.load(tmp_path / "scores.safetensors")
+    save_file({"w": torch.tensor([0.0, 0.0])}, str(tmp_path / "empty.safetensors"))
+    with pytest.raises(UserError, match="selects no element \\(all False\\)"):
+        ParameterMask.load(tmp_path / "empty.safetensors").check({"w": (2,)}, "'empty'")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -61,9 +62,14 @@ def resolve_model(name: str) -> ModelSource:
         try:
             config = AutoConfig.from_pretrained(path)
         except (ValueError, OSError) as error:
+            if "trust_remote_code" in str(error):
+                raise UserError(f"model folder '{name}' needs its own Python code (trust_remote_code), which is "
+                                "refused here because that code would run unchecked; use a model whose architecture "
+                                "transformers ships") from None
             raise UserError(f"model folder '{name}' has an unreadable config.json ({error}); give a "
                             "save_pretrained folder") from None
         _check_causal_lm(config, name)
+        _check_weights(path, name)
         return ModelSource(str(path), "folder", _folder_identity(path))
     if name.startswith((".", "/")) or name.count("/") != 1:
         raise UserError(f"model '{name}' is not an embedded model ({', '.join(embedded.EMBEDDED_NAMES)}), "
@@ -127,6 +133,22 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_weights(path: Path, name: str) -> None:
+    """A model folder must hold safetensors weights; pickled ones are never loaded (unpickling runs code)."""
+    if any((path / file).is_file() for file in SAFE_WEIGHTS):
+        return
+    if any((path / file).is_file() for file in PICKLED_WEIGHTS):
+        raise UserError(f"model folder '{name}' has only pickled weights (pytorch_model.bin), which are refused "
+                        "because unpickling can run code; convert them with save_pretrained(..., "
+                        "safe_serialization=True)")
+    raise UserError(f"model folder '{name}' has no weights (model.safetensors); give a folder written by "
+                    "save_pretrained")
+
+
 def _weights_location(source: ModelSource, cache_dir: Path) -> Path | str:
     """Where ``from_pretrained`` finds the model (tiny-random-llama: the folder of its tokenizer)."""
     return embedded.prepare_smollm2(cache_dir) if source.kind == "embedded" else source.name
@@ -141,7 +163,12 @@ def load_model(source: ModelSource, cache_dir: Path, device: torch.device, dtype
     tokenizer = load_tokenizer(location)
     if source.name == embedded.TINY_RANDOM_LLAMA:
         return embedded.tiny_random_llama(tokenizer).to(device=device, dtype=dtype), tokenizer
-    return AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device), tokenizer
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise UserError(f"the weights at '{location}' cannot be read ({str(error).splitlines()[0]}); if it is a "
+                        f"cache entry (under {cache_dir}), delete that folder and rerun to rebuild it") from None
+    return model.to(device), tokenizer
 
 
 def _load_logit_difference(folder: Path, cache_dir: Path, device: torch.device, dtype: torch.dtype
