@@ -24,6 +24,7 @@ from obliviate.data.tokenize import PromptFormat
 from obliviate.errors import UserError
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.declarations import Requirements, reference_requirements
+from obliviate.evaluation.during_training import BestRule
 from obliviate.evaluation.lm_eval_tasks import check_tasks
 from obliviate.evaluation.queries import EvalOptions
 from obliviate.evaluation.reference import read_reference_run
@@ -106,6 +107,7 @@ class ExperimentPlan:
     mask: MaskPlan | None
     attacks: list[Attack]
     evaluation: EvaluationPlan
+    best: BestRule | None = None  # the best-checkpoint rule (unlearn.best_metric), if any
 
 
 def prompt_format(template: str, chat: bool) -> PromptFormat:
@@ -149,7 +151,28 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     training_data = METHODS.get(method).training_data(s, method, data)
     return ExperimentPlan(s, method, objective, fmt, data, training_data, models, _mask(s, models, data),
                           plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir)),
-                          evaluation)
+                          evaluation, _best_rule(s, evaluation))
+
+
+def _best_rule(s: Settings, evaluation: EvaluationPlan) -> BestRule | None:
+    """Check the evaluation-during-unlearning keys; the best-checkpoint rule if one is declared."""
+    u = s.unlearn
+    if not u.eval_every:
+        if u.best_metric or u.best_constraint:
+            raise UserError("unlearn.best_metric/best_constraint select among evaluations during unlearning; set "
+                            "unlearn.eval_every (e.g. 5)")
+        return None
+    evaluated = [split.name for split in evaluation.splits]
+    if unknown := [name for name in u.eval_splits if name not in evaluated]:
+        raise UserError(f"unlearn.eval_splits names '{unknown[0]}', which is not evaluated; use some of "
+                        f"{', '.join(evaluated)}")
+    if not u.eval_splits:
+        raise UserError("unlearn.eval_splits is empty; name the splits to evaluate during unlearning (e.g. forget)")
+    if not u.best_metric:
+        if u.best_constraint:
+            raise UserError("unlearn.best_constraint needs unlearn.best_metric (what to optimise)")
+        return None
+    return BestRule.parse(u.best_metric, u.best_goal, u.best_constraint, list(u.eval_splits), evaluation.metrics)
 
 
 def _training_data(s: Settings, method: str | None, data_dir: Path) -> dict[str, list[Example]]:

@@ -11,11 +11,13 @@ training, for evaluate.py.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
@@ -27,6 +29,7 @@ from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_dataset
 from obliviate.environment import environment_record
 from obliviate.errors import Interrupted, NonFiniteStep, RunFailed
+from obliviate.evaluation.during_training import BestWeights, plot_eval_curves
 from obliviate.evaluation.reference import EVALUATED
 from obliviate.evaluation.results import Evaluation
 from obliviate.evaluation.session import EvaluationSession
@@ -67,11 +70,40 @@ def make_mask(experiment: ExperimentPlan, model: PreTrainedModel, tokenizer: Pre
     return mask
 
 
+logger = logging.getLogger(__name__)
+EVAL_LOG = "eval_log.jsonl"
+
+
+class EvaluationPoints:
+    """The after-step callback of evaluation during unlearning: every ``every`` steps (and at the last), the
+    splits of unlearn.eval_splits to eval_log.jsonl; the best point's weights kept on the Unlearner."""
+
+    def __init__(self, unlearner: "Unlearner", evaluated: torch.nn.Module, model: torch.nn.Module,
+                 tokenizer: PreTrainedTokenizerBase, every: int, total: int) -> None:
+        self.unlearner, self.evaluated, self.model, self.tokenizer = unlearner, evaluated, model, tokenizer
+        self.every, self.total = every, total
+        self.points: list[dict] = []
+
+    def __call__(self, step: int) -> None:
+        if step % self.every and step != self.total:
+            return
+        u = self.unlearner
+        self.evaluated.eval()
+        point = {"step": step, **u.session.during_training(self.evaluated, self.tokenizer,
+                                                            list(u.settings.unlearn.eval_splits))}
+        self.points.append(point)
+        u.run_folder.append_jsonl(EVAL_LOG, point)
+        rule = u.plan.best
+        if rule is not None and step > 0 and rule.choose(self.points) is point:
+            u.best = (point, BestWeights(self.model))
+
+
 class Unlearner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timings: dict[str, float] = {}
         self.trained_parameters = 0  # parameters the unlearning updated (adapters only, with LoRA)
+        self.best: tuple[dict, BestWeights] | None = None  # the best evaluated point and its trainable weights
 
     @contextlib.contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -135,7 +167,11 @@ class Unlearner:
             else:
                 model = trained = adapters.attach(model, s.lora) if s.lora.enabled else model
             with self._timed("unlearn"):
-                self._unlearn(trained, tokenizer, mask)
+                self._unlearn(model, trained, tokenizer, mask)
+            if self.plan.best is not None:
+                with self._timed("evaluate_best"):
+                    if (best := self._best_checkpoint(model, trained, tokenizer)) is not None:
+                        results["best"] = best
             if isinstance(model, LogitDifferenceModel):
                 model.assistant.save_pretrained(self.run_folder.path("adapter"))
             elif s.lora.enabled:
@@ -183,7 +219,10 @@ class Unlearner:
                                                        **mask.statistics(shapes_of(model))})
         return mask
 
-    def _unlearn(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mask: ParameterMask | None) -> None:
+    def _unlearn(self, evaluated: torch.nn.Module, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 mask: ParameterMask | None) -> None:
+        """Train ``model`` (the whole model, its adapter, or ULD's assistant) with the method's objective;
+        ``evaluated`` is what the metrics see during unlearning (the model, or the combined ULD/Offset model)."""
         p, s = self.plan, self.settings
         set_seed(s.overall.seed)
         probing = s.unlearn.g_effect_every > 0
@@ -197,15 +236,55 @@ class Unlearner:
                                            encode))
         probe = (GEffectProbe(s.unlearn.g_effect_every, datasets, s.dataset.batch_size, s.overall.seed,
                               self.run_folder.path(G_EFFECT_LOG)) if probing else None)
-        train(model, p.objective, datasets, "forget", s.unlearn.training(s.dataset.batch_size), self.accelerator,
-              s.overall.seed, on_log=self.run_folder.log_step, mask=mask, inspect=probe,
+        config = s.unlearn.training(s.dataset.batch_size)
+        tracker = self._evaluation_points(evaluated, model, tokenizer, config.total_steps(len(datasets["forget"])))
+        train(model, p.objective, datasets, "forget", config, self.accelerator, s.overall.seed,
+              on_log=self.run_folder.log_step, mask=mask, inspect=probe, after_step=tracker,
               description=f"unlearn ({p.method})")
+        if tracker is not None:
+            best = self.best[0]["step"] if self.best else None
+            plot_eval_curves(tracker.points, self.run_folder.path("eval_curves.png"), best,
+                             f"{p.method}: evaluation during unlearning")
         if probing:
             plot_g_effect(self.run_folder.path(G_EFFECT_LOG), self.run_folder.path("g_effect.png"), p.method)
         self.trained_parameters = adapters.trainable_parameters(model)
         if artifacts := p.objective.artifacts():
             save_file({k: v.contiguous().cpu() for k, v in artifacts.items()},
                       str(self.run_folder.path("artifacts.safetensors")))
+
+    def _evaluation_points(self, evaluated: torch.nn.Module, model: torch.nn.Module,
+                           tokenizer: PreTrainedTokenizerBase, total: int) -> "EvaluationPoints | None":
+        """With unlearn.eval_every: evaluate now (step 0) and return the callback that evaluates every k steps
+        and keeps the best point's weights (``self.best``)."""
+        every = self.settings.unlearn.eval_every
+        if not every:
+            return None
+        tracker = EvaluationPoints(self, evaluated, model, tokenizer, every, total)
+        tracker(0)
+        return tracker
+
+    def _best_checkpoint(self, evaluated: torch.nn.Module, model: torch.nn.Module,
+                         tokenizer: PreTrainedTokenizerBase) -> Evaluation | None:
+        """best_checkpoint.json; with a chosen point, its full evaluation (and model_best/ when saving)."""
+        rule = self.plan.best
+        record = {"rule": rule.describe(), "step": self.best[0]["step"] if self.best else None,
+                  "point": self.best[0] if self.best else None}
+        self.run_folder.write_json("best_checkpoint.json", record)
+        if not self.best:
+            logger.warning("no evaluated point satisfies the best-checkpoint rule (%s)", rule.describe())
+            return None
+        last = BestWeights(model)
+        self.best[1].load_into(model)
+        try:
+            evaluation = self.session.evaluate(evaluated, tokenizer)
+            if self.settings.unlearn.save_model and not isinstance(evaluated, LogitDifferenceModel):
+                if self.settings.lora.enabled:
+                    model.save_pretrained(self.run_folder.path("adapter_best"))
+                else:
+                    save_model(self.accelerator.unwrap_model(model), tokenizer, self.run_folder.path("model_best"))
+        finally:
+            last.load_into(model)
+        return evaluation
 
     # ---------------------------------------------------------------- evaluation only
     def evaluate_model(self) -> Path:

@@ -62,6 +62,15 @@ class Unlearn(TrainingKeys):
     task_name: str = option(StrValue(), "benchmark name: results go to files/results/<task_name>/<method>/",
                             "synthetic")
     save_model: bool = option(BoolValue(), "save the unlearned model in the run folder", False)
+    eval_every: int = option(IntValue(low=0), "evaluate unlearn.eval_splits every k steps and at step 0 to "
+                             "eval_log.jsonl/eval_curves.png (0 = off)", 0)
+    eval_splits: list[str] = option(ListValue(StrValue()), "splits evaluated during unlearning (eval.metrics)",
+                                    ["forget", "retain"])
+    best_metric: str = option(StrValue(), "best checkpoint: <split>.<metric> to optimise among the evaluated points "
+                              "(empty = no selection)", "")
+    best_goal: str = option(ChoiceValue(["max", "min"]), "best checkpoint: maximise or minimise best_metric", "max")
+    best_constraint: str = option(StrValue(), "best checkpoint: only points with <split>.<metric> >= (or <=) ratio "
+                                  "× its step-0 value, e.g. retain.prob>=0.95 (empty = none)", "")
     g_effect_every: int = option(IntValue(low=0), "every k steps, the G-effect of the step on forget and retain NLL "
                                  "per block to g_effect.jsonl/png (0 = off)", 0)
     mask_path: str = option(StrValue(), "weight mask (.safetensors, or WAGLE .pt): loaded if it exists, else built "

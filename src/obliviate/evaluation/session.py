@@ -73,6 +73,15 @@ class EvaluationSession:
                              self.reference())
         return cached_evaluation(self.models.cache_dir, key, compute)
 
+    def during_training(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, names: list[str]
+                        ) -> dict[str, dict]:
+        """The plan's metrics on the splits ``names`` (no lm-eval tasks): one point of the evaluation during
+        unlearning."""
+        options = replace(self.plan.options, lm_eval_tasks=())
+        evaluation = evaluate(model, tokenizer, [self.plan.split(name) for name in names], self.fmt, options,
+                              self.plan.metrics, self.reference())
+        return {name: evaluation.splits.get(name, {}) for name in names}
+
     def attack_point(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, attack: Attack) -> dict:
         """The forget metrics (and lm-eval's tasks, e.g. WMDP accuracy) at one point of an attack; for a
         relearning attack on a slice, also the forget examples outside it (``forget_unseen``: knowledge that
