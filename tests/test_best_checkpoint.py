@@ -70,3 +70,18 @@ def test_a_rule_without_evaluation_during_unlearning_fails_before_any_work(tmp_p
                                                          "forget.prob")) == 2
     assert "set unlearn.eval_every" in capsys.readouterr().err
     assert not (tmp_path / "results" / "synthetic").exists()
+
+
+def test_tensorboard_gets_training_evaluation_and_attack_curves(tmp_path, cache_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run(lambda s: Unlearner(s).run(), "unlearn_model.py", argv(
+        tmp_path, cache_dir, "--unlearn.eval_every", "3", "--logger.tensorboard", "true",
+        "--attack.datasets", "relearn", "--attack.max_steps", "2", "--attack.eval_every", "1")) == 0
+    events = EventAccumulator(str(tmp_path / "results" / "synthetic" / "GA" / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_log/loss", "train_log/forget_nll", "eval_log/forget/prob", "eval_log/retain/prob",
+            "attack_train_log/relearn/loss", "attacks/relearn/forget/prob"} <= tags
+    assert [event.step for event in events.Scalars("train_log/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [event.step for event in events.Scalars("eval_log/forget/prob")] == [0, 3, 6]

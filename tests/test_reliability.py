@@ -180,3 +180,12 @@ def test_masks_must_be_boolean_and_select_something(tmp_path):
     save_file({"w": torch.tensor([0.0, 0.0])}, str(tmp_path / "empty.safetensors"))
     with pytest.raises(UserError, match="selects no element \\(all False\\)"):
         ParameterMask.load(tmp_path / "empty.safetensors").check({"w": (2,)}, "'empty'")
+
+
+def test_asking_for_wandb_without_the_package_is_one_line(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(UserError, match="logger.wandb is true but the wandb package is not installed"):
+        RunFolder(tmp_path, "task", "GA", "x", overwrite=False, use_wandb=True)

@@ -119,7 +119,7 @@ class Unlearner:
         self.accelerator = Accelerator(cpu=self.plan.models.device.type == "cpu")
         self.run_folder: RunFolder = LOGGERS.get(s.overall.logger)(
             Path(s.logger_json.root), s.unlearn.task_name, folder_kind or self.plan.method, s.logger.name,
-            s.logger.overwrite)
+            s.logger.overwrite, s.logger.tensorboard, s.logger.wandb)
         self.run_folder.start(s.to_dict())
         models = self.plan.models
         self.session = EvaluationSession(self.plan.evaluation, self.plan.fmt, models,
@@ -189,6 +189,7 @@ class Unlearner:
                                          lambda attack: self.session.attack_point(model, tokenizer, attack),
                                          lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
                 self.run_folder.write_json("attacks.json", curves)
+            self.run_folder.track_curves("attacks", curves)
             if s.unlearn.save_model or s.lora.merge:
                 with self._timed("save_model"):
                     saved = model.target if isinstance(model, LogitDifferenceModel) else adapters.merged(model)

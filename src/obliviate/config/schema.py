@@ -194,6 +194,9 @@ class Logger:
 
     name: str = option(StrValue(), "run folder name (default: a UTC timestamp)", "")
     overwrite: bool = option(BoolValue(), "replace an existing run folder of the same name", False)
+    tensorboard: bool = option(BoolValue(), "also log training, evaluation and attack curves to TensorBoard "
+                               "(<run folder>/tensorboard)", False)
+    wandb: bool = option(BoolValue(), "also log them to Weights & Biases (needs the wandb package)", False)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 from obliviate.errors import UserError
 from obliviate.io import finite_or_null, write_json_atomic
+from obliviate.loggers.trackers import TensorBoardTracker, Tracker, WandbTracker, check_trackers, scalars
 from obliviate.registry import Registry
 
 LOGGERS: Registry[type] = Registry("logger")
@@ -80,8 +81,12 @@ def writable_folder(root: Path, key: str) -> None:
 class RunFolder:
     """Writes one run's results as JSON files under the results root."""
 
-    def __init__(self, root: Path, task: str, method: str, run_name: str, overwrite: bool) -> None:
+    def __init__(self, root: Path, task: str, method: str, run_name: str, overwrite: bool,
+                 tensorboard: bool = False, use_wandb: bool = False) -> None:
         name = run_name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+        check_trackers(tensorboard, use_wandb)
+        self.wanted = (tensorboard, use_wandb)
+        self.trackers: list[Tracker] = []
         if "/" in name or name.startswith("."):
             raise UserError(f"logger.name '{name}' must be a plain folder name (no '/', not starting with '.')")
         writable_folder(root, "logger.json.root")
@@ -116,6 +121,11 @@ class RunFolder:
             self.work.mkdir()
             write_json_atomic(self.work / OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
         self.write_json("config.json", config)
+        tensorboard, use_wandb = self.wanted
+        if tensorboard:
+            self.trackers.append(TensorBoardTracker(self.work / "tensorboard", config))
+        if use_wandb:
+            self.trackers.append(WandbTracker(self.work, config, self.final.parent.parent.name, self.final.name))
 
     def path(self, name: str) -> Path:
         return self.work / name
@@ -127,10 +137,26 @@ class RunFolder:
         self.append_jsonl("train_log.jsonl", record)
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        """One line of ``name``; with trackers, its numbers as scalars at the record's step."""
         with self.path(name).open("a") as stream:
             stream.write(json.dumps(finite_or_null(record)) + "\n")
+        prefix = Path(name).stem + (f"/{record['attack']}" if "attack" in record else "")
+        self.track(scalars(record, prefix), int(record.get("step", 0)))
+
+    def track(self, values: dict[str, float], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(values, step)
+
+    def track_curves(self, name: str, curves: dict[str, list[dict[str, Any]]]) -> None:
+        """Curves of points (e.g. attacks.json: attack → [{step, forget: {...}}]) as scalars."""
+        for label, points in curves.items():
+            for point in points:
+                self.track(scalars(point, f"{name}/{label}"), int(point["step"]))
 
     def _release(self, destination: Path) -> Path:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
         with folder_lock(self.work.parent):
             (self.work / OWNER_FILE).unlink(missing_ok=True)
             if destination.exists():
