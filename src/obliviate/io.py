@@ -36,6 +36,18 @@ def finite_or_null(data: Any) -> Any:
     return data
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Strict JSON (a non-finite number is written as null)."""
     write_text_atomic(path, json.dumps(finite_or_null(data), indent=2, sort_keys=True, allow_nan=False) + "\n")

@@ -35,6 +35,7 @@ from obliviate.evaluation.results import Evaluation
 from obliviate.evaluation.session import EvaluationSession
 from obliviate.io import write_text_atomic
 from obliviate.loggers import LOGGERS, RunFolder
+from obliviate.loggers.json_logger import CHECKPOINT
 from obliviate.masks.build import build_mask
 from obliviate.masks.mask import ParameterMask
 from obliviate.masks.plots import plot_mask_statistics
@@ -45,6 +46,7 @@ from obliviate.models.loading import ModelSource, load_model, resolve_model, sav
 from obliviate.models.logit_difference import SPEC_FILE, LogitDifferenceModel
 from obliviate.plan import ExperimentPlan, plan
 from obliviate.report import metrics_table, run_summary
+from obliviate.training.checkpoint import Checkpointing
 from obliviate.training.g_effect import G_EFFECT_LOG, GEffectProbe, plot_g_effect
 from obliviate.training.loop import train
 
@@ -71,7 +73,7 @@ def make_mask(experiment: ExperimentPlan, model: PreTrainedModel, tokenizer: Pre
 
 
 logger = logging.getLogger(__name__)
-EVAL_LOG = "eval_log.jsonl"
+EVAL_LOG, ATTACK_LOG = "eval_log.jsonl", "attack_train_log.jsonl"
 
 
 class EvaluationPoints:
@@ -95,7 +97,19 @@ class EvaluationPoints:
         u.run_folder.append_jsonl(EVAL_LOG, point)
         rule = u.plan.best
         if rule is not None and step > 0 and rule.choose(self.points) is point:
-            u.best = (point, BestWeights(self.model))
+            u.best = (point, BestWeights.of(self.model))
+
+    def state_dict(self) -> dict:
+        """The points so far and the best one's weights: saved with a resumable checkpoint."""
+        best = self.unlearner.best
+        return {"points": self.points, "best_step": best[0]["step"] if best else None,
+                "best_tensors": best[1].tensors if best else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = list(state["points"])
+        if state["best_step"] is not None:
+            point = next(p for p in self.points if p["step"] == state["best_step"])
+            self.unlearner.best = (point, BestWeights(state["best_tensors"]))
 
 
 class Unlearner:
@@ -119,7 +133,7 @@ class Unlearner:
         self.accelerator = Accelerator(cpu=self.plan.models.device.type == "cpu")
         self.run_folder: RunFolder = LOGGERS.get(s.overall.logger)(
             Path(s.logger_json.root), s.unlearn.task_name, folder_kind or self.plan.method, s.logger.name,
-            s.logger.overwrite, s.logger.tensorboard, s.logger.wandb)
+            s.logger.overwrite, s.logger.tensorboard, s.logger.wandb, s.logger.resume)
         self.run_folder.start(s.to_dict())
         models = self.plan.models
         self.session = EvaluationSession(self.plan.evaluation, self.plan.fmt, models,
@@ -136,9 +150,12 @@ class Unlearner:
             raise RunFailed(f"{failure}; the run stopped and its logs are in '{folder}' (no metrics.json); "
                             "lower unlearn.lr or check the data, then rerun") from None
         except KeyboardInterrupt:
-            folder = self.run_folder.fail("interrupted", {})
-            raise Interrupted(f"interrupted; the partial run (logs, no metrics.json) is in '{folder}'; rerun the "
-                              "same command to start it again") from None
+            saved = Checkpointing(self.run_folder.path(CHECKPOINT), 1, False).saved_step()
+            folder = self.run_folder.fail("interrupted", {"saved_step": saved})
+            again = ("rerun the same command with --logger.resume true to continue after step "
+                     f"{saved}" if saved is not None else "rerun the same command to start it again")
+            raise Interrupted(f"interrupted; the partial run (logs, no metrics.json) is in '{folder}'; {again}"
+                              ) from None
         except BaseException as error:
             self.run_folder.fail(type(error).__name__, {"message": str(error)})
             raise
@@ -187,9 +204,9 @@ class Unlearner:
                     curves = run_attacks(model, tokenizer, p.attacks, p.fmt, s.dataset.max_length, s.attack.eval_every,
                                          self.accelerator, s.overall.seed,
                                          lambda attack: self.session.attack_point(model, tokenizer, attack),
-                                         lambda record: self.run_folder.append_jsonl("attack_train_log.jsonl", record))
+                                         lambda record: self.run_folder.append_jsonl(ATTACK_LOG, record))
                 self.run_folder.write_json("attacks.json", curves)
-            self.run_folder.track_curves("attacks", curves)
+                self.run_folder.track_curves("attacks", curves)
             if s.unlearn.save_model or s.lora.merge:
                 with self._timed("save_model"):
                     saved = model.target if isinstance(model, LogitDifferenceModel) else adapters.merged(model)
@@ -238,9 +255,14 @@ class Unlearner:
         probe = (GEffectProbe(s.unlearn.g_effect_every, datasets, s.dataset.batch_size, s.overall.seed,
                               self.run_folder.path(G_EFFECT_LOG)) if probing else None)
         config = s.unlearn.training(s.dataset.batch_size)
-        tracker = self._evaluation_points(evaluated, model, tokenizer, config.total_steps(len(datasets["forget"])))
+        checkpoint = self._checkpointing()
+        continuing = checkpoint is not None and checkpoint.resume
+        tracker = self._evaluation_points(evaluated, model, tokenizer, config.total_steps(len(datasets["forget"])),
+                                          evaluate_start=not continuing)
+        if checkpoint is not None and tracker is not None:
+            checkpoint = replace(checkpoint, extra=(tracker,))
         train(model, p.objective, datasets, "forget", config, self.accelerator, s.overall.seed,
-              on_log=self.run_folder.log_step, mask=mask, inspect=probe, after_step=tracker,
+              on_log=self.run_folder.log_step, mask=mask, inspect=probe, after_step=tracker, checkpoint=checkpoint,
               description=f"unlearn ({p.method})")
         if tracker is not None:
             best = self.best[0]["step"] if self.best else None
@@ -254,15 +276,31 @@ class Unlearner:
                       str(self.run_folder.path("artifacts.safetensors")))
 
     def _evaluation_points(self, evaluated: torch.nn.Module, model: torch.nn.Module,
-                           tokenizer: PreTrainedTokenizerBase, total: int) -> "EvaluationPoints | None":
-        """With unlearn.eval_every: evaluate now (step 0) and return the callback that evaluates every k steps
-        and keeps the best point's weights (``self.best``)."""
+                           tokenizer: PreTrainedTokenizerBase, total: int, evaluate_start: bool
+                           ) -> "EvaluationPoints | None":
+        """With unlearn.eval_every: the callback that evaluates every k steps and keeps the best point's weights
+        (``self.best``), after evaluating step 0 now (unless a resumed state brings the points so far)."""
         every = self.settings.unlearn.eval_every
         if not every:
             return None
         tracker = EvaluationPoints(self, evaluated, model, tokenizer, every, total)
-        tracker(0)
+        if evaluate_start:
+            tracker(0)
         return tracker
+
+    def _checkpointing(self) -> Checkpointing | None:
+        """unlearn.save_every's checkpoints; when resuming, the logs are cut back to the saved step (records
+        written after it are written again), or emptied when no state was saved."""
+        every = self.settings.unlearn.save_every
+        checkpoint = Checkpointing(self.run_folder.path(CHECKPOINT), every, False) if every else None
+        if not self.run_folder.resumed:
+            return checkpoint
+        saved = checkpoint.saved_step() if checkpoint is not None else None
+        for name in ("train_log.jsonl", EVAL_LOG, G_EFFECT_LOG, ATTACK_LOG):
+            self.run_folder.truncate_jsonl(name, -1 if saved is None or name == ATTACK_LOG else saved)
+        logger.info("resuming %s after step %s", self.run_folder.work, saved if saved is not None else "0 (no "
+                    "saved state: from the start)")
+        return replace(checkpoint, resume=True) if saved is not None else checkpoint
 
     def _best_checkpoint(self, evaluated: torch.nn.Module, model: torch.nn.Module,
                          tokenizer: PreTrainedTokenizerBase) -> Evaluation | None:
@@ -274,7 +312,7 @@ class Unlearner:
         if not self.best:
             logger.warning("no evaluated point satisfies the best-checkpoint rule (%s)", rule.describe())
             return None
-        last = BestWeights(model)
+        last = BestWeights.of(model)
         self.best[1].load_into(model)
         try:
             evaluation = self.session.evaluate(evaluated, tokenizer)

@@ -26,7 +26,7 @@ from obliviate.config.checkers import BoolValue
 from obliviate.config.settings import Settings
 from obliviate.config.spec import Schema
 from obliviate.errors import ConfigError
-from obliviate.io import read_json_object
+from obliviate.io import flatten, read_json_object
 
 CONFIG_FILE_FLAGS = ("--config_file", "--config-file", "-C")
 HELP_FLAGS = ("--help", "-h")
@@ -40,21 +40,10 @@ class HelpRequested(Exception):
         self.text = text
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def _read_config_file(path: str) -> dict[str, Any]:
     content = read_json_object(Path(path), "config file", "pass an existing JSON file to --config_file", ConfigError)
     # Top-level keys starting with "_" are comments (JSON has none of its own).
-    return _flatten({k: v for k, v in content.items() if not k.startswith("_")})
+    return flatten({k: v for k, v in content.items() if not k.startswith("_")})
 
 
 def split_argv(argv: list[str], schema: Schema) -> tuple[list[str], dict[str, str], bool]:

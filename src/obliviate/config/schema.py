@@ -71,6 +71,8 @@ class Unlearn(TrainingKeys):
     best_goal: str = option(ChoiceValue(["max", "min"]), "best checkpoint: maximise or minimise best_metric", "max")
     best_constraint: str = option(StrValue(), "best checkpoint: only points with <split>.<metric> >= (or <=) ratio "
                                   "× its step-0 value, e.g. retain.prob>=0.95 (empty = none)", "")
+    save_every: int = option(IntValue(low=0), "save the training state every k steps (and at the end) for "
+                             "--logger.resume (0 = never)", 0)
     g_effect_every: int = option(IntValue(low=0), "every k steps, the G-effect of the step on forget and retain NLL "
                                  "per block to g_effect.jsonl/png (0 = off)", 0)
     mask_path: str = option(StrValue(), "weight mask (.safetensors, or WAGLE .pt): loaded if it exists, else built "
@@ -197,6 +199,8 @@ class Logger:
     tensorboard: bool = option(BoolValue(), "also log training, evaluation and attack curves to TensorBoard "
                                "(<run folder>/tensorboard)", False)
     wandb: bool = option(BoolValue(), "also log them to Weights & Biases (needs the wandb package)", False)
+    resume: bool = option(BoolValue(), "continue the stopped run of this logger.name from its saved state "
+                          "(unlearn.save_every); the config must be the same", False)
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,12 @@ def _constraint_metric(constraint: str) -> str:
 class BestWeights:
     """A CPU copy of a model's trainable tensors, restorable into it."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.tensors = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()
-                        if p.requires_grad}
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "BestWeights":
+        return cls({name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad})
 
     def load_into(self, model: torch.nn.Module) -> None:
         parameters = dict(model.named_parameters())

@@ -29,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.errors import UserError
-from obliviate.io import finite_or_null, write_json_atomic
+from obliviate.io import finite_or_null, flatten, write_json_atomic, write_text_atomic
 from obliviate.loggers.trackers import TensorBoardTracker, Tracker, WandbTracker, check_trackers, scalars
 from obliviate.registry import Registry
 
 LOGGERS: Registry[type] = Registry("logger")
 OWNER_FILE = "owner.json"
+CHECKPOINT = "checkpoint"  # the resumable training state (unlearn.save_every), removed when the run finishes
+RESUME_FREE = {"logger.resume", "logger.tensorboard", "logger.wandb"}  # may differ between a run and its resumption
+
 
 
 @contextlib.contextmanager
@@ -82,8 +85,11 @@ class RunFolder:
     """Writes one run's results as JSON files under the results root."""
 
     def __init__(self, root: Path, task: str, method: str, run_name: str, overwrite: bool,
-                 tensorboard: bool = False, use_wandb: bool = False) -> None:
+                 tensorboard: bool = False, use_wandb: bool = False, resume: bool = False) -> None:
+        if resume and not run_name:
+            raise UserError("logger.resume needs the logger.name of the run to continue; give --logger.name")
         name = run_name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+        self.resume, self.resumed = resume, False
         check_trackers(tensorboard, use_wandb)
         self.wanted = (tensorboard, use_wandb)
         self.trackers: list[Tracker] = []
@@ -111,14 +117,16 @@ class RunFolder:
         self.work.parent.mkdir(parents=True, exist_ok=True)
         with folder_lock(self.work.parent):
             self._check_final()
-            if self.work.exists():
-                if (pid := owner_alive(self.work)) is not None:
-                    raise UserError(f"run '{self.final.name}' is running now (process {pid} owns '{self.work}'); "
-                                    "choose another --logger.name or wait for it to end")
-                shutil.rmtree(self.work)  # left by a run that died
-            if self.failed.exists():
-                shutil.rmtree(self.failed)  # an earlier attempt's record: this attempt replaces it
-            self.work.mkdir()
+            if self.work.exists() and (pid := owner_alive(self.work)) is not None:
+                raise UserError(f"run '{self.final.name}' is running now (process {pid} owns '{self.work}'); "
+                                "choose another --logger.name or wait for it to end")
+            stopped = next((folder for folder in (self.work, self.failed) if folder.exists()), None)
+            if self.resume and stopped is not None:
+                self._continue(stopped, config)
+            else:
+                for folder in (self.work, self.failed):  # a dead run's work, an earlier attempt's record
+                    shutil.rmtree(folder, ignore_errors=True)
+                self.work.mkdir()
             write_json_atomic(self.work / OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
         self.write_json("config.json", config)
         tensorboard, use_wandb = self.wanted
@@ -126,6 +134,27 @@ class RunFolder:
             self.trackers.append(TensorBoardTracker(self.work / "tensorboard", config))
         if use_wandb:
             self.trackers.append(WandbTracker(self.work, config, self.final.parent.parent.name, self.final.name))
+
+    def _continue(self, stopped: Path, config: dict[str, Any]) -> None:
+        """Reuse a stopped run's folder (logger.resume) if its config is this one."""
+        previous = flatten(json.loads((stopped / "config.json").read_text()))
+        current = flatten(config)
+        if differing := sorted(k for k in previous.keys() | current.keys()
+                               if k not in RESUME_FREE and previous.get(k) != current.get(k)):
+            key = differing[0]
+            raise UserError(f"logger.resume: the stopped run '{stopped}' had {key}={previous.get(key)!r}, this "
+                            f"command {current.get(key)!r}; rerun with its config, or drop --logger.resume")
+        if stopped == self.failed:
+            stopped.rename(self.work)
+        (self.work / "failure.json").unlink(missing_ok=True)
+        self.resumed = True
+
+    def truncate_jsonl(self, name: str, last_step: int) -> None:
+        """Drop the records of ``name`` after ``last_step`` (logged after the state a resumed run starts from)."""
+        path = self.path(name)
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def path(self, name: str) -> Path:
         return self.work / name
@@ -165,6 +194,8 @@ class RunFolder:
         return destination
 
     def finish(self) -> Path:
+        for name in (CHECKPOINT, CHECKPOINT + ".old", CHECKPOINT + ".tmp"):  # training state: no longer needed
+            shutil.rmtree(self.path(name), ignore_errors=True)
         return self._release(self.final)
 
     def fail(self, reason: str, details: dict[str, Any]) -> Path:

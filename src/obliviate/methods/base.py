@@ -67,6 +67,13 @@ class Term(ABC):
     def after_step(self) -> None:
         """Update the term's own state once per optimiser step, e.g. PDU's dual variable (default: nothing)."""
 
+    def state(self) -> dict[str, float]:
+        """The term's own training state, saved with a resumable checkpoint (default: none)."""
+        return {}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        """Restore what :meth:`state` returned (default: nothing to restore)."""
+
     def extra_logs(self) -> dict[str, float]:
         """Values to log besides the term itself (default: none)."""
         return {}
@@ -112,6 +119,14 @@ class Objective:
     def after_step(self) -> None:
         for _, term in self.terms:
             term.after_step()
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """Every term's own state (PDU's dual variable, RMU's topic counter), for accelerate's checkpoints."""
+        return {f"{index}:{term.name}": term.state() for index, (_, term) in enumerate(self.terms)}
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        for index, (_, term) in enumerate(self.terms):
+            term.load_state(state[f"{index}:{term.name}"])
 
     def artifacts(self) -> dict[str, torch.Tensor]:
         return {key: value for _, term in self.terms for key, value in term.artifacts().items()}

@@ -42,6 +42,12 @@ class InvariancePenalty(Term):
         self.calls = 0
         self.last: dict[str, float] = {}
 
+    def state(self) -> dict[str, float]:
+        return {"calls": self.calls}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.calls = int(state["calls"])
+
     @property
     def reads(self) -> set[str]:
         return set(self.environments)

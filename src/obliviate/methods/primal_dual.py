@@ -89,6 +89,12 @@ class DualRetainConstraint(Term):
             self.dual = dual_ascent(self.dual, self.step_size, sum(self.violations) / len(self.violations))
         self.violations = []
 
+    def state(self) -> dict[str, float]:
+        return {"dual": self.dual, "steps": self.steps, "eps": self.eps}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.dual, self.steps, self.eps = float(state["dual"]), int(state["steps"]), float(state["eps"])
+
     def extra_logs(self) -> dict[str, float]:
         return {"retain_nll": self.last_retain_nll, "dual": self.dual, "eps": self.eps}
 

@@ -102,6 +102,12 @@ class RMULoss(Term):
         self.starting_values: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.last: dict[str, float] = {}
 
+    def state(self) -> dict[str, float]:
+        return {"calls": self.calls}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.calls = int(state["calls"])
+
     @property
     def reads(self) -> set[str]:
         return {*self.topics, "retain"} if self.alpha else set(self.topics)

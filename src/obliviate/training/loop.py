@@ -29,6 +29,7 @@ from obliviate.data.tokenize import EncodedDataset
 from obliviate.errors import NonFiniteStep
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods.base import Batch, Objective
+from obliviate.training.checkpoint import Checkpointing
 from obliviate.training.schedule import TrainingConfig, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
           on_log: Callable[[dict[str, float]], None] = lambda record: None,
           mask: ParameterMask | None = None, after_step: Callable[[int], None] | None = None,
           inspect: Callable[[int, torch.nn.Module], None] | None = None,
-          description: str = "train") -> TrainingResult:
+          checkpoint: Checkpointing | None = None, description: str = "train") -> TrainingResult:
     """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps; ``inspect``
-    sees the model with each step's final gradient just before the optimiser applies it (G-effect)."""
+    sees the model with each step's final gradient just before the optimiser applies it (G-effect);
+    ``checkpoint`` saves the training state every few steps and, resuming, starts from the saved one."""
     total = config.total_steps(len(datasets[primary]))
     if mask is not None:
         mask.attach(model)
@@ -74,11 +76,20 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     stream = micro_batches({k: v for k, v in datasets.items() if k in objective.splits | {primary}},
                            primary, config.batch_size, seed)
     accumulation = config.gradient_accumulation_steps
+    first = 1
+    if checkpoint is not None:
+        accelerator.register_for_checkpointing(scheduler, objective, *checkpoint.extra)
+        if checkpoint.resume and checkpoint.saved_step() is not None:
+            first = checkpoint.load(accelerator) + 1
+            for _ in range((first - 1) * accumulation):  # replay the seeded stream to the saved position
+                next(stream)
+            logger.info("%s: resumed after step %d from %s", description, first - 1, checkpoint.folder)
     model.train()
     start = time.perf_counter()
     logs: dict[str, float] = {}
     warned_zero_gradient = False
-    progress = tqdm(range(1, total + 1), desc=description, disable=not accelerator.is_local_main_process)
+    progress = tqdm(range(first, total + 1), desc=description, initial=first - 1, total=total,
+                    disable=not accelerator.is_local_main_process)
     try:
         for step in progress:
             sums: dict[str, float] = {}
@@ -116,8 +127,12 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             if after_step is not None:  # e.g. evaluation points of a fine-tune attack
                 after_step(step)
                 model.train()
+            if checkpoint is not None and (step % checkpoint.every == 0 or step == total):
+                checkpoint.save(accelerator, step)
     finally:
         progress.close()
         accelerator.free_memory()  # accelerate's references to the model and optimiser
+        if checkpoint is not None:
+            accelerator._custom_objects.clear()  # noqa: SLF001  (accelerate keeps registrations otherwise)
         del optimizer, scheduler
     return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs)
