@@ -3,6 +3,7 @@ line, run folders are claimed atomically, metrics of a collapsed model stay fini
 
 import json
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -189,3 +190,69 @@ def test_asking_for_wandb_without_the_package_is_one_line(tmp_path):
         pytest.skip("wandb is installed here")
     with pytest.raises(UserError, match="logger.wandb is true but the wandb package is not installed"):
         RunFolder(tmp_path, "task", "GA", "x", overwrite=False, use_wandb=True)
+
+
+def _config_folder(t):
+    return ["--config_file", str(t)]
+
+
+def _latin1_config(t):
+    (t / "latin1.json").write_bytes('{"unlearn": {"lr": 1e-5}, "_comment": "caf\xe9"}'.encode("latin-1"))
+    return ["--config_file", str(t / "latin1.json")]
+
+
+def _custom_code_model(t):
+    folder = t / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "my_own_lm", "architectures": ["MyOwnLM"],
+                                                    "auto_map": {"AutoConfig": "modeling.MyConfig"}}))
+    return ["--overall.model_name", str(folder)]
+
+
+def _results_root_file(t):
+    (t / "a_file").write_text("")
+    return ["--logger.json.root", str(t / "a_file")]
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (_config_folder, "config file '.*' is a folder, not a file"),
+    (_latin1_config, "is not UTF-8 text \\(byte"),
+    (lambda t: ["--unlearn.mask_path", str(t / "m.safetensors"), "--mask.include", "mlp(["],
+     "mask.include 'mlp\\(\\[' is not a valid regular expression"),
+    (lambda t: ["--unlearn.mask_path", str(t)], "unlearn.mask_path '.*' is a folder; name a mask file"),
+    (_custom_code_model, "needs its own Python code \\(trust_remote_code\\), which is refused"),
+    (_results_root_file, "logger.json.root '.*a_file' is a file, not a folder"),
+])
+def test_bad_inputs_are_one_line_before_any_work(tmp_path, cache_dir, capsys, arguments, message):
+    base = ["--overall.model_name", "tiny-random-llama", "--overall.cache_dir", str(cache_dir),
+            "--dataset.data_dir", str(tmp_path / "data"), "--logger.json.root", str(tmp_path / "results"),
+            "--eval.metrics", "prob"]
+    assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", [*base, *arguments(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ")
+    assert re.search(message, error[0]), error[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_sigterm_stops_a_run_in_one_line_and_marks_it_failed(tmp_path, cache_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, str(ROOT / "src" / "exec" / "unlearn_model.py"),
+               *cli_argv(tmp_path, cache_dir, "--unlearn.max_steps", "100000", "--finetune.enabled", "false",
+                         "--eval.before", "false")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    log = tmp_path / "results" / "synthetic" / "GA" / "run.incomplete" / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert error.strip().splitlines()[-1].startswith("error: interrupted; the partial run")
+    failed = tmp_path / "results" / "synthetic" / "GA" / "run.failed"
+    assert json.loads((failed / "failure.json").read_text())["reason"] == "interrupted"
