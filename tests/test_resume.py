@@ -36,7 +36,8 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, cache_dir, monk
             raise KeyboardInterrupt
     monkeypatch.setattr(RunFolder, "log_step", interrupt_at_step_5)
     assert unlearn(argv(tmp_path, cache_dir, "stopped")) == 130
-    assert "rerun the same command with --logger.resume true to continue after step 4" in capsys.readouterr().err
+    hint = "rerun the same command with --logger.name stopped --logger.resume true to continue after step 4"
+    assert hint in capsys.readouterr().err
     monkeypatch.setattr(RunFolder, "log_step", real_log_step)
     assert unlearn(argv(tmp_path, cache_dir, "stopped", "--unlearn.lr", "2e-3", "--logger.resume", "true")) == 2
     assert "had unlearn.lr=0.001, this command 0.002" in capsys.readouterr().err

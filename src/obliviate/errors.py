@@ -22,9 +22,10 @@ class RunFailed(Exception):
 class NonFiniteStep(RunFailed):
     """A training step whose loss or gradient is not finite (raised before the step is applied)."""
 
-    def __init__(self, step: int, logs: dict[str, float]) -> None:
+    def __init__(self, step: int, logs: dict[str, float], stage: str = "train") -> None:
         terms = ", ".join(f"{key}={value:.4g}" for key, value in logs.items())
-        super().__init__(f"step {step}: the loss or gradient is not finite ({terms}); the step was not applied")
+        super().__init__(f"{stage} step {step}: the loss or gradient is not finite ({terms}); the step was not "
+                         "applied")
         self.step, self.logs = step, logs
 
 

@@ -148,12 +148,14 @@ class Unlearner:
         except NonFiniteStep as failure:
             folder = self.run_folder.fail(str(failure), {"step": failure.step, "logs": failure.logs})
             raise RunFailed(f"{failure}; the run stopped and its logs are in '{folder}' (no metrics.json); "
-                            "lower unlearn.lr or check the data, then rerun") from None
+                            "lower that stage's learning rate (unlearn.lr, finetune.lr or attack.lr) or check the "
+                            "data, then rerun") from None
         except KeyboardInterrupt:
             saved = Checkpointing(self.run_folder.path(CHECKPOINT), 1, False).saved_step()
             folder = self.run_folder.fail("interrupted", {"saved_step": saved})
-            again = ("rerun the same command with --logger.resume true to continue after step "
-                     f"{saved}" if saved is not None else "rerun the same command to start it again")
+            name = self.run_folder.final.name
+            again = (f"rerun the same command with --logger.name {name} --logger.resume true to continue after "
+                     f"step {saved}" if saved is not None else "rerun the same command to start again")
             raise Interrupted(f"interrupted; the partial run (logs, no metrics.json) is in '{folder}'; {again}"
                               ) from None
         except BaseException as error:
@@ -259,8 +261,8 @@ class Unlearner:
         continuing = checkpoint is not None and checkpoint.resume
         tracker = self._evaluation_points(evaluated, model, tokenizer, config.total_steps(len(datasets["forget"])),
                                           evaluate_start=not continuing)
-        if checkpoint is not None and tracker is not None:
-            checkpoint = replace(checkpoint, extra=(tracker,))
+        if checkpoint is not None:
+            checkpoint = replace(checkpoint, extra=tuple(part for part in (tracker, probe) if part is not None))
         train(model, p.objective, datasets, "forget", config, self.accelerator, s.overall.seed,
               on_log=self.run_folder.log_step, mask=mask, inspect=probe, after_step=tracker, checkpoint=checkpoint,
               description=f"unlearn ({p.method})")

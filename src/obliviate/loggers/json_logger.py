@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import socket
@@ -78,6 +79,14 @@ def writable_folder(root: Path, key: str) -> None:
         raise UserError(f"{key} '{root}' cannot be created (permission denied); name a writable folder") from None
     if not os.access(root, os.W_OK | os.X_OK):
         raise UserError(f"{key} '{root}' is not writable; name a writable folder for the results")
+
+
+def _step_of(line: str) -> float:
+    """A log line's step; a line torn by a kill during its write counts as after every step (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
 
 
 @LOGGERS.register("json")
@@ -153,7 +162,7 @@ class RunFolder:
         """Drop the records of ``name`` after ``last_step`` (logged after the state a resumed run starts from)."""
         path = self.path(name)
         if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= last_step]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def path(self, name: str) -> Path:

@@ -27,6 +27,7 @@ import torch
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue
+from obliviate.data.tokenize import IGNORE_INDEX
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
 from obliviate.methods.likelihood import forward_logits, mean_nll, reference_sequence_nll, shifted
 
@@ -73,7 +74,7 @@ class DualRetainConstraint(Term):
         if self.eps == 0.0:
             retain = context.datasets[self.split]
             sums = reference_sequence_nll(context.model, retain, context.batch_size, context.device)
-            counts = sum(sum(label != -100 for label in item.labels[1:]) for item in retain.encoded)
+            counts = sum(sum(label != IGNORE_INDEX for label in item.labels[1:]) for item in retain.encoded)
             self.eps = self.eps_ratio * float(sums.sum()) / max(1, counts)
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:

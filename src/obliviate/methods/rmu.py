@@ -54,6 +54,15 @@ class _StopForward(Exception):
 ADAPTER_WEIGHT = re.compile(r"\.lora_[AB]\.[^.]+\.weight$")  # peft: <module>.lora_A.<adapter>.weight
 
 
+def default_trained_layers(layer: int, trained_layers: Sequence[int]) -> list[int]:
+    """The trained layers, ℓ−2, ℓ−1, ℓ when none are given."""
+    return list(trained_layers) or [layer - 2, layer - 1, layer]
+
+
+def layers_fit(layer: int, trained_layers: Sequence[int], depth: int) -> bool:
+    return 0 <= layer < depth and all(0 <= i < depth for i in trained_layers)
+
+
 def hidden_at_layer(model: torch.nn.Module, batch: TokenBatch, layer: int) -> torch.Tensor:
     """Output of decoder layer ``layer`` [B, T, d]; the forward pass stops there (later layers never run)."""
     captured: dict[str, torch.Tensor] = {}
@@ -93,7 +102,7 @@ class RMULoss(Term):
     def __init__(self, layer: int, trained_layers: list[int], param_pattern: str, steering_coeff: float,
                  steering_norm_multiple: float, alpha: float, seed: int, extra_topics: int = 0) -> None:
         self.layer, self.param_pattern, self.alpha, self.seed = layer, param_pattern, alpha, seed
-        self.trained_layers = trained_layers or [layer - 2, layer - 1, layer]
+        self.trained_layers = default_trained_layers(layer, trained_layers)
         self.steering_norm_multiple = steering_norm_multiple
         self.topics = ["forget", *topic_splits(extra_topics)]
         self.steering_coeffs = [steering_coeff] * len(self.topics)
@@ -136,7 +145,7 @@ class RMULoss(Term):
     def prepare(self, context: PrepareContext) -> None:
         model = context.model
         count = len(decoder_layers(model))
-        if not 0 <= self.layer < count or not all(0 <= i < count for i in self.trained_layers):
+        if not layers_fit(self.layer, self.trained_layers, count):
             raise UserError(f"RMU layer {self.layer} / trained layers {self.trained_layers} outside the model's "
                             f"{count} layers; set unlearn.RMU.layer and unlearn.RMU.trained_layers")
         parameters = dict(model.named_parameters())
@@ -219,8 +228,8 @@ class RMU(Method):
     def check_depth(cls, settings: "Settings", name: str, depth: int) -> None:
         values = settings.method(name)
         layer = values["layer"]
-        trained = values["trained_layers"] or [layer - 2, layer - 1, layer]
-        if layer >= depth or not all(0 <= i < depth for i in trained):
+        trained = default_trained_layers(layer, values["trained_layers"])
+        if not layers_fit(layer, trained, depth):
             raise UserError(f"unlearn.{name}.layer {layer} / trained_layers {trained} reach beyond the model's "
                             f"{depth} decoder layers (0 to {depth - 1}); set unlearn.{name}.layer and "
                             f"unlearn.{name}.trained_layers within them")

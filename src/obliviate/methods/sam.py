@@ -57,8 +57,11 @@ class SharpnessAwareForget(Term):
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         parameters = [p for p in model.parameters() if p.requires_grad]
-        gradients = torch.autograd.grad(self.inner(model, batch), parameters, allow_unused=True)
+        value = self.inner(model, batch)
+        gradients = torch.autograd.grad(value, parameters, allow_unused=True, retain_graph=False)
         present = [g for g in gradients if g is not None]
+        if not present:  # the forget term reaches no trainable parameter: nothing to perturb
+            return value.detach()
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
         scale = self.rho / norm.clamp(min=GRADIENT_FLOOR)
         saved = [p.detach().clone() for p in parameters]

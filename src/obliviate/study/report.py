@@ -57,8 +57,8 @@ def finished_cells(study: Study) -> list[dict]:
             files = {name: json.loads(path.read_text()) for name in ("metrics", "env", "attacks")
                      if (path := cell.folder / f"{name}.json").is_file()}
             if (log := cell.folder / "train_log.jsonl").is_file() and (lines := log.read_text().splitlines()):
-                last = json.loads(lines[-1])
-                files["training"] = {"steps": last["step"], "seconds": last["seconds"]}
+                steps = [json.loads(line) for line in lines]
+                files["training"] = {"seconds_per_step": statistics.fmean(r["step_seconds"] for r in steps)}
             cells.append({"method": cell.method, "seed": cell.seed, "attacks": {}, **files})
     return cells
 
@@ -82,7 +82,7 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
     seconds = cell.get("env", {}).get("wall_time_seconds", {})
     training = cell.get("training", {})
     common.update({"seconds.unlearn": seconds.get("unlearn"), "seconds.attacks": seconds.get("attacks"),
-                   "seconds_per_step": training["seconds"] / training["steps"] if training else None})
+                   "seconds_per_step": training.get("seconds_per_step")})
     # lm-eval task accuracies (e.g. wmdp_bio) count as forget metrics: attacks record them with the forget split
     forget_before = {**before.get("forget", {}), **before.get(LM_EVAL, {})}
     forget_after = {**after.get("forget", {}), **after.get(LM_EVAL, {})}

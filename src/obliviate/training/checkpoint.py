@@ -48,6 +48,7 @@ class Checkpointing:
         shutil.rmtree(temporary, ignore_errors=True)
         accelerator.save_state(str(temporary))
         write_json_atomic(temporary / PROGRESS, {"step": step})
+        shutil.rmtree(old, ignore_errors=True)  # left by a kill during the previous swap
         if self.folder.exists():
             self.folder.rename(old)
         temporary.rename(self.folder)

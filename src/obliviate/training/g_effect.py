@@ -23,6 +23,7 @@ Where our numbers come from:
   g ← 0.6·g_old + 0.4·g_new, updated at every logged step (the seed averages over the micro-batches of a
   frozen checkpoint; here the checkpoints are the live run's). ``smoothing`` 0 logs the raw products.
 
+Resumable: the averages and the probe stream's position are part of a checkpoint (``unlearn.save_every``).
 Cost per logged step: two forward+backward passes (one forget, one retain probe batch) and, with smoothing,
 three float32 copies of the trainable parameters kept between logged steps.
 Output: ``g_effect.jsonl`` (one record per logged step) and ``g_effect.png`` (blocks × steps).
@@ -80,7 +81,17 @@ class GEffectProbe:
         self.every, self.path, self.smoothing = every, path, smoothing
         self.probes: Iterator[Batch] = micro_batches({k: datasets[k] for k in RISKS}, "forget", batch_size,
                                                      seed + 1)
+        self.drawn = 0  # probe batches taken from the stream (replayed on resume)
         self.averages: dict[str, list[torch.Tensor]] = {}
+
+    def state_dict(self) -> dict:
+        """The moving averages and the probe stream's position: saved with a resumable checkpoint."""
+        return {"drawn": self.drawn, "averages": self.averages}
+
+    def load_state_dict(self, state: dict) -> None:
+        for _ in range(state["drawn"] - self.drawn):
+            next(self.probes)
+        self.drawn, self.averages = state["drawn"], state["averages"]
 
     def _smoothed(self, key: str, gradients: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.smoothing == 0.0:
@@ -96,11 +107,19 @@ class GEffectProbe:
         if step % self.every:
             return
         start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):  # dropout in the probe's passes must not shift training's
+            record = self._record(step, model)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def _record(self, step: int, model: torch.nn.Module) -> dict:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
         parameters = [p for _, p in named]
         blocks = [block_of(n) for n, _ in named]
         objective = self._smoothed("objective", [p.grad for p in parameters])
         batch = {name: part.to(parameters[0].device) for name, part in next(self.probes).items()}
+        self.drawn += 1
         record: dict = {"step": step}
         for risk in RISKS:
             data = batch[risk]
@@ -110,9 +129,7 @@ class GEffectProbe:
             per_block = blockwise_products(objective, self._smoothed(risk, gradients), blocks)
             record[risk] = {block: per_block[block] for block in block_order(set(per_block))}
             record[f"{risk}_total"] = sum(per_block.values())
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        with self.path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+        return record
 
 
 def plot_g_effect(jsonl: Path, path: Path, title: str) -> None:

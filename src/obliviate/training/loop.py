@@ -92,6 +92,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
                     disable=not accelerator.is_local_main_process)
     try:
         for step in progress:
+            step_start = time.perf_counter()
             sums: dict[str, float] = {}
             for micro in range(accumulation):
                 batch = {name: part.to(accelerator.device) for name, part in next(stream).items()}
@@ -105,7 +106,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
             if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
                 optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteStep(step, {**sums, "grad_norm": float(grad_norm)})
+                raise NonFiniteStep(step, {**sums, "grad_norm": float(grad_norm)}, description)
             if float(grad_norm) == 0.0 and not warned_zero_gradient:
                 warned_zero_gradient = True
                 logger.warning("%s step %d: the gradient is exactly zero (a collapsed model, e.g. after too large a "
@@ -120,6 +121,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             optimizer.zero_grad(set_to_none=True)
             objective.after_step()
             logs = {"step": step, **sums, "lr": lr, "grad_norm": float(grad_norm),
+                    "step_seconds": round(time.perf_counter() - step_start, 3),
                     "seconds": round(time.perf_counter() - start, 3)}
             progress.set_postfix(loss=f"{sums['loss']:.4f}")
             if step % config.logging_steps == 0 or step == total:
