@@ -106,6 +106,6 @@ def test_graddiff_raises_forget_nll_more_than_retain_nll_and_logs_each_step(toke
     after = full_set_nll(model, forget), full_set_nll(model, retain)
     assert result.steps == 4 and [r["step"] for r in logs] == [1, 2, 3, 4]
     assert [r["lr"] for r in logs] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
-    assert set(logs[0]) == {"step", "loss", "forget_nll", "retain_nll", "lr", "grad_norm", "seconds"}
+    assert set(logs[0]) == {"step", "loss", "forget_nll", "retain_nll", "lr", "grad_norm", "step_seconds", "seconds"}
     assert after[0] > before[0]  # gradient ascent on the forget set
     assert after[0] - before[0] > after[1] - before[1]  # while descending on retain
