@@ -46,7 +46,7 @@ from obliviate.models.loading import ModelSource, load_model, resolve_model, sav
 from obliviate.models.logit_difference import SPEC_FILE, LogitDifferenceModel
 from obliviate.plan import ExperimentPlan, plan
 from obliviate.report import metrics_table, run_summary
-from obliviate.training.checkpoint import Checkpointing
+from obliviate.training.checkpoint import Checkpointing, saved_step
 from obliviate.training.g_effect import G_EFFECT_LOG, GEffectProbe, plot_g_effect
 from obliviate.training.loop import train
 
@@ -151,7 +151,7 @@ class Unlearner:
                             "lower that stage's learning rate (unlearn.lr, finetune.lr or attack.lr) or check the "
                             "data, then rerun") from None
         except KeyboardInterrupt:
-            saved = Checkpointing(self.run_folder.path(CHECKPOINT), 1, False).saved_step()
+            saved = saved_step(self.run_folder.path(CHECKPOINT))
             folder = self.run_folder.fail("interrupted", {"saved_step": saved})
             name = self.run_folder.final.name
             again = (f"rerun the same command with --logger.name {name} --logger.resume true to continue after "

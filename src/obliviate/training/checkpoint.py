@@ -28,6 +28,14 @@ from obliviate.io import write_json_atomic
 PROGRESS = "progress.json"
 
 
+def saved_step(folder: Path) -> int | None:
+    """The step of the state saved in ``folder``, if there is one (a half-swapped save counts from its old copy)."""
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if (candidate / PROGRESS).is_file():
+            return int(json.loads((candidate / PROGRESS).read_text())["step"])
+    return None
+
+
 @dataclass(frozen=True)
 class Checkpointing:
     folder: Path
@@ -36,11 +44,7 @@ class Checkpointing:
     extra: tuple[Any, ...] = ()  # more objects with state_dict/load_state_dict (e.g. the best evaluated point)
 
     def saved_step(self) -> int | None:
-        """The step of the saved state, if there is one (a half-swapped save counts from its old copy)."""
-        for folder in (self.folder, self.folder.with_name(self.folder.name + ".old")):
-            if (folder / PROGRESS).is_file():
-                return int(json.loads((folder / PROGRESS).read_text())["step"])
-        return None
+        return saved_step(self.folder)
 
     def save(self, accelerator: Accelerator, step: int) -> None:
         temporary = self.folder.with_name(self.folder.name + ".tmp")
