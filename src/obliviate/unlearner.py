@@ -6,6 +6,15 @@ and retain models (fine-tuned and cached when ``finetune.enabled``) → evaluate
 missing → unlearn with the registered method → evaluate after → fine-tune attacks → write results (and
 the model, when asked) → rename the run folder to its final name. ``evaluate_model()`` is the same without
 training, for evaluate.py.
+
+Several processes (``accelerate launch`` or ``torchrun``; DDP through accelerate): every process loads the same
+model, mask and cached reference quantities (computed from the same weights with the same seeds, so identical),
+and takes part in every training (unlearning and attacks), each on its share of the batches. Everything else
+runs on the main process only: it claims and writes the run folder, evaluates (before, during, after, at
+attack points; the others wait at the next training step), builds a missing mask (the others then read it),
+and saves models. Fine-tuning a target or retain model that is not cached yet needs one process (the cache
+must not depend on the process count), as do the G-effect probe and FSDP/DeepSpeed (their sharded weights
+would need gathering before the main process evaluates).
 """
 
 from __future__ import annotations
@@ -15,11 +24,12 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list, set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -28,7 +38,7 @@ from obliviate.config.settings import Settings
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_dataset
 from obliviate.environment import environment_record
-from obliviate.errors import Interrupted, NonFiniteStep, RunFailed
+from obliviate.errors import Interrupted, NonFiniteStep, RunFailed, UserError
 from obliviate.evaluation.during_training import BestWeights, plot_eval_curves
 from obliviate.evaluation.reference import EVALUATED
 from obliviate.evaluation.results import Evaluation
@@ -42,11 +52,12 @@ from obliviate.masks.plots import plot_mask_statistics
 from obliviate.methods.base import PrepareContext
 from obliviate.methods.logit_difference import LogitDifferenceMethod, logit_difference_method
 from obliviate.models import adapters
+from obliviate.models.finetune import FinetuneRecipe
 from obliviate.models.loading import ModelSource, load_model, resolve_model, save_model, shapes_of
 from obliviate.models.logit_difference import SPEC_FILE, LogitDifferenceModel
 from obliviate.plan import ExperimentPlan, plan
 from obliviate.report import metrics_table, run_summary
-from obliviate.training.checkpoint import Checkpointing, saved_step
+from obliviate.training.checkpoint import Checkpointing, MainProcessOnly, saved_step
 from obliviate.training.g_effect import G_EFFECT_LOG, GEffectProbe, plot_g_effect
 from obliviate.training.loop import train
 
@@ -74,6 +85,21 @@ def make_mask(experiment: ExperimentPlan, model: PreTrainedModel, tokenizer: Pre
 
 logger = logging.getLogger(__name__)
 EVAL_LOG, ATTACK_LOG = "eval_log.jsonl", "attack_train_log.jsonl"
+# How long processes wait for each other: the others wait while the main process evaluates (lm-eval on a 7B
+# model can take hours); a process that fails makes the launcher stop the others at once.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=6)
+
+
+def check_processes(accelerator: Accelerator, g_effect_every: int, target: FinetuneRecipe | None) -> None:
+    """Refuse what does not run on several processes yet, before any work."""
+    if target is not None:
+        target.check_buildable(accelerator.num_processes, "target")
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise UserError(f"{accelerator.distributed_type.value} shards the weights, and evaluation runs on the main "
+                        "process with the full model; launch with configs/accelerate/ddp.yaml (one model per GPU)")
+    if accelerator.num_processes > 1 and g_effect_every:
+        raise UserError("unlearn.g_effect_every needs one process (its probe gradients are not synchronised); "
+                        "launch without --num_processes or set it to 0")
 
 
 class EvaluationPoints:
@@ -130,11 +156,21 @@ class Unlearner:
         results folder of an evaluation-only run (no method, mask or attacks)."""
         self.plan = plan(self.settings, unlearning=folder_kind is None)
         s = self.settings
-        self.accelerator = Accelerator(cpu=self.plan.models.device.type == "cpu")
-        self.run_folder: RunFolder = LOGGERS.get(s.overall.logger)(
-            Path(s.logger_json.root), s.unlearn.task_name, folder_kind or self.plan.method, s.logger.name,
-            s.logger.overwrite, s.logger.tensorboard, s.logger.wandb, s.logger.resume)
-        self.run_folder.start(s.to_dict())
+        self.accelerator = Accelerator(cpu=self.plan.models.device.type == "cpu",
+                                       kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
+        check_processes(self.accelerator, s.unlearn.g_effect_every if folder_kind is None else 0,
+                        self.plan.models.target)
+        self.main = self.accelerator.is_main_process
+        self.run_folder: RunFolder | None = None  # only the main process writes
+        if self.main:
+            self.run_folder = LOGGERS.get(s.overall.logger)(
+                Path(s.logger_json.root), s.unlearn.task_name, folder_kind or self.plan.method, s.logger.name,
+                s.logger.overwrite, s.logger.tensorboard, s.logger.wandb, s.logger.resume)
+            self.run_folder.start(s.to_dict())
+        shared = [(self.run_folder.work, self.run_folder.resumed) if self.run_folder else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(shared)  # the other processes read checkpoints from the main one's folder
+        self.work, self.resumed = shared[0]
         models = self.plan.models
         self.session = EvaluationSession(self.plan.evaluation, self.plan.fmt, models,
                                          lambda which, role: models.build(which, role, self.accelerator))
@@ -142,7 +178,15 @@ class Unlearner:
     @contextlib.contextmanager
     def _marked_failed_on_stop(self) -> Iterator[None]:
         """A run that stops (non-finite step, Ctrl-C/SIGTERM, any error) leaves ``<name>.failed/`` with
-        ``failure.json``, never a folder that looks finished; the error is re-raised as one line."""
+        ``failure.json``, never a folder that looks finished; the error is re-raised as one line. The other
+        processes of a multi-process run leave that to the main one."""
+        if not self.main:
+            try:
+                yield
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted (process {self.accelerator.process_index}; the main process says "
+                                  "what is left on disk)") from None
+            return
         try:
             yield
         except NonFiniteStep as failure:
@@ -163,23 +207,26 @@ class Unlearner:
             raise
 
     # ---------------------------------------------------------------- the whole run
-    def run(self) -> Path:
-        """Run the experiment; return the finished run folder."""
+    def run(self) -> Path | None:
+        """Run the experiment; return the finished run folder (None on the other processes of a multi-process
+        run)."""
         start = time.perf_counter()
         self._start()
         with self._marked_failed_on_stop():
             p, s = self.plan, self.settings
             with self._timed("prepare_models"):
                 target = p.models.build(p.models.target or p.models.base, "target", self.accelerator)
-                self.session.reference()  # evaluated (or read from the cache) before training
+                if self.main:
+                    self.session.reference()  # evaluated (or read from the cache) before training
             with self._timed("load_model"):
                 model, tokenizer = load_model(target, p.models.cache_dir, p.models.device, p.models.dtype)
             results: dict[str, Evaluation] = {}
-            if s.eval.before:
+            if s.eval.before and self.main:
                 with self._timed("evaluate_before"):
                     results["before"] = self.session.evaluate(model, tokenizer, target)
             mask = self._mask(model, tokenizer)
             combination = logit_difference_method(p.method)
+            set_seed(s.overall.seed)  # fresh adapters start alike whether or not an evaluation above was cached
             if combination is not None:
                 model = self._assemble(combination, model, target)
                 trained = combination.trained(model)
@@ -187,17 +234,19 @@ class Unlearner:
                 model = trained = adapters.attach(model, s.lora) if s.lora.enabled else model
             with self._timed("unlearn"):
                 self._unlearn(model, trained, tokenizer, mask)
-            if self.plan.best is not None:
+            if self.plan.best is not None and self.main:
                 with self._timed("evaluate_best"):
                     if (best := self._best_checkpoint(model, trained, tokenizer)) is not None:
                         results["best"] = best
             if isinstance(model, LogitDifferenceModel):
-                model.assistant.save_pretrained(self.run_folder.path("adapter"))
+                if self.main:
+                    model.assistant.save_pretrained(self.run_folder.path("adapter"))
             elif s.lora.enabled:
-                model.save_pretrained(self.run_folder.path("adapter"))  # safetensors + peft's adapter config
+                if self.main:
+                    model.save_pretrained(self.run_folder.path("adapter"))  # safetensors + peft's adapter config
                 if s.lora.merge:
                     model = adapters.merged(model)
-            if s.eval.after:
+            if s.eval.after and self.main:
                 with self._timed("evaluate_after"):
                     results["after"] = self.session.evaluate(model, tokenizer)
             if p.attacks:
@@ -205,10 +254,14 @@ class Unlearner:
                 with self._timed("attacks"):
                     curves = run_attacks(model, tokenizer, p.attacks, p.fmt, s.dataset.max_length, s.attack.eval_every,
                                          self.accelerator, s.overall.seed,
-                                         lambda attack: self.session.attack_point(model, tokenizer, attack),
+                                         lambda attack: self.session.attack_point(model, tokenizer, attack)
+                                         if self.main else {},
                                          lambda record: self.run_folder.append_jsonl(ATTACK_LOG, record))
-                self.run_folder.write_json("attacks.json", curves)
-                self.run_folder.track_curves("attacks", curves)
+                if self.main:
+                    self.run_folder.write_json("attacks.json", curves)
+                    self.run_folder.track_curves("attacks", curves)
+            if not self.main:
+                return None
             if s.unlearn.save_model or s.lora.merge:
                 with self._timed("save_model"):
                     saved = model.target if isinstance(model, LogitDifferenceModel) else adapters.merged(model)
@@ -234,7 +287,13 @@ class Unlearner:
         mask = planned.existing
         if mask is None:
             with self._timed("build_mask"):
-                mask = make_mask(self.plan, model, tokenizer, planned.path)
+                if self.main:
+                    mask = make_mask(self.plan, model, tokenizer, planned.path)
+                self.accelerator.wait_for_everyone()
+                if not self.main:
+                    mask = ParameterMask.load(planned.path)
+        if not self.main:
+            return mask
         self.run_folder.write_json("mask_stats.json", {"path": str(planned.path), "metadata": mask.metadata,
                                                        **mask.statistics(shapes_of(model))})
         return mask
@@ -255,24 +314,27 @@ class Unlearner:
         p.objective.prepare(PrepareContext(model, datasets, s.eval.batch_size, p.models.device, p.training_data,
                                            encode))
         probe = (GEffectProbe(s.unlearn.g_effect_every, datasets, s.dataset.batch_size, s.overall.seed,
-                              self.run_folder.path(G_EFFECT_LOG)) if probing else None)
+                              self.run_folder.path(G_EFFECT_LOG)) if probing else None)  # one process only
         config = s.unlearn.training(s.dataset.batch_size)
         checkpoint = self._checkpointing()
         continuing = checkpoint is not None and checkpoint.resume
-        tracker = self._evaluation_points(evaluated, model, tokenizer, config.total_steps(len(datasets["forget"])),
-                                          evaluate_start=not continuing)
+        tracker = (self._evaluation_points(evaluated, model, tokenizer, config.total_steps(len(datasets["forget"])),
+                                           evaluate_start=not continuing) if self.main else None)
         if checkpoint is not None:
-            checkpoint = replace(checkpoint, extra=tuple(part for part in (tracker, probe) if part is not None))
+            kept = tracker if self.main or not s.unlearn.eval_every else MainProcessOnly()
+            checkpoint = replace(checkpoint, extra=tuple(part for part in (kept, probe) if part is not None))
         train(model, p.objective, datasets, "forget", config, self.accelerator, s.overall.seed,
-              on_log=self.run_folder.log_step, mask=mask, inspect=probe, after_step=tracker, checkpoint=checkpoint,
-              description=f"unlearn ({p.method})")
+              on_log=self.run_folder.log_step if self.run_folder else lambda record: None, mask=mask, inspect=probe,
+              after_step=tracker, checkpoint=checkpoint, description=f"unlearn ({p.method})")
+        self.trained_parameters = adapters.trainable_parameters(model)
+        if not self.main:
+            return
         if tracker is not None:
             best = self.best[0]["step"] if self.best else None
             plot_eval_curves(tracker.points, self.run_folder.path("eval_curves.png"), best,
                              f"{p.method}: evaluation during unlearning")
         if probing:
             plot_g_effect(self.run_folder.path(G_EFFECT_LOG), self.run_folder.path("g_effect.png"), p.method)
-        self.trained_parameters = adapters.trainable_parameters(model)
         if artifacts := p.objective.artifacts():
             save_file({k: v.contiguous().cpu() for k, v in artifacts.items()},
                       str(self.run_folder.path("artifacts.safetensors")))
@@ -294,10 +356,12 @@ class Unlearner:
         """unlearn.save_every's checkpoints; when resuming, the logs are cut back to the saved step (records
         written after it are written again), or emptied when no state was saved."""
         every = self.settings.unlearn.save_every
-        checkpoint = Checkpointing(self.run_folder.path(CHECKPOINT), every, False) if every else None
-        if not self.run_folder.resumed:
+        checkpoint = Checkpointing(self.work / CHECKPOINT, every, False) if every else None
+        if not self.resumed:
             return checkpoint
         saved = checkpoint.saved_step() if checkpoint is not None else None
+        if not self.main:
+            return replace(checkpoint, resume=True) if saved is not None else checkpoint
         for name in ("train_log.jsonl", EVAL_LOG, G_EFFECT_LOG, ATTACK_LOG):
             self.run_folder.truncate_jsonl(name, -1 if saved is None or name == ATTACK_LOG else saved)
         logger.info("resuming %s after step %s", self.run_folder.work, saved if saved is not None else "0 (no "
@@ -328,12 +392,14 @@ class Unlearner:
         return evaluation
 
     # ---------------------------------------------------------------- evaluation only
-    def evaluate_model(self) -> Path:
+    def evaluate_model(self) -> Path | None:
         """Evaluate one model (``eval.model``) on every split without training; return its results folder
-        (``<root>/<task>/evaluations/<run>/``)."""
+        (``<root>/<task>/evaluations/<run>/``). Only the main process evaluates."""
         start = time.perf_counter()
         which = self.settings.eval.model
         self._start("evaluations")
+        if not self.main:
+            return None
         models = self.plan.models
         with self._marked_failed_on_stop():
             with self._timed("prepare_models"):

@@ -64,8 +64,9 @@ class Term(ABC):
     def prepare(self, context: PrepareContext) -> None:
         """Cache what the term needs from the starting model (default: nothing)."""
 
-    def after_step(self) -> None:
-        """Update the term's own state once per optimiser step, e.g. PDU's dual variable (default: nothing)."""
+    def after_step(self, logs: dict[str, float]) -> None:
+        """Update the term's own state once per optimiser step from the step's logs (averaged over its micro-batches
+        and processes, so every process updates alike), e.g. PDU's dual variable (default: nothing)."""
 
     def state(self) -> dict[str, float]:
         """The term's own training state, saved with a resumable checkpoint (default: none)."""
@@ -116,9 +117,9 @@ class Objective:
         for _, term in self.terms:
             term.prepare(context)
 
-    def after_step(self) -> None:
+    def after_step(self, logs: dict[str, float]) -> None:
         for _, term in self.terms:
-            term.after_step()
+            term.after_step(logs)
 
     def state_dict(self) -> dict[str, dict[str, float]]:
         """Every term's own state (PDU's dual variable, RMU's topic counter), for accelerate's checkpoints."""

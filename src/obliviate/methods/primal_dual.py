@@ -14,7 +14,8 @@ Unlearning as a constrained problem, min L_f(θ) subject to L_r(θ) ≤ ε, solv
 Differences from open-unlearning, each deliberate: its forget mask is the UNSHIFTED label mask (the logits
 AT answer tokens, which predict the token after each one); ours is the shifted mask every loss here uses (the
 logits that predict the answer tokens). It updates λ once per micro-batch with that micro-batch's L_r; we
-update once per optimiser step with the mean L_r of its micro-batches (the same with no accumulation). Its
+update once per optimiser step with the mean L_r of its micro-batches and processes (the same with no
+accumulation on one process), so every process holds the same λ. Its
 warm-up is counted in epochs; ours in optimiser steps (our runs are set by ``max_steps``). It has no default
 ε (its scripts use 0.3 on TOFU, 1.5/0.1 on MUSE); with ``eps`` 0 we set ε = ``eps_ratio`` × the starting
 model's mean retain NLL (computed once in prepare), a constraint that means "retain NLL may grow by 10 %"
@@ -67,7 +68,6 @@ class DualRetainConstraint(Term):
         self.dual, self.step_size, self.warmup_steps = initial_dual, step_size, warmup_steps
         self.eps, self.eps_ratio = eps, eps_ratio
         self.steps = 0
-        self.violations: list[float] = []
         self.last_retain_nll = 0.0
 
     def prepare(self, context: PrepareContext) -> None:
@@ -81,14 +81,13 @@ class DualRetainConstraint(Term):
         data = batch[self.split]
         retain_nll = mean_nll(forward_logits(model, data), data.labels)
         self.last_retain_nll = retain_nll.item()
-        self.violations.append(self.last_retain_nll - self.eps)
         return self.dual * (retain_nll - self.eps)
 
-    def after_step(self) -> None:
+    def after_step(self, logs: dict[str, float]) -> None:
+        """The violation is the step's mean retain NLL (over its micro-batches and processes) minus ε."""
         self.steps += 1
-        if self.steps > self.warmup_steps and self.violations:
-            self.dual = dual_ascent(self.dual, self.step_size, sum(self.violations) / len(self.violations))
-        self.violations = []
+        if self.steps > self.warmup_steps:
+            self.dual = dual_ascent(self.dual, self.step_size, logs["retain_nll"] - self.eps)
 
     def state(self) -> dict[str, float]:
         return {"dual": self.dual, "steps": self.steps, "eps": self.eps}

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue, ListValue, StrValue
@@ -64,12 +65,16 @@ def layers_fit(layer: int, trained_layers: Sequence[int], depth: int) -> bool:
 
 
 def hidden_at_layer(model: torch.nn.Module, batch: TokenBatch, layer: int) -> torch.Tensor:
-    """Output of decoder layer ``layer`` [B, T, d]; the forward pass stops there (later layers never run)."""
+    """Output of decoder layer ``layer`` [B, T, d]. The forward pass stops there (later layers never run), except
+    through accelerate's DDP wrapper (several processes): DDP readies its gradient averaging only when a forward
+    completes, so there the pass runs to the end (the later layers are frozen; only time is lost)."""
     captured: dict[str, torch.Tensor] = {}
+    stop_early = extract_model_from_parallel(model) is model
 
     def hook(module, args, output):
         captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
+        if stop_early:
+            raise _StopForward
 
     handle = decoder_layers(model)[layer].register_forward_hook(hook)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from obliviate.errors import UserError
 
@@ -14,7 +15,8 @@ LAYER_STACKS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decod
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder layer stack of a causal LM (Llama/Mistral/Qwen: model.model.layers; GPT-2: transformer.h),
-    inside a peft wrapper too."""
+    inside a peft wrapper and accelerate's DDP wrapper too."""
+    model = extract_model_from_parallel(model)
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     for path in LAYER_STACKS:

@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.tokenize import PromptFormat, encode_dataset
+from obliviate.errors import UserError
 from obliviate.io import write_json_atomic
 from obliviate.methods.terms import NLL
 from obliviate.models.loading import ModelSource, load_model, save_model
@@ -61,11 +62,18 @@ class FinetuneRecipe:
     def is_built(self) -> bool:
         return (self.folder / "config.json").is_file()
 
+    def check_buildable(self, num_processes: int, role: str) -> None:
+        """Fine-tuning runs on one process: the cached model must not depend on how many processes made it."""
+        if num_processes > 1 and not self.is_built:
+            raise UserError(f"the {role} model is not fine-tuned yet, and fine-tuning runs on one process; prepare it "
+                            "first with one process: python src/exec/finetune.py --config_file <this config>")
+
     def build(self, cache_dir: Path, device: torch.device, dtype: torch.dtype, accelerator: Accelerator,
               role: str) -> ModelSource:
         """Fine-tune and save (atomically) unless already cached; return the model's source."""
         if self.is_built:
             return self.source
+        self.check_buildable(accelerator.num_processes, role)
         set_seed(self.seed)
         model, tokenizer = load_model(self.base, cache_dir, device, dtype)
         dataset = encode_dataset(tokenizer, self.examples, self.fmt, self.max_length)

@@ -36,6 +36,17 @@ def saved_step(folder: Path) -> int | None:
     return None
 
 
+class MainProcessOnly:
+    """What the other processes register in place of a state only the main process keeps (its evaluation points):
+    every process must register as many objects as the saved state holds; this one saves and restores nothing."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The main process's state is its own: nothing to restore here."""
+
+
 @dataclass(frozen=True)
 class Checkpointing:
     folder: Path
@@ -47,16 +58,23 @@ class Checkpointing:
         return saved_step(self.folder)
 
     def save(self, accelerator: Accelerator, step: int) -> None:
+        """Every process calls this: each saves its RNG state, the main process the rest and does the swap."""
         temporary = self.folder.with_name(self.folder.name + ".tmp")
         old = self.folder.with_name(self.folder.name + ".old")
-        shutil.rmtree(temporary, ignore_errors=True)
+        main = accelerator.is_main_process
+        if main:
+            shutil.rmtree(temporary, ignore_errors=True)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(temporary))
-        write_json_atomic(temporary / PROGRESS, {"step": step})
-        shutil.rmtree(old, ignore_errors=True)  # left by a kill during the previous swap
-        if self.folder.exists():
-            self.folder.rename(old)
-        temporary.rename(self.folder)
-        shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        if main:
+            write_json_atomic(temporary / PROGRESS, {"step": step})
+            shutil.rmtree(old, ignore_errors=True)  # left by a kill during the previous swap
+            if self.folder.exists():
+                self.folder.rename(old)
+            temporary.rename(self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
     def load(self, accelerator: Accelerator) -> int:
         """Restore the saved state into the prepared objects; the step it was saved at."""

@@ -6,6 +6,12 @@ passes, plus a batch of every other split the objective reads (e.g. ``retain``),
 seeded generator (each forget batch paired with a random retain batch). Then: clip the gradient,
 apply the parameter mask if any (the one place masks act), optimiser and scheduler step.
 
+Several processes (``accelerate launch --num_processes N`` or ``torchrun``): every process walks the same
+seeded stream of micro-batches and takes every N-th one (process r the micro-batches r, r+N, …), so an
+optimiser step sees batch × accumulation × N distinct examples, the same ones in the same order as one process
+with N times the accumulation; accelerate's wrapper (DDP, FSDP, DeepSpeed) averages the gradients, and the
+logged values are averaged over processes too. Only the main process logs (``on_log``) and shows progress.
+
 A step whose loss or gradient norm is not finite is never applied: the loop raises
 :class:`~obliviate.errors.NonFiniteStep` naming the step and every loss term, the weights as they were after
 the last good step. The optimiser, scheduler and everything accelerate prepared are released when
@@ -15,6 +21,7 @@ the last good step. The optimiser, scheduler and everything accelerate prepared 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -56,6 +63,16 @@ def micro_batches(datasets: dict[str, EncodedDataset], primary: str, batch_size:
             yield paired
 
 
+def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the processes (every process passes the same keys in the same order, those of the
+    same objective); itself on one process."""
+    if accelerator.num_processes == 1:
+        return values
+    keys = list(values)
+    local = torch.tensor([values[key] for key in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(local, reduction="mean").tolist()))
+
+
 def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, EncodedDataset], primary: str,
           config: TrainingConfig, accelerator: Accelerator, seed: int, *,
           on_log: Callable[[dict[str, float]], None] = lambda record: None,
@@ -73,8 +90,9 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     # process, assuming accelerate-sharded dataloaders, which this loop does not use.
     model, optimizer = accelerator.prepare(model, optimizer)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    stream = micro_batches({k: v for k, v in datasets.items() if k in objective.splits | {primary}},
-                           primary, config.batch_size, seed)
+    stream = itertools.islice(  # this process's share: every num_processes-th micro-batch
+        micro_batches({k: v for k, v in datasets.items() if k in objective.splits | {primary}}, primary,
+                      config.batch_size, seed), accelerator.process_index, None, accelerator.num_processes)
     accumulation = config.gradient_accumulation_steps
     first = 1
     if checkpoint is not None:
@@ -83,7 +101,8 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             first = checkpoint.load(accelerator) + 1
             for _ in range((first - 1) * accumulation):  # replay the seeded stream to the saved position
                 next(stream)
-            logger.info("%s: resumed after step %d from %s", description, first - 1, checkpoint.folder)
+            if accelerator.is_main_process:
+                logger.info("%s: resumed after step %d from %s", description, first - 1, checkpoint.folder)
     model.train()
     start = time.perf_counter()
     logs: dict[str, float] = {}
@@ -102,6 +121,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
                     accelerator.backward(output.loss / accumulation)
                 for key, value in output.logs.items():
                     sums[key] = sums.get(key, 0.0) + value / accumulation
+            sums = mean_over_processes(accelerator, sums)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
             if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
@@ -119,12 +139,12 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            objective.after_step()
+            objective.after_step(sums)
             logs = {"step": step, **sums, "lr": lr, "grad_norm": float(grad_norm),
                     "step_seconds": round(time.perf_counter() - step_start, 3),
                     "seconds": round(time.perf_counter() - start, 3)}
             progress.set_postfix(loss=f"{sums['loss']:.4f}")
-            if step % config.logging_steps == 0 or step == total:
+            if accelerator.is_main_process and (step % config.logging_steps == 0 or step == total):
                 on_log(logs)
             if after_step is not None:  # e.g. evaluation points of a fine-tune attack
                 after_step(step)
