@@ -5,14 +5,16 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import obliviate.unlearner
 from obliviate.errors import UserError
+from obliviate.study.report import selected_settings
 from obliviate.study.runner import StudyFailed, run_study
-from obliviate.study.spec import load_study
+from obliviate.study.spec import load_study, selection_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +133,16 @@ def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypat
     ({"forget_metrics": ["truth_ratio"]}, "study reports truth_ratio but method 'NPO' does not compute it"),
     ({"overrides": {"logger.overwrite": True}}, "logger.overwrite would redo finished study cells"),
     ({"seeds": [0, 1, 0]}, r"study 'seeds' repeats \[0\]; each seed is one independent run"),
+    ({"methods": {"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lr": []}}},
+     "study method 'NPO': the grid of 'unlearn.lr' is an empty list"),
+    ({"methods": {"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lrr": [1e-5, 1e-4]}}},
+     "unknown key 'unlearn.lrr'"),
+    ({"selection": {"metric": "forget.truth_ratio", "goal": "min"}},
+     "study 'selection' reads forget.truth_ratio, which method 'NPO' does not compute"),
+    ({"selection": {"metric": "forget.prob", "goal": "min", "constraint": "model.model_utility>=0.95"}},
+     "study 'selection' reads model.model_utility, which method 'NPO' does not compute"),
+    ({"selection": {"metric": "forget.prob", "goal": "closest"}}, "goal 'closest' needs a numeric 'value'"),
+    ({"selection": {"metric": "forget.prob", "goal": "best"}}, "goal 'best' is not max, min or closest"),
     ({"methods": {"RMU": {"config_file": str(ROOT / "configs/synthetic/rmu.json")}}},
      r"study method 'RMU' \(seed 0\): unlearn.RMU.layer 7 / trained_layers \[5, 6, 7\] reach beyond the model's 2"),
 ])
@@ -162,3 +174,52 @@ def test_study_entry_point_reports_bad_input_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: study file '{tmp_path / 'missing.json'}' does not exist; pass an " \
                                     "existing JSON file to --config_file"
+
+
+def test_a_grid_is_the_cartesian_product_of_list_values_of_single_value_keys(study_file):
+    npo = {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lr": [1e-5, 1e-4],
+           "unlearn.NPO.beta": [0.1, 0.5], "eval.metrics": ["prob", "rouge_l_recall"]}  # a list key's one value
+    rmu = {"config_file": str(ROOT / "configs/synthetic/rmu.json"), "unlearn.RMU.layer": 1,
+           "unlearn.RMU.trained_layers": [[0], [0, 1]]}  # a list of lists: a grid of a list key
+    study = load_study(study_file(methods={"NPO": npo, "RMU": rmu}, attacks={}), [])
+    assert [(c.method, c.setting) for c in study.cells] == [
+        ("NPO", "unlearn.lr=1e-05, unlearn.NPO.beta=0.1"), ("NPO", "unlearn.lr=1e-05, unlearn.NPO.beta=0.5"),
+        ("NPO", "unlearn.lr=0.0001, unlearn.NPO.beta=0.1"), ("NPO", "unlearn.lr=0.0001, unlearn.NPO.beta=0.5"),
+        ("RMU", "unlearn.RMU.trained_layers=[0]"), ("RMU", "unlearn.RMU.trained_layers=[0, 1]")]
+    assert study.cells[2].settings.unlearn.lr == 1e-4 and study.cells[2].settings.method("NPO")["beta"] == 0.1
+    assert study.cells[5].settings.method("RMU")["trained_layers"] == [0, 1]
+    assert all(c.settings.eval.metrics == ["prob", "rouge_l_recall"] for c in study.cells[:4])
+    assert len({c.folder for c in study.cells}) == 6 and study.cells[0].label.startswith("NPO [unlearn.lr=1e-05")
+
+
+def cell(setting, forget_quality, utility):
+    before = {"forget": {"forget_quality": 1e-5}, "model": {"model_utility": 0.5}}
+    return {"method": "NPO", "setting": setting, "metrics": {
+        "before": before, "after": {"forget": {"forget_quality": forget_quality}, "model": {"model_utility": utility}}}}
+
+
+def test_selection_takes_the_seed_mean_of_each_setting_and_applies_the_rule(study_file):
+    study = load_study(study_file(), [])
+    cells = [cell("lr=1", 0.9, 0.40), cell("lr=1", 0.7, 0.42),  # best forget quality, but utility < 0.95 × 0.5
+             cell("lr=2", 0.3, 0.49), cell("lr=2", 0.5, 0.50),  # mean 0.4, utility 0.495: eligible
+             cell("lr=3", 0.2, 0.50), cell("lr=3", 0.2, 0.50)]
+    rule = {"metric": "forget.forget_quality", "goal": "max", "constraint": "model.model_utility>=0.95"}
+    choose = lambda **spec: selected_settings(replace(study, selection=selection_rule(spec)), cells)["NPO"]  # noqa: E731
+    assert choose(**rule) == "lr=2"
+    assert choose(metric="forget.forget_quality", goal="max") == "lr=1"
+    assert choose(metric="forget.forget_quality", goal="closest", value=0.25) == "lr=3"  # matched forgetting
+    assert choose(**{**rule, "constraint": "model.model_utility>=1.01"}) is None
+
+
+def test_a_study_with_a_grid_reports_the_selected_setting_under_its_rule(study_file):
+    npo = {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lr": [1e-5, 1e-3]}
+    folder = run_study(study_file(methods={"NPO": npo}, attacks={}, selection={"metric": "forget.prob",
+                                                                               "goal": "min"}), [])
+    rows = read_rows(folder)
+    assert [r["setting"] for r in rows] == ["unlearn.lr=1e-05", "unlearn.lr=0.001"]
+    lowest = min(rows, key=lambda r: float(r["forget.prob.after"]))["setting"]
+    report = (folder / "study.md").read_text()
+    assert "## Selected setting per method" in report and "Rule: min forget.prob" in report
+    selected = report.split("## Selected setting per method")[1].split("## Every cell")[0]
+    assert lowest in selected and sum(setting in selected for setting in ("=1e-05", "=0.001")) == 1
+    assert "## Mean over seeds" not in report  # every setting only with show_all_settings

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fastargs import Config, Section
+from fastargs import Config, Param, Section
 
 from obliviate.config.checkers import BoolValue
 from obliviate.config.settings import Settings
@@ -107,10 +107,15 @@ def parse_config(argv: list[str], schema: Schema, prog: str = "obliviate") -> Se
     return resolve_config(files, overrides, schema)
 
 
+def dotted_params(schema: Schema) -> dict[str, Param]:
+    """Every parameter of ``schema`` by its dotted key (``unlearn.lr``)."""
+    return {f"{section}.{key}": param for section, spec in schema.items() for key, param in spec.params.items()}
+
+
 def resolve_config(files: list[str], overrides: dict[str, Any], schema: Schema) -> Settings:
     """Defaults < each config file in order (``null`` = back to the default) < ``overrides`` (dotted keys; values
     as typed JSON or as command-line strings); raise ConfigError listing every problem."""
-    params = {f"{section}.{key}": param for section, spec in schema.items() for key, param in spec.params.items()}
+    params = dotted_params(schema)
     errors: list[str] = []
     values: dict[str, Any] = {}
     for path in files:

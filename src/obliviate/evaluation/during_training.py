@@ -38,14 +38,20 @@ def point_value(point: Point, dotted: str) -> float | None:
 
 @dataclass(frozen=True)
 class BestRule:
+    """Which point is best: the highest (``max``) or lowest (``min``) ``metric``, or the one closest to ``target``
+    (``closest``: matched forgetting), among the points meeting ``constraint`` relative to the first point. Used
+    for the best checkpoint (points = evaluation steps) and by studies (points = the settings of a grid)."""
+
     metric: str  # "<split>.<metric>"
-    goal: str  # "max" | "min"
+    goal: str  # "max" | "min" | "closest"
     constraint: str = ""  # "<split>.<metric>>=<ratio>" or "<=", relative to step 0
+    target: float = 0.0  # the value "closest" aims at
 
     @classmethod
     def parse(cls, metric: str, goal: str, constraint: str, splits: list[str], metrics: list[str]) -> "BestRule":
         """The rule, checked against the evaluated ``splits`` and ``metrics`` (one-line errors)."""
-        named = (("unlearn.best_metric", metric), ("unlearn.best_constraint", _constraint_metric(constraint)))
+        named = (("unlearn.best_metric", metric),
+                 ("unlearn.best_constraint", constraint_metric(constraint, "unlearn.best_constraint")))
         for key, dotted in named:
             if not dotted:
                 continue
@@ -56,9 +62,9 @@ class BestRule:
                                 f"({', '.join(metrics)})")
         return cls(metric, goal, constraint)
 
-    def describe(self) -> str:
-        text = f"{self.goal} {self.metric}"
-        return text + (f" subject to {self.constraint} × step 0" if self.constraint else "")
+    def describe(self, start: str = "step 0") -> str:
+        text = f"{self.metric} closest to {self.target:g}" if self.goal == "closest" else f"{self.goal} {self.metric}"
+        return text + (f" subject to {self.constraint} × {start}" if self.constraint else "")
 
     def eligible(self, point: Point, start: Point) -> bool:
         if not self.constraint:
@@ -71,21 +77,24 @@ class BestRule:
         return value >= bound if relation == ">=" else value <= bound
 
     def choose(self, points: list[Point]) -> Point | None:
-        """The best eligible point after step 0 (the earliest on ties), or None."""
+        """The best eligible point after the first (the earliest ``step`` on ties), or None."""
         start = points[0]
         candidates = [p for p in points[1:] if self.eligible(p, start) and point_value(p, self.metric) is not None]
         if not candidates:
             return None
+        if self.goal == "closest":
+            return max(candidates, key=lambda p: (-abs(point_value(p, self.metric) - self.target), -p["step"]))
         sign = 1.0 if self.goal == "max" else -1.0
         return max(candidates, key=lambda p: (sign * point_value(p, self.metric), -p["step"]))
 
 
-def _constraint_metric(constraint: str) -> str:
+def constraint_metric(constraint: str, key: str) -> str:
+    """The ``<split>.<metric>`` a constraint bounds ('' for none); a one-line error naming ``key`` if malformed."""
     if not constraint:
         return ""
     match = CONSTRAINT.match(constraint)
     if match is None:
-        raise UserError(f"unlearn.best_constraint '{constraint}' is not <split>.<metric>>=<ratio> (or <=), e.g. "
+        raise UserError(f"{key} '{constraint}' is not <split>.<metric>>=<ratio> (or <=), e.g. "
                         "retain.prob>=0.95")
     return f"{match.group(1)}.{match.group(2)}"
 

@@ -14,7 +14,9 @@ attack task's own accuracy at its start and end, wall times and the unlearning s
 relearning attack on a slice, the forget metrics of the examples outside the slice (``forget_unseen``)
 right after unlearning and at the attack's end.
 ``study.md`` holds the same rows averaged over seeds (± standard deviation), then every row, then the
-wall time of each stage per cell. Plots: ``forget_vs_attack_steps.png`` (forget metric along each attack,
+wall time of each stage per cell. With a grid, rows carry their ``setting``; with a selection rule, the first
+table holds each method's selected setting (:func:`selected_settings`), under the rule, and the table of every
+setting follows only with ``show_all_settings``. Plots: ``forget_vs_attack_steps.png`` (forget metric along each attack,
 one line per method, the band spanning the seeds; below it the task's accuracy, or for relearning on a
 slice the forget metric of the examples not relearned) and
 ``tradeoff.png`` (forget metric vs retain utility after unlearning, with the forget value each attack
@@ -59,7 +61,8 @@ def finished_cells(study: Study) -> list[dict]:
             if (log := cell.folder / "train_log.jsonl").is_file() and (lines := log.read_text().splitlines()):
                 steps = [json.loads(line) for line in lines]
                 files["training"] = {"seconds_per_step": statistics.fmean(r["step_seconds"] for r in steps)}
-            cells.append({"method": cell.method, "seed": cell.seed, "attacks": {}, **files})
+            cells.append({"method": cell.method, "setting": cell.setting, "label": cell.label, "seed": cell.seed,
+                          "attacks": {}, **files})
     return cells
 
 
@@ -72,7 +75,7 @@ def _recovered(before: float | None, after: float | None, attacked: float | None
 def cell_rows(study: Study, cell: dict) -> list[dict]:
     metrics = cell.get("metrics", {})
     before, after = metrics.get("before", {}), metrics.get("after", {})
-    head = {"method": cell["method"], "seed": cell["seed"]}
+    head = {"method": cell["method"], **({"setting": cell["setting"]} if study.has_grid else {}), "seed": cell["seed"]}
     utility = study.utility_metric
     common = {f"retain.{utility}.after": after.get("retain", {}).get(utility)}
     if "holdout" in after:
@@ -114,13 +117,14 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
 
 
 def mean_rows(rows: list[dict]) -> list[dict]:
-    """Rows averaged over seeds per (method, attack); 'mean ± std' text when there are several seeds."""
+    """Rows averaged over seeds per (method, setting, attack); 'mean ± std' text when there are several seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["method"], row["attack"])].append(row)
+        groups[(row["method"], row.get("setting"), row["attack"])].append(row)
     averaged = []
-    for (method, attack), members in groups.items():
-        row: dict = {"method": method, "attack": attack, "seeds": len(members)}
+    for (method, setting, attack), members in groups.items():
+        row: dict = {"method": method, **({"setting": setting} if setting is not None else {}), "attack": attack,
+                     "seeds": len(members)}
         for key in members[0]:
             values = [m[key] for m in members if isinstance(m.get(key), (int, float)) and key != "seed"]
             if len(values) == len(members) and key not in row:
@@ -130,8 +134,50 @@ def mean_rows(rows: list[dict]) -> list[dict]:
     return averaged
 
 
+def seed_mean(results: list[dict]) -> dict:
+    """The mean of each ``{split: {metric: value}}`` number over the seeds' results that have it."""
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for result in results:
+        for split, metrics in result.items():
+            for metric, value in metrics.items() if isinstance(metrics, dict) else ():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values[(split, metric)].append(value)
+    mean: dict[str, dict[str, float]] = defaultdict(dict)
+    for (split, metric), numbers in values.items():
+        mean[split][metric] = statistics.fmean(numbers)
+    return dict(mean)
+
+
+def selected_settings(study: Study, cells: list[dict]) -> dict[str, str | None]:
+    """Each method's setting chosen by the study's selection rule, from the seed-mean of each setting's metrics
+    after unlearning, the constraint relative to the target before unlearning (None: no setting meets it)."""
+    chosen = {}
+    for method in dict.fromkeys(c["method"] for c in cells):
+        mine = [c for c in cells if c["method"] == method and "after" in c.get("metrics", {})]
+        settings = list(dict.fromkeys(c["setting"] for c in mine))
+        points = [{"step": 0, **seed_mean([c["metrics"].get("before", {}) for c in mine])}]
+        points += [{"step": number, "setting": setting,
+                    **seed_mean([c["metrics"]["after"] for c in mine if c["setting"] == setting])}
+                   for number, setting in enumerate(settings, 1)]
+        best = study.selection.choose(points) if len(points) > 1 else None
+        chosen[method] = best["setting"] if best else None
+    return chosen
+
+
+def selection_section(study: Study, cells: list[dict], averaged: list[dict]) -> list[str]:
+    """The study.md lines of the selected setting per method."""
+    chosen = selected_settings(study, cells)
+    rows = [row for row in averaged if chosen.get(row["method"]) is not None
+            and row.get("setting", "") == chosen[row["method"]]]
+    lines = ["## Selected setting per method", "",
+             f"Rule: {study.selection.describe('the target before unlearning')} (seed means after unlearning).", ""]
+    if none := [method for method, setting in chosen.items() if setting is None]:
+        lines += [f"No setting meets the rule for: {', '.join(none)}.", ""]
+    return lines + [to_markdown(_columns(rows), rows) if rows else "", ""]
+
+
 def timing_rows(cells: list[dict]) -> list[dict]:
-    return [{"method": c["method"], "seed": c["seed"], **c.get("env", {}).get("wall_time_seconds", {})}
+    return [{"method": c["label"], "seed": c["seed"], **c.get("env", {}).get("wall_time_seconds", {})}
             for c in cells]
 
 
@@ -153,12 +199,12 @@ def _second_panel(curves: list[list[dict]], metric: str) -> tuple[str, Callable[
 def plot_attack_curves(study: Study, cells: list[dict], path: Path) -> None:
     metric = study.forget_metrics[0]
     figure, axes = plt.subplots(2, len(study.attacks), figsize=(5 * len(study.attacks), 7.2), squeeze=False)
-    methods = list(dict.fromkeys(c["method"] for c in cells))
+    methods = list(dict.fromkeys(c["label"] for c in cells))
     for column, (label, dataset) in enumerate(study.attacks.items()):
         top, bottom = axes[0][column], axes[1][column]
         lower = _second_panel([c["attacks"][dataset] for c in cells if dataset in c["attacks"]], metric)
         for method in methods:
-            curves = [c["attacks"][dataset] for c in cells if c["method"] == method and dataset in c["attacks"]]
+            curves = [c["attacks"][dataset] for c in cells if c["label"] == method and dataset in c["attacks"]]
             if not curves:
                 continue
             steps = [p["step"] for p in curves[0]]
@@ -221,11 +267,17 @@ def write_report(study: Study) -> None:
     rows = [row for cell in cells for row in cell_rows(study, cell)]
     write_text_atomic(study.folder / "study.csv", to_csv(_columns(rows), rows))
     averaged, timings = mean_rows(rows), timing_rows(cells)
-    write_text_atomic(study.folder / "study.md", "\n".join([
-        f"# Study {study.name}: {len(cells)} of {len(study.cells)} cells finished", "",
-        "## Mean over seeds", "", to_markdown(_columns(averaged), averaged),
-        "## Every cell", "", to_markdown(_columns(rows), rows),
-        "## Wall time per stage (seconds)", "", to_markdown(_columns(timings), timings)]))
+    lines = [f"# Study {study.name}: {len(cells)} of {len(study.cells)} cells finished", ""]
+    if study.selection is not None:
+        lines += selection_section(study, cells, averaged)
+    if study.selection is None or study.show_all_settings:
+        lines += ["## Mean over seeds", "", to_markdown(_columns(averaged), averaged)]
+    lines += ["## Every cell", "", to_markdown(_columns(rows), rows),
+              "## Wall time per stage (seconds)", "", to_markdown(_columns(timings), timings)]
+    write_text_atomic(study.folder / "study.md", "\n".join(lines))
     if study.attacks:
+        if study.selection is not None:  # the attack curves of each method's selected setting
+            chosen = selected_settings(study, cells)
+            cells = [c for c in cells if chosen.get(c["method"]) == c["setting"]] or cells
         plot_attack_curves(study, cells, study.folder / "forget_vs_attack_steps.png")
     plot_tradeoff(study, rows, study.folder / "tradeoff.png")

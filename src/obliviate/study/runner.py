@@ -16,8 +16,11 @@ import traceback
 from pathlib import Path
 
 from obliviate.errors import UserError
+from obliviate.evaluation.declarations import MODEL_METRICS
+from obliviate.evaluation.during_training import BestRule, constraint_metric
+from obliviate.evaluation.results import MODEL
 from obliviate.io import write_json_atomic
-from obliviate.plan import plan
+from obliviate.plan import EvaluationPlan, plan
 from obliviate.study.report import write_report
 from obliviate.study.spec import load_study
 from obliviate.unlearner import Unlearner
@@ -29,22 +32,39 @@ class StudyFailed(UserError):
     """Some cells failed (their errors were printed); the finished ones are in the report."""
 
 
+def check_selection(rule: BestRule, evaluation: EvaluationPlan, method: str) -> None:
+    """Every metric the study's selection rule reads is computed for ``method``: ``<split>.<metric>`` with an
+    evaluated split and a metric of eval.metrics, or ``model.<metric>`` for a model-level metric it triggers."""
+    model_level = {name for name, declared in MODEL_METRICS if declared.triggered_by <= set(evaluation.metrics)}
+    splits = {split.name for split in evaluation.splits}
+    for dotted in (rule.metric, constraint_metric(rule.constraint, "study 'selection' constraint")):
+        split, _, metric = dotted.partition(".")
+        computed = metric in model_level if split == MODEL else split in splits and metric in evaluation.metrics
+        if dotted and not computed:
+            raise UserError(f"study 'selection' reads {dotted}, which method '{method}' does not compute; use "
+                            "<split>.<metric> with an evaluated split and a metric of eval.metrics, or "
+                            "model.<metric> for a model-level one (e.g. model.model_utility)")
+
+
 def run_study(path: Path, extra_argv: list[str]) -> Path:
     """Run every unfinished cell of the study file at ``path``; return the study folder."""
     study = load_study(path, extra_argv)
     for cell in study.cells:  # every cheap check of every cell before the first long one
         try:
-            plan(cell.settings)
+            planned = plan(cell.settings)
         except UserError as error:
             raise UserError(f"study method '{cell.method}' (seed {cell.seed}): {error}") from None
+        if study.selection is not None:
+            check_selection(study.selection, planned.evaluation, cell.method)
     study.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(study.folder / "study.json", {
         "study_file": str(path), "attacks": study.attacks,
-        "cells": [{"method": c.method, "seed": c.seed, "folder": str(c.folder),
+        "selection": study.selection.describe("the target") if study.selection else None,
+        "cells": [{"method": c.method, "setting": c.setting, "seed": c.seed, "folder": str(c.folder),
                    "command": shlex.join(c.command)} for c in study.cells]})
     failed = []
     for number, cell in enumerate(study.cells, 1):
-        where = f"cell {number}/{len(study.cells)} ({cell.method}, seed {cell.seed})"
+        where = f"cell {number}/{len(study.cells)} ({cell.label}, seed {cell.seed})"
         if cell.folder.is_dir():
             log.info("%s: finished before, skipped (%s)", where, cell.folder)
             continue
@@ -53,7 +73,7 @@ def run_study(path: Path, extra_argv: list[str]) -> Path:
             Unlearner(cell.settings).run()
         except Exception as error:  # one broken cell must not lose the others
             log.error("%s failed: %s\n%s", where, error, traceback.format_exc())
-            failed.append(f"{cell.method} seed {cell.seed}")
+            failed.append(f"{cell.label} seed {cell.seed}")
         gc.collect()
     write_report(study)
     if failed:

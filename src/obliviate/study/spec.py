@@ -1,4 +1,4 @@
-"""A study file: methods × attacks × seeds, each (method, seed) cell a normal experiment with overrides.
+"""A study file: methods × settings × attacks × seeds, each (method, setting, seed) cell a normal experiment.
 
 Study file (JSON; keys starting with ``_`` are comments)::
 
@@ -8,9 +8,12 @@ Study file (JSON; keys starting with ``_`` are comments)::
       "base_config": "configs/synthetic/npo.json",     # optional: config used by methods without their own
       "overrides": {"eval.max_examples": 20},          # dotted experiment keys, applied to every cell
       "methods": {                                      # label -> overrides ("config_file" picks its config)
-        "NPO": {"config_file": "configs/synthetic/npo.json"},
+        "NPO": {"config_file": "configs/synthetic/npo.json", "unlearn.lr": [1e-5, 3e-5, 1e-4]},
         "ILU(NPO)": {"config_file": "configs/synthetic/ilu_npo.json", "unlearn.ILU.lam": 1.0}
       },
+      "selection": {"metric": "forget.forget_quality", "goal": "max",   # optional: one setting per method
+                    "constraint": "model.model_utility>=0.95"},
+      "show_all_settings": false,                      # optional: the table of every setting too
       "attacks": {                                      # label -> attack settings (keys of the attack section)
         "math": {"datasets": "synthetic:math_train", "test_datasets": "synthetic:math_test", "lr": 3e-4},
         "relearn": {"datasets": "relearn", "num_examples": 20}
@@ -19,6 +22,15 @@ Study file (JSON; keys starting with ``_`` are comments)::
       "forget_metrics": ["prob", "rouge_l_recall"],    # forget-split metrics or lm-eval tasks (wmdp_bio); first plotted
       "utility_metric": "prob"                         # on the retain split: the trade-off plot's x axis
     }
+
+Grids: a method override whose value is a list, for a key that takes one value (or a list of lists, for a key
+that takes a list, such as ``unlearn.RMU.trained_layers``), is a grid axis; a method's settings are the
+Cartesian product of its axes, each a normal cell, cached and resumable like any other. ``selection`` picks
+one setting per method by :class:`~obliviate.evaluation.during_training.BestRule` on the seed-mean of each
+setting's metrics after unlearning (``<split>.<metric>``, ``model.<metric>`` for model-level metrics such as
+model_utility): ``goal`` max or min, or ``closest`` with ``value`` (matched forgetting); ``constraint``
+bounds a metric relative to the target model before unlearning (``model.model_utility>=0.95``: utility
+within 5 % of the target's). The rule is written in the table.
 
 All attacks of a cell run inside its one experiment, each from the same unlearned weights (they differ
 only after unlearning, so unlearning once per (method, seed) is exact, not an approximation). Keys an
@@ -31,36 +43,46 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from obliviate.config.loader import resolve_config, split_argv
+from obliviate.config.checkers import ListValue
+from obliviate.config.loader import dotted_params, resolve_config, split_argv
 from obliviate.config.schema import experiment_schema
 from obliviate.config.settings import Settings
 from obliviate.errors import UserError
 from obliviate.evaluation import METRICS
+from obliviate.evaluation.during_training import BestRule, constraint_metric
 from obliviate.io import read_json_object
 from obliviate.loggers import RunFolder
 from obliviate.methods import METHODS
 
 ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
-              "utility_metric"}
+              "utility_metric", "selection", "show_all_settings"}
+SELECTION_KEYS = {"metric", "goal", "constraint", "value"}
 PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One experiment of the study: a method at a seed, with every attack."""
+    """One experiment of the study: a method at one setting of its grid and a seed, with every attack."""
 
     method: str
+    setting: str  # the grid values of this cell, e.g. "unlearn.lr=1e-05" ('' without a grid)
     seed: int
     config_file: str
     overrides: dict[str, Any]  # dotted key -> value, applied over the config file (typed, or CLI strings)
     settings: Settings
+
+    @property
+    def label(self) -> str:
+        """The method and its setting: 'NPO [unlearn.lr=1e-05]'."""
+        return f"{self.method} [{self.setting}]" if self.setting else self.method
 
     @property
     def folder(self) -> Path:
@@ -84,6 +106,12 @@ class Study:
     cells: list[Cell]
     forget_metrics: list[str]
     utility_metric: str
+    selection: BestRule | None = None
+    show_all_settings: bool = False
+
+    @property
+    def has_grid(self) -> bool:
+        return any(cell.setting for cell in self.cells)
 
 
 def config_key(settings: Settings) -> str:
@@ -111,6 +139,54 @@ def checked_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise UserError(f"{where} must be an object of dotted experiment keys, e.g. {{\"unlearn.lr\": 1e-5}}")
     return {key: value for key, value in overrides.items() if not key.startswith("_")}
+
+
+def grid_axes(overrides: dict[str, Any], where: str) -> dict[str, list]:
+    """The grid axes among ``overrides``: a list for a key that takes one value, a list of lists for a key that
+    takes a list (unknown keys are left to the config check, which names them)."""
+    params = dotted_params(experiment_schema())
+    axes = {}
+    for key, value in overrides.items():
+        if key not in params or not isinstance(value, list):
+            continue
+        if isinstance(params[key].checker, ListValue) and not (value and all(isinstance(v, list) for v in value)):
+            continue  # one list value of a list key
+        if not value:
+            raise UserError(f"{where}: the grid of '{key}' is an empty list; give it at least one value")
+        axes[key] = value
+    return axes
+
+
+def grid_settings(overrides: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """Each setting of the grid in ``overrides``: its label and its overrides (one, unlabelled, without a grid)."""
+    axes = grid_axes(overrides, where)
+    settings = []
+    for values in itertools.product(*axes.values()):
+        chosen = dict(zip(axes, values))
+        label = ", ".join(f"{key}={as_argument(value)}" for key, value in chosen.items())
+        settings.append((label, {**overrides, **chosen}))
+    return settings
+
+
+def selection_rule(spec: Any) -> BestRule | None:
+    """The study's ``selection``, checked for its form (the metrics are checked against the cells later)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not spec.get("metric"):
+        raise UserError("study 'selection' must be an object with 'metric' (<split>.<metric>), 'goal' (max, min "
+                        "or closest), and optionally 'constraint' and 'value'")
+    if unknown := sorted(set(spec) - SELECTION_KEYS - {k for k in spec if k.startswith("_")}):
+        raise UserError(f"study 'selection' has unknown key '{unknown[0]}'; its keys are "
+                        f"{', '.join(sorted(SELECTION_KEYS))}")
+    goal = spec.get("goal", "max")
+    if goal not in ("max", "min", "closest"):
+        raise UserError(f"study 'selection' goal '{goal}' is not max, min or closest")
+    if (goal == "closest") != ("value" in spec) or not isinstance(spec.get("value", 0.0), (int, float)):
+        raise UserError("study 'selection': goal 'closest' needs a numeric 'value' (the metric to match), and "
+                        "only it takes one")
+    constraint = str(spec.get("constraint", ""))
+    constraint_metric(constraint, "study 'selection' constraint")
+    return BestRule(str(spec["metric"]), goal, constraint, float(spec.get("value", 0.0)))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -167,6 +243,7 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
     utility_metric = content.get("utility_metric", "prob")
     METRICS.get(utility_metric)  # unknown names fail here, listing the valid ones
     common = checked_overrides(content.get("overrides", {}), "study 'overrides'")
+    selection = selection_rule(content.get("selection"))
     methods = content["methods"]
     if not isinstance(methods, dict):
         raise UserError("study 'methods' must be an object: label -> overrides")
@@ -178,20 +255,25 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
         config_file = spec.pop("config_file", content.get("base_config"))
         if not config_file:
             raise UserError(f"study method '{label}' has no config_file and the study has no base_config")
-        head = {**common, **checked_overrides(spec, f"study method '{label}'")}
-        defaults = _resolve(str(config_file), {**head, **extra}, label)
-        attack_names, attack_overrides = _attack_lists(content.get("attacks", {}), defaults)
-        for seed in seeds:
-            overrides = {**head, "overall.seed": seed, **attack_overrides, **extra, ROOT_KEY: str(folder / "runs")}
-            key = config_key(_resolve(str(config_file), overrides, label))
-            overrides["logger.name"] = f"{slug(label)}_seed{seed}_{key}"
-            cell = Cell(label, seed, str(config_file), overrides, _resolve(str(config_file), overrides, label))
-            if cell.settings.logger.overwrite:
-                raise UserError("logger.overwrite would redo finished study cells; remove their run folders "
-                                "instead and run the study again")
-            cells.append(cell)
+        method_overrides = checked_overrides(spec, f"study method '{label}'")
+        for setting, chosen in grid_settings(method_overrides, f"study method '{label}'"):
+            head = {**common, **chosen}
+            defaults = _resolve(str(config_file), {**head, **extra}, label)
+            attack_names, attack_overrides = _attack_lists(content.get("attacks", {}), defaults)
+            for seed in seeds:
+                overrides = {**head, "overall.seed": seed, **attack_overrides, **extra,
+                             ROOT_KEY: str(folder / "runs")}
+                key = config_key(_resolve(str(config_file), overrides, label))
+                overrides["logger.name"] = f"{slug(label)}_seed{seed}_{key}"
+                cell = Cell(label, setting, seed, str(config_file), overrides,
+                            _resolve(str(config_file), overrides, label))
+                if cell.settings.logger.overwrite:
+                    raise UserError("logger.overwrite would redo finished study cells; remove their run folders "
+                                    "instead and run the study again")
+                cells.append(cell)
     _check_metrics(cells, forget_metrics, utility_metric)
-    return Study(name, folder, attack_names, cells, forget_metrics, utility_metric)
+    return Study(name, folder, attack_names, cells, forget_metrics, utility_metric, selection,
+                 bool(content.get("show_all_settings", False)))
 
 
 def command_line_overrides(argv: list[str]) -> dict[str, str]:
@@ -216,3 +298,4 @@ def _check_metrics(cells: list[Cell], forget_metrics: list[str], utility_metric:
         if missing := [m for m in dict.fromkeys([*forget_metrics, utility_metric]) if m not in computed]:
             raise UserError(f"study reports {missing[0]} but method '{cell.method}' does not compute it; add it to "
                             "eval.metrics (e.g. in the study's overrides) or change forget_metrics/utility_metric")
+
