@@ -50,7 +50,7 @@ def read_rows(folder: Path) -> list[dict]:
 
 
 def test_study_runs_each_cell_once_and_writes_table_and_plots(study_file, tmp_path):
-    folder = run_study(study_file(), [])
+    folder = run_study(study_file(compare=[["GA(fast)", "NPO"]]), [])
     assert folder == tmp_path / "studies" / "tiny"
     rows = read_rows(folder)
     assert [(r["method"], r["attack"]) for r in rows] == [("NPO", "math"), ("NPO", "relearn"),
@@ -77,6 +77,8 @@ def test_study_runs_each_cell_once_and_writes_table_and_plots(study_file, tmp_pa
     assert "--unlearn.lr 0.0001" in cells[1]["command"] and "--overall.seed 0" in cells[1]["command"]
     assert (folder / "forget_vs_attack_steps.png").stat().st_size > 0 and (folder / "tradeoff.png").stat().st_size > 0
     assert "## Mean over seeds" in (folder / "study.md").read_text()
+    assert rows[0]["forget.n"] == "4" and "–" in rows[0]["forget.prob.after.ci95"]  # over the 4 forget examples
+    assert "| GA(fast) − NPO | math | forget.prob.after | 1 |" in (folder / "study.md").read_text()
 
     finished = {p: p.stat().st_mtime_ns for p in (folder / "runs").rglob("metrics.json")}
     run_study(study_file(), [])  # all done: nothing runs again
@@ -143,6 +145,7 @@ def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypat
      "study 'selection' reads model.model_utility, which method 'NPO' does not compute"),
     ({"selection": {"metric": "forget.prob", "goal": "closest"}}, "goal 'closest' needs a numeric 'value'"),
     ({"selection": {"metric": "forget.prob", "goal": "best"}}, "goal 'best' is not max, min or closest"),
+    ({"compare": [["NPO", "SimNPO"]]}, "study 'compare' names 'SimNPO', which is not a method of the study"),
     ({"methods": {"RMU": {"config_file": str(ROOT / "configs/synthetic/rmu.json")}}},
      r"study method 'RMU' \(seed 0\): unlearn.RMU.layer 7 / trained_layers \[5, 6, 7\] reach beyond the model's 2"),
 ])

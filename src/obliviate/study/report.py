@@ -13,14 +13,18 @@ amount that came back::
 attack task's own accuracy at its start and end, wall times and the unlearning seconds per step; for a
 relearning attack on a slice, the forget metrics of the examples outside the slice (``forget_unseen``)
 right after unlearning and at the attack's end.
-``study.md`` holds the same rows averaged over seeds (± standard deviation), then every row, then the
-wall time of each stage per cell. With a grid, rows carry their ``setting``; with a selection rule, the first
-table holds each method's selected setting (:func:`selected_settings`), under the rule, and the table of every
-setting follows only with ``show_all_settings``. Plots: ``forget_vs_attack_steps.png`` (forget metric along each attack,
-one line per method, the band spanning the seeds; below it the task's accuracy, or for relearning on a
-slice the forget metric of the examples not relearned) and
-``tradeoff.png`` (forget metric vs retain utility after unlearning, with the forget value each attack
-brought back drawn above each point).
+Each row also gives the number of forget examples evaluated (``forget.n``: forget quality is a KS p-value
+over them, so on a small forget set it takes few distinct values) and, for each forget metric with
+per-example values, its 95 % bootstrap interval over those examples after unlearning (``…after.ci95``).
+``study.md`` holds the same rows averaged over seeds (the mean and its 95 % bootstrap interval over seeds),
+then the paired comparisons the study file asks for (``compare``: the per-seed difference of two methods
+over their shared seeds, its mean and interval), then every row, then the wall time of each stage per cell.
+With a grid, rows carry their ``setting``; with a selection rule, the first table holds each method's
+selected setting (:func:`selected_settings`) under the rule, and the table of every setting follows only
+with ``show_all_settings``. Plots: ``forget_vs_attack_steps.png`` (forget metric along each attack, one
+line per method, the band spanning the seeds; below it the task's accuracy, or for relearning on a slice
+the forget metric of the examples not relearned) and ``tradeoff.png`` (forget metric vs retain utility
+after unlearning, with the forget value each attack brought back drawn above each point).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from obliviate.evaluation.results import LM_EVAL, MODEL  # noqa: E402
 from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
 from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
+from obliviate.study.intervals import bootstrap_interval, paired_differences, with_interval  # noqa: E402
 from obliviate.study.spec import Study  # noqa: E402
 
 
@@ -56,7 +61,7 @@ def finished_cells(study: Study) -> list[dict]:
     cells = []
     for cell in study.cells:
         if cell.folder.is_dir():
-            files = {name: json.loads(path.read_text()) for name in ("metrics", "env", "attacks")
+            files = {name: json.loads(path.read_text()) for name in ("metrics", "env", "attacks", "per_example")
                      if (path := cell.folder / f"{name}.json").is_file()}
             if (log := cell.folder / "train_log.jsonl").is_file() and (lines := log.read_text().splitlines()):
                 steps = [json.loads(line) for line in lines]
@@ -89,6 +94,7 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
     # lm-eval task accuracies (e.g. wmdp_bio) count as forget metrics: attacks record them with the forget split
     forget_before = {**before.get("forget", {}), **before.get(LM_EVAL, {})}
     forget_after = {**after.get("forget", {}), **after.get(LM_EVAL, {})}
+    common.update(example_intervals(study, cell))
     if not study.attacks:
         values = {f"forget.{m}.{stage}": source.get(m) for m in study.forget_metrics
                   for stage, source in (("before", forget_before), ("after", forget_after))}
@@ -116,8 +122,23 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
     return rows
 
 
+def example_intervals(study: Study, cell: dict) -> dict:
+    """The number of forget examples, and each forget metric's 95 % bootstrap interval over them after
+    unlearning ('low–high'; metrics without per-example values, such as forget quality, have none)."""
+    forget = cell.get("per_example", {}).get("after", {}).get("forget", {})
+    counts = [len(values) for values in forget.values() if isinstance(values, list)]
+    intervals: dict = {"forget.n": max(counts) if counts else None}
+    for metric in study.forget_metrics:
+        values = [v for v in forget.get(metric, []) if isinstance(v, (int, float))] if metric in forget else []
+        if values:
+            low, high = bootstrap_interval(values)
+            intervals[f"forget.{metric}.after.ci95"] = f"{low:.4g}–{high:.4g}"
+    return intervals
+
+
 def mean_rows(rows: list[dict]) -> list[dict]:
-    """Rows averaged over seeds per (method, setting, attack); 'mean ± std' text when there are several seeds."""
+    """Rows averaged over seeds per (method, setting, attack); 'mean [low, high]' (95 % bootstrap interval over
+    seeds) when there are several seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["method"], row.get("setting"), row["attack"])].append(row)
@@ -128,8 +149,7 @@ def mean_rows(rows: list[dict]) -> list[dict]:
         for key in members[0]:
             values = [m[key] for m in members if isinstance(m.get(key), (int, float)) and key != "seed"]
             if len(values) == len(members) and key not in row:
-                mean = statistics.fmean(values)
-                row[key] = f"{mean:.4g} ± {statistics.stdev(values):.2g}" if len(values) > 1 else mean
+                row[key] = with_interval(values) if len(values) > 1 else values[0]
         averaged.append(row)
     return averaged
 
@@ -174,6 +194,26 @@ def selection_section(study: Study, cells: list[dict], averaged: list[dict]) -> 
     if none := [method for method, setting in chosen.items() if setting is None]:
         lines += [f"No setting meets the rule for: {', '.join(none)}.", ""]
     return lines + [to_markdown(_columns(rows), rows) if rows else "", ""]
+
+
+def paired_rows(study: Study, rows: list[dict], chosen: dict[str, str | None]) -> list[dict]:
+    """For each pair (A, B) in the study's ``compare``: A − B per seed, for the first forget metric after
+    unlearning, after each attack and its recovered share, and the retain utility; mean and 95 % interval."""
+    first = study.forget_metrics[0]
+    keys = [f"forget.{first}.after", f"forget.{first}.attacked", f"recovered.{first}",
+            f"retain.{study.utility_metric}.after"]
+    compared = []
+    for a, b in study.compare:
+        for attack in dict.fromkeys(row["attack"] for row in rows):
+            for key in keys:
+                per_seed = [{row["seed"]: row[key] for row in rows if row["method"] == method
+                             and row["attack"] == attack and isinstance(row.get(key), (int, float))
+                             and row.get("setting", "") == (chosen.get(method) or "")} for method in (a, b)]
+                differences = paired_differences(*per_seed)
+                if differences:
+                    compared.append({"comparison": f"{a} − {b}", "attack": attack, "metric": key,
+                                     "seeds": len(differences), "difference": with_interval(differences)})
+    return compared
 
 
 def timing_rows(cells: list[dict]) -> list[dict]:
@@ -272,6 +312,11 @@ def write_report(study: Study) -> None:
         lines += selection_section(study, cells, averaged)
     if study.selection is None or study.show_all_settings:
         lines += ["## Mean over seeds", "", to_markdown(_columns(averaged), averaged)]
+    if study.compare:
+        chosen = selected_settings(study, cells) if study.selection is not None else {}
+        compared = paired_rows(study, rows, chosen)
+        lines += ["## Paired comparisons (A − B over shared seeds, mean [95 % bootstrap interval])", "",
+                  to_markdown(_columns(compared), compared) if compared else "no shared seeds finished yet", ""]
     lines += ["## Every cell", "", to_markdown(_columns(rows), rows),
               "## Wall time per stage (seconds)", "", to_markdown(_columns(timings), timings)]
     write_text_atomic(study.folder / "study.md", "\n".join(lines))

@@ -14,6 +14,7 @@ Study file (JSON; keys starting with ``_`` are comments)::
       "selection": {"metric": "forget.forget_quality", "goal": "max",   # optional: one setting per method
                     "constraint": "model.model_utility>=0.95"},
       "show_all_settings": false,                      # optional: the table of every setting too
+      "compare": [["ILU(NPO)", "NPO"]],                # optional: paired differences over the shared seeds
       "attacks": {                                      # label -> attack settings (keys of the attack section)
         "math": {"datasets": "synthetic:math_train", "test_datasets": "synthetic:math_test", "lr": 3e-4},
         "relearn": {"datasets": "relearn", "num_examples": 20}
@@ -63,7 +64,7 @@ from obliviate.methods import METHODS
 
 ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
-              "utility_metric", "selection", "show_all_settings"}
+              "utility_metric", "selection", "show_all_settings", "compare"}
 SELECTION_KEYS = {"metric", "goal", "constraint", "value"}
 PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
 
@@ -108,6 +109,7 @@ class Study:
     utility_metric: str
     selection: BestRule | None = None
     show_all_settings: bool = False
+    compare: tuple[tuple[str, str], ...] = ()  # (A, B): A − B per seed
 
     @property
     def has_grid(self) -> bool:
@@ -272,8 +274,24 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
                                     "instead and run the study again")
                 cells.append(cell)
     _check_metrics(cells, forget_metrics, utility_metric)
+    compare = _comparisons(content.get("compare", []), list(methods), bool(selection), cells)
     return Study(name, folder, attack_names, cells, forget_metrics, utility_metric, selection,
-                 bool(content.get("show_all_settings", False)))
+                 bool(content.get("show_all_settings", False)), compare)
+
+
+def _comparisons(pairs: Any, labels: list[str], selected: bool, cells: list[Cell]) -> tuple[tuple[str, str], ...]:
+    """The study's ``compare`` pairs, each two method labels of the study that have one setting (or a selection)."""
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise UserError("study 'compare' must be a list of [method, method] pairs, e.g. [[\"ILU(NPO)\", \"NPO\"]]")
+    for pair in pairs:
+        for label in pair:
+            if label not in labels:
+                raise UserError(f"study 'compare' names '{label}', which is not a method of the study; use one of "
+                                f"{', '.join(labels)}")
+            if not selected and len({c.setting for c in cells if c.method == label}) > 1:
+                raise UserError(f"study 'compare' names '{label}', which has a grid; add a 'selection' rule so one "
+                                "setting per method is compared")
+    return tuple((str(a), str(b)) for a, b in pairs)
 
 
 def command_line_overrides(argv: list[str]) -> dict[str, str]:
