@@ -12,7 +12,7 @@ from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
 from obliviate.errors import UserError
 from obliviate.methods import METHODS
 from obliviate.methods.base import PrepareContext
-from obliviate.methods.ilu import InvariancePenalty
+from obliviate.methods.ilu import InvariancePenalty, logit_scale_gradient
 from obliviate.methods.likelihood import forward_logits, mean_nll
 from obliviate.models.embedded import tiny_random_llama
 
@@ -53,7 +53,21 @@ def test_penalty_value_matches_an_independent_computation(setup, w_form):
     assert penalty_of(model, batch, w_form).item() == pytest.approx(expected.item(), rel=1e-9)
 
 
-@pytest.mark.parametrize("w_form", ["elementwise", "scalar"])
+def test_logits_form_is_the_squared_derivative_of_the_nll_in_a_logit_scale(setup):
+    # IRMv1's dummy w on the logits: autograd through w·z against the closed form the penalty uses
+    model, _, batch = setup
+    logits = forward_logits(model, batch["env0"]).detach()
+    w = torch.tensor(1.0, dtype=logits.dtype, requires_grad=True)
+    (derivative,) = torch.autograd.grad(mean_nll(w * logits, batch["env0"].labels), [w])
+    assert penalty_of(model, batch, "logits").item() == pytest.approx(derivative.item() ** 2, rel=1e-9)
+    # by hand on one answer token (predicted at position 0): z = (0, ln 3), y = 0: p = (1/4, 3/4),
+    # E_p[z] − z_y = (3/4)·ln 3
+    tiny = torch.tensor([[[0.0, float(torch.log(torch.tensor(3.0)))], [0.0, 0.0]]], dtype=torch.float64)
+    labels = torch.tensor([[-100, 0]])
+    assert logit_scale_gradient(tiny, labels).item() == pytest.approx(0.75 * float(torch.log(torch.tensor(3.0))))
+
+
+@pytest.mark.parametrize("w_form", ["elementwise", "scalar", "logits"])
 def test_penalty_gradient_matches_finite_differences(setup, w_form):
     model, _, batch = setup
     theta = dict(model.named_parameters())[TRAINED]

@@ -5,13 +5,28 @@ fine-tuning "environment" data sets i (plain NLL ℓ_i on each):
 
     L = ℓ_u(θ) + λ · Σ_i ‖ ∇_w ℓ_i(w ∘ θ) |_{w=1} ‖²
 
-By the chain rule ∇_w ℓ_i(w ∘ θ)|_{w=1} = θ ⊙ ∇_θ ℓ_i(θ), so the element-wise form is Σ_j (θ_j g_j)² and
-the scalar-w form (one multiplier for all weights) is (θᵀ g)², with g = ∇_θ ℓ_i over the trainable
-parameters. The penalty is computed with a real double backward (``create_graph=True``) and stays in
-the graph, so it shapes the update (public sibling code called ``.item()`` on it, making it a constant).
-Second derivatives through attention need the eager attention implementation, which ``prepare`` sets.
-It can be computed every k micro-batches (``every_k``; = steps without gradient accumulation); its
-value and seconds are logged each time.
+Three forms of the dummy multiplier w (``w_form``):
+
+* ``elementwise``: one w per weight, as the ILU paper writes w ∘ θ. By the chain rule
+  ∇_w ℓ_i(w ∘ θ)|_{w=1} = θ ⊙ ∇_θ ℓ_i(θ), so the penalty is Σ_j (θ_j g_j)², g = ∇_θ ℓ_i over the trainable
+  parameters;
+* ``scalar``: one w multiplying every weight: (θᵀ g)²;
+* ``logits``: one w multiplying the logits z, as IRMv1 writes it (Arjovsky et al., "Invariant Risk
+  Minimization", 2019, §3.1: the dummy classifier w = 1.0 on top of the representation). Its gradient has a
+  closed form in the logits: for the mean NLL over the answer tokens t (N of them, p_t = softmax(z_t)),
+
+      ∂/∂w ℓ_i(w · z)|_{w=1} = (1/N) Σ_t (E_{v∼p_t}[z_{t,v}] − z_{t,y_t}),
+
+  so the penalty (its square) is an ordinary function of the logits: one forward and the usual backward,
+  no double backward through the weights and no eager attention.
+
+The weight forms are computed with a real double backward (``create_graph=True``) and stay in the graph, so
+they shape the update (public sibling code called ``.item()`` on it, making it a constant); their second
+derivatives through attention need the eager attention implementation, which ``prepare`` sets. Which form
+the paper's derivation supports: its objective puts w on the parameters (w ∘ θ, ``elementwise``), but it
+derives the penalty from IRMv1, whose w is a scalar on the predictor's output; ``logits`` is that, with the
+whole LLM as the representation. The penalty can be computed every k micro-batches (``every_k``; = steps
+without gradient accumulation); its value and seconds are logged each time.
 """
 
 from __future__ import annotations
@@ -25,14 +40,23 @@ from fastargs import Param
 from obliviate.config.checkers import ChoiceValue, FloatValue, IntValue, ListValue, StrValue
 from obliviate.errors import UserError
 from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.methods.likelihood import forward_logits, mean_nll, shifted
 
 if TYPE_CHECKING:
     from obliviate.config.settings import Settings
 
 
+def logit_scale_gradient(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """∂/∂w of the mean answer-token NLL of w · ``logits`` at w = 1: (1/N) Σ_t (E_{p_t}[z_t] − z_{t,y_t})."""
+    logits, targets, mask = shifted(logits, labels)
+    expected = (logits.softmax(dim=-1) * logits).sum(dim=-1)
+    true = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return ((expected - true) * mask).sum() / mask.sum().clamp(min=1)
+
+
 class InvariancePenalty(Term):
-    """Σ_i ‖θ ⊙ ∇_θ ℓ_i‖² (element-wise w) or Σ_i (θᵀ∇_θ ℓ_i)² (scalar w) over environment splits."""
+    """Σ_i ‖θ ⊙ ∇_θ ℓ_i‖² (element-wise w), Σ_i (θᵀ∇_θ ℓ_i)² (scalar w) or Σ_i (∂ℓ_i(w·z)/∂w)² (w on the
+    logits) over environment splits."""
 
     name = "ilu_penalty"
     split = "env0"
@@ -53,8 +77,8 @@ class InvariancePenalty(Term):
         return set(self.environments)
 
     def prepare(self, context: PrepareContext) -> None:
-        # The double backward needs second derivatives of attention; fused SDPA kernels have none.
-        context.model.set_attn_implementation("eager")
+        if self.w_form != "logits":  # the double backward needs second derivatives of attention; SDPA has none
+            context.model.set_attn_implementation("eager")
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         self.calls += 1
@@ -66,8 +90,11 @@ class InvariancePenalty(Term):
         penalty = torch.zeros((), device=parameters[0].device)
         for environment in self.environments:
             data = batch[environment]
-            loss = mean_nll(forward_logits(model, data), data.labels)
-            grads = torch.autograd.grad(loss, parameters, create_graph=True)
+            logits = forward_logits(model, data)
+            if self.w_form == "logits":
+                penalty = penalty + logit_scale_gradient(logits, data.labels) ** 2
+                continue
+            grads = torch.autograd.grad(mean_nll(logits, data.labels), parameters, create_graph=True)
             if self.w_form == "elementwise":
                 penalty = penalty + sum(((p * g) ** 2).sum() for p, g in zip(parameters, grads))
             else:
@@ -87,8 +114,8 @@ class ILU(Method):
         "base_method": Param(ChoiceValue(METHODS.names), "the unlearning objective made invariant (its own "
                              "section unlearn.<base> configures it)", default="NPO"),
         "lam": Param(FloatValue(low=0.0), "λ: weight of the invariance penalty", default=1.0),
-        "w_form": Param(ChoiceValue(["elementwise", "scalar"]), "dummy multiplier w: one per weight or one in all",
-                        default="elementwise"),
+        "w_form": Param(ChoiceValue(["elementwise", "scalar", "logits"]), "dummy multiplier w: one per weight, one "
+                        "on all weights, or one on the logits (IRMv1; no double backward)", default="elementwise"),
         "environments": Param(ListValue(StrValue()), "fine-tuning data sets (same forms as dataset.*_name)",
                               default=[]),
         "every_k": Param(IntValue(low=1), "compute the penalty every k micro-batches", default=1),
