@@ -1,6 +1,7 @@
 """Benchmark: the cost of one optimiser step of every registered unlearning method.
 
     python benchmarks/step_cost.py [--model smollm2-135m-instruct|tiny-random-llama] [--steps 6] [--methods NPO,RMU]
+        [--set unlearn.ILU.w_form=logits ...]   (more overrides of the methods' configs, e.g. to compare variants)
 
 Each method runs in its own process (so its peak memory is its own) through the real engine: its plain
 ``configs/synthetic`` file (e.g. npo.json, not npo_lora.json) at batch size 4 × max_length 64, no fine-tuning
@@ -94,7 +95,7 @@ def config_for(method: str) -> Path:
     return min(runs, key=lambda path: len(path.stem))
 
 
-def measure_one(name: str, model: str, steps: int, workdir: Path) -> dict:
+def measure_one(name: str, model: str, steps: int, workdir: Path, overrides: list[str]) -> dict:
     """Run one method through the engine with counting hooks; the numbers as a dict."""
     recorded: dict = {}
     real_train = unlearner_module.train
@@ -130,6 +131,7 @@ def measure_one(name: str, model: str, steps: int, workdir: Path) -> dict:
              "--unlearn.logging_steps", "1", "--dataset.batch_size", "4", "--dataset.max_length", "64",
              "--unlearn.lr_scheduler", "constant",
              "--logger.json.root", str(workdir), "--logger.name", name]
+    argv += [part for override in overrides for part in (f"--{override.partition('=')[0]}", override.partition("=")[2])]
     from obliviate.unlearner import Unlearner
 
     wall = time.perf_counter()
@@ -166,11 +168,12 @@ if __name__ == "__main__":
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--methods", default=",".join(METHODS.names()))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.one:
         with tempfile.TemporaryDirectory() as folder:
-            print(json.dumps(measure_one(arguments.one, arguments.model, arguments.steps, Path(folder))))
+            print(json.dumps(measure_one(arguments.one, arguments.model, arguments.steps, Path(folder), arguments.set)))
         raise SystemExit(0)
     names = arguments.methods.split(",")
     if "GradDiff" not in names:
@@ -178,11 +181,14 @@ if __name__ == "__main__":
     rows = []
     for name in names:
         output = subprocess.run([sys.executable, __file__, "--one", name, "--model", arguments.model,
-                                 "--steps", str(arguments.steps)], capture_output=True, text=True)
+                                 "--steps", str(arguments.steps),
+                                 *(part for override in arguments.set for part in ("--set", override))],
+                                capture_output=True, text=True)
         if output.returncode != 0:
             print(f"{name}: failed\n{output.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(output.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    print(f"{arguments.model}, batch 4 × 64 tokens, {arguments.steps} steps, {torch.get_num_threads()} threads")
+    print(f"{arguments.model}, batch 4 × 64 tokens, {arguments.steps} steps, {torch.get_num_threads()} threads"
+          + (f", with {' '.join(arguments.set)}" if arguments.set else ""))
     print(table(rows))
