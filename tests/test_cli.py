@@ -177,8 +177,24 @@ def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_pat
     assert [p["step"] for p in curves["synthetic:math_train"]] == [0, 2]
 
 
+def test_quantization_attacks_are_evaluated_from_the_unlearned_weights(fast, tmp_path):
+    args = [*fast, "--attack.datasets", "quantize:8,relearn,quantize:4", "--attack.max_steps", "2",
+            "--attack.num_examples", "2", "--attack.lr", "1e-3", "--logger.name", "quantized"]
+    assert cli(*args) == 0
+    folder = tmp_path / "results" / "synthetic" / "NPO" / "quantized"
+    curves = json.loads((folder / "attacks.json").read_text())
+    after = json.loads((folder / "metrics.json").read_text())["after"]["forget"]
+    for name in ("quantize:8", "quantize:4"):
+        assert [p["step"] for p in curves[name]] == [0, 1]
+        assert curves[name][0]["forget"] == after  # from the unlearned model, restored after every attack
+    assert curves["quantize:4"][1]["forget"] != after and curves["quantize:8"][1] != curves["quantize:4"][1]
+    logged = [json.loads(line)["attack"] for line in (folder / "attack_train_log.jsonl").read_text().splitlines()]
+    assert logged == ["relearn", "relearn"]  # quantization trains nothing
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--attack.datasets", "synthetic:nope_train"], "unknown synthetic split 'nope_train'"),
+    (["--attack.datasets", "quantize:3"], "attack 'quantize:3': quantization width '3' is not one of 4, 8"),
     (["--attack.datasets", "relearn", "--attack.test_datasets", "a.jsonl,b.jsonl"],
      "attack.test_datasets has 2 values for 1 attack.datasets"),
     (["--attack.datasets", "relearn,synthetic:math_train", "--attack.lr", "1e-4,1e-3,1e-2"],

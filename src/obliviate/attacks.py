@@ -11,6 +11,18 @@ order), the task's own accuracy (``exact_match`` of greedy answers), so curves c
 Results go to ``attacks.json`` (keyed by the attack's data set name); training logs to
 ``attack_train_log.jsonl``.
 
+``quantize:8`` and ``quantize:4`` are attacks without training (Zhang et al., "Does your LLM truly unlearn? An
+embarrassingly simple approach to recover unlearned knowledge", ICLR 2025, arXiv 2410.16454: 4-bit
+quantization brings back much of what GA and NPO removed, because their small updates round away): every
+linear layer's weight is rounded to 8- or 4-bit integers (round-to-nearest, symmetric, one scale per group of
+``QUANTIZATION_GROUP`` inputs) by torchao's weight-only ``IntxWeightOnlyConfig``, and the dequantized values
+are evaluated like any attack point (step 1; step 0 is the unlearned model). torchao is the PyTorch team's
+quantization library, released with PyTorch; its weight-only integer path runs on CPU (its packed int4
+kernels need CUDA, hence dequantized weights: the same numbers, without the speed). Output heads stay in full
+precision (as GPTQ and AWQ leave them; with tied embeddings the head is also the input embedding).
+Quantizing one layer at a time in place needs no second model; the next attack restarts from the unlearned
+weights as every attack does.
+
 The unlearned weights are kept as one CPU copy to restart each attack from them.
 
 What is fine-tuned: every weight of the released model. With LoRA, the adapters are merged first (an
@@ -27,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
@@ -40,6 +52,9 @@ if TYPE_CHECKING:
     from obliviate.config.schema import Attack as AttackSettings
 
 RELEARN = "relearn"
+QUANTIZE = "quantize:"  # quantize:<bits>
+QUANTIZATION_WIDTHS = (4, 8)
+QUANTIZATION_GROUP = 32
 
 
 @dataclass
@@ -50,6 +65,42 @@ class Attack:
     lr: float
     max_steps: int
     batch_size: int
+
+    @property
+    def quantization_bits(self) -> int | None:
+        """The width of a quantization attack (``quantize:4`` -> 4), None for a fine-tune attack."""
+        return int(self.name.removeprefix(QUANTIZE)) if self.name.startswith(QUANTIZE) else None
+
+
+def quantization_width(name: str) -> int:
+    """The width of ``quantize:<bits>``; a one-line error for any other width."""
+    width = name.removeprefix(QUANTIZE)
+    if not width.isdigit() or int(width) not in QUANTIZATION_WIDTHS:
+        raise UserError(f"attack '{name}': quantization width '{width}' is not one of "
+                        f"{', '.join(map(str, QUANTIZATION_WIDTHS))}; use quantize:8 or quantize:4")
+    return int(width)
+
+
+def quantize_weights(model: torch.nn.Module, bits: int) -> None:
+    """Round each linear layer's weight (the output head aside) to ``bits``-bit integers with torchao, in place:
+    symmetric, one scale per ``QUANTIZATION_GROUP`` inputs, written back dequantized."""
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    config = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(QUANTIZATION_GROUP))
+    heads = {id(part.get_output_embeddings()) for part in model.modules() if isinstance(part, PreTrainedModel)}
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear) or id(module) in heads:
+                continue
+            if module.in_features % QUANTIZATION_GROUP:
+                raise UserError(f"a linear layer has {module.in_features} inputs, not a multiple of the quantization "
+                                f"group {QUANTIZATION_GROUP}; the quantization attack cannot round it")
+            layer = torch.nn.Linear(module.in_features, module.out_features, bias=False, device=module.weight.device,
+                                    dtype=module.weight.dtype)
+            layer.weight.copy_(module.weight)
+            quantize_(layer, config)
+            module.weight.copy_(layer.weight.dequantize().to(module.weight.dtype))
 
 
 def per_attack(values: list, key: str, count: int) -> list:
@@ -74,6 +125,10 @@ def plan_attacks(section: "AttackSettings", forget: list[Example], load: Callabl
                                   for key in ("num_examples", "lr", "max_steps", "batch_size"))
     attacks = []
     for name, test, size, lr, max_steps, batch_size in zip(names, tests, sizes, lrs, steps, batches):
+        if name.startswith(QUANTIZE):
+            quantization_width(name)
+            attacks.append(Attack(name, [], [], lr, 1, batch_size))
+            continue
         examples = forget if name == RELEARN else load(name)
         attacks.append(Attack(name, examples[:size or None], load(test) if test else [], lr, max_steps, batch_size))
     return attacks
@@ -87,6 +142,11 @@ def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, atta
     results = {}
     for attack in attacks:
         model.load_state_dict(unlearned)
+        if attack.quantization_bits is not None:
+            curve = [{"step": 0, **evaluate_point(attack)}]
+            quantize_weights(model, attack.quantization_bits)
+            results[attack.name] = curve + [{"step": 1, **evaluate_point(attack)}]
+            continue
         model.requires_grad_(True)  # downstream fine-tuning updates every weight
         data = encode_dataset(tokenizer, attack.train, fmt, max_length)
         config = TrainingConfig(lr=attack.lr, num_epochs=1, max_steps=attack.max_steps, gradient_accumulation_steps=1,

@@ -177,8 +177,8 @@ class Attack:
     """Fine-tune attacks after unlearning (forget metrics along the way)"""
 
     datasets: list[str] = option(ListValue(StrValue()), "attack training data, each from the unlearned model: a data "
-                                 "set name (e.g. synthetic:math_train) or 'relearn' (a forget slice); empty = no "
-                                 "attack", [])
+                                 "set name (e.g. synthetic:math_train), 'relearn' (a forget slice), or quantize:8 / "
+                                 "quantize:4 (weights rounded, no training); empty = no attack", [])
     test_datasets: list[str] = option(ListValue(StrValue()), "per attack, a test set for the task's own exact_match "
                                       "accuracy ('' for none); empty = none", [])
     num_examples: list[int] = option(ListValue(IntValue(low=0)), "training examples per attack (0 = all); one value "
