@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from obliviate.data.tokenize import Query, collate, encode
+from obliviate.errors import UserError
 from obliviate.evaluation.scoring import answer_tokens, separate_statistics, token_statistics
 from obliviate.methods.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
@@ -62,7 +63,16 @@ def test_answers_sharing_a_prompt_score_as_if_each_ran_alone(tokenizer):
         assert a.is_argmax == b.is_argmax and a.token_ids == b.token_ids and a.closing_eos == b.closing_eos
         assert a.log_probs == pytest.approx(b.log_probs, abs=1e-5)
         assert a.standardised == pytest.approx(b.standardised, rel=2e-3)  # /σ amplifies float32 rounding
-    truncated = answer_tokens(model, tokenizer, queries, 12, 4)  # answers cut at max_length, as in training
-    alone = separate_statistics(model, tokenizer, queries, 12, 4)
+    truncated = answer_tokens(model, tokenizer, queries, 14, 4)  # answers cut at max_length, as in training
+    alone = separate_statistics(model, tokenizer, queries, 14, 4)
     assert [len(t.log_probs) for t in truncated] == [len(t.log_probs) for t in alone]
     assert [t.closing_eos for t in truncated] == [t.closing_eos for t in alone]
+    assert min(len(t.log_probs) for t in truncated) < max(len(t.log_probs) for t in truncated)
+
+
+def test_an_answer_cut_off_entirely_is_refused_not_scored(tokenizer):
+    # a 12-token prompt leaves no room for its answer at max_length 12: its probability would read as 1
+    model = tiny_random_llama(tokenizer)
+    queries = [Query("Question: where was the old bridge built?\nAnswer:", "Far away.")]
+    with pytest.raises(UserError, match="an evaluated prompt has 12 tokens, and dataset.max_length 12 cuts its answer"):
+        answer_tokens(model, tokenizer, queries, 12, 4)

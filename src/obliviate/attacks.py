@@ -14,21 +14,16 @@ Results go to ``attacks.json`` (keyed by the attack's data set name); training l
 ``quantize:8`` and ``quantize:4`` are attacks without training (Zhang et al., "Does your LLM truly unlearn? An
 embarrassingly simple approach to recover unlearned knowledge", ICLR 2025, arXiv 2410.16454: 4-bit
 quantization brings back much of what GA and NPO removed, because their small updates round away): every
-linear layer's weight is rounded to 8- or 4-bit integers (round-to-nearest, symmetric, one scale per group of
-``QUANTIZATION_GROUP`` inputs) by torchao's weight-only ``IntxWeightOnlyConfig``, and the dequantized values
-are evaluated like any attack point (step 1; step 0 is the unlearned model). torchao is the PyTorch team's
-quantization library, released with PyTorch; its weight-only integer path runs on CPU (its packed int4
-kernels need CUDA, hence dequantized weights: the same numbers, without the speed). Output heads stay in full
+linear layer's weight is rounded by optimum-quanto's weight quantization, round-to-nearest without
+calibration data: ``qint8`` symmetric with one scale per output channel (w ≈ s·round(w/s), s = max|w|/127),
+``qint4`` affine in groups of up to 128 inputs (a scale and a shift per group, 16 levels), and the dequantized
+values are evaluated like any attack point (step 1; step 0 is the unlearned model). optimum-quanto is
+Hugging Face's quantization library for transformers models; it runs on CPU and is imported only by this
+attack (torchao, the alternative we tried, also rounds on CPU, but once installed transformers imports it at
+every model load, which adds most of a second and several warnings to every run). Output heads stay in full
 precision (as GPTQ and AWQ leave them; with tied embeddings the head is also the input embedding).
 Quantizing one layer at a time in place needs no second model; the next attack restarts from the unlearned
 weights as every attack does.
-
-The unlearned weights are kept as one CPU copy to restart each attack from them.
-
-What is fine-tuned: every weight of the released model. With LoRA, the adapters are merged first (an
-attacker holds weights, not our adapter split). A logit-difference model (ULD, Offset) is fine-tuned as the
-system it is: the target's weights and the assistant's adapters, through the combined logits (dropping the
-assistant would give back the target itself, which needs no attack).
 """
 
 from __future__ import annotations
@@ -54,7 +49,6 @@ if TYPE_CHECKING:
 RELEARN = "relearn"
 QUANTIZE = "quantize:"  # quantize:<bits>
 QUANTIZATION_WIDTHS = (4, 8)
-QUANTIZATION_GROUP = 32
 
 
 @dataclass
@@ -82,25 +76,22 @@ def quantization_width(name: str) -> int:
 
 
 def quantize_weights(model: torch.nn.Module, bits: int) -> None:
-    """Round each linear layer's weight (the output head aside) to ``bits``-bit integers with torchao, in place:
-    symmetric, one scale per ``QUANTIZATION_GROUP`` inputs, written back dequantized."""
-    from torchao.quantization import IntxWeightOnlyConfig, quantize_
-    from torchao.quantization.granularity import PerGroup
+    """Round each linear layer's weight (output heads aside) to ``bits``-bit integers with optimum-quanto, in
+    place (written back dequantized), one layer at a time."""
+    from optimum.quanto import freeze, qint4, qint8, quantize
 
-    config = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(QUANTIZATION_GROUP))
+    width = {8: qint8, 4: qint4}[bits]
     heads = {id(part.get_output_embeddings()) for part in model.modules() if isinstance(part, PreTrainedModel)}
     with torch.no_grad():
         for module in model.modules():
             if not isinstance(module, torch.nn.Linear) or id(module) in heads:
                 continue
-            if module.in_features % QUANTIZATION_GROUP:
-                raise UserError(f"a linear layer has {module.in_features} inputs, not a multiple of the quantization "
-                                f"group {QUANTIZATION_GROUP}; the quantization attack cannot round it")
-            layer = torch.nn.Linear(module.in_features, module.out_features, bias=False, device=module.weight.device,
-                                    dtype=module.weight.dtype)
-            layer.weight.copy_(module.weight)
-            quantize_(layer, config)
-            module.weight.copy_(layer.weight.dequantize().to(module.weight.dtype))
+            holder = torch.nn.Sequential(torch.nn.Linear(module.in_features, module.out_features, bias=False,
+                                                         device=module.weight.device, dtype=module.weight.dtype))
+            holder[0].weight.copy_(module.weight)
+            quantize(holder, weights=width)
+            freeze(holder)
+            module.weight.copy_(holder[0].qweight.dequantize().to(module.weight.dtype))
 
 
 def per_attack(values: list, key: str, count: int) -> list:

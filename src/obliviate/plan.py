@@ -26,6 +26,7 @@ from obliviate.evaluation import METRICS
 from obliviate.evaluation.declarations import Requirements, reference_requirements
 from obliviate.evaluation.during_training import BestRule
 from obliviate.evaluation.lm_eval_tasks import check_tasks
+from obliviate.evaluation.probes import probe_splits
 from obliviate.evaluation.queries import EvalOptions
 from obliviate.evaluation.reference import read_reference_run
 from obliviate.evaluation.results import Evaluation
@@ -215,6 +216,12 @@ def _evaluation(s: Settings, data: dict[str, list[Example]], data_dir: Path, mod
         raise UserError("eval.extra_splits names a split twice; give each extra split its own name")
     splits += [Split(name, role, tuple(load_examples(dataset, data_dir))) for name, role, dataset in extra]
     splits = [split.limited(e.max_examples) for split in splits]
+    if e.probes:
+        by_name = {split.name: split for split in splits}
+        if "forget" not in by_name:
+            raise UserError("eval.probes rephrase the forget split, and none is evaluated; set "
+                            "dataset.forget_dataset_name or drop eval.probes")
+        splits += probe_splits(by_name["forget"], by_name.get("retain"), list(e.probes))
     for name in e.metrics:
         if check := METRICS.get(name).setup_check:
             check()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from obliviate.config.checkers import BoolValue, ChoiceValue, FloatValue, IntValue, ListValue, StrValue
 from obliviate.config.spec import Schema, SectionSpec, option
 from obliviate.evaluation import DEFAULT_METRICS, METRICS
+from obliviate.evaluation.probes import PROBES
 from obliviate.loggers import LOGGERS
 from obliviate.masks.scores import MASK_SCORES
 from obliviate.methods import METHODS
@@ -125,6 +126,9 @@ class Eval:
     knowmem_shots: list[str] = option(ListValue(StrValue()), "KnowMem's in-context examples: a data set for every "
                                       "split, or 'split=dataset' entries (MUSE: forget_qa_icl / retain_qa_icl)",
                                       ["synthetic:knowmem_icl"])
+    probes: list[str] = option(ListValue(ChoiceValue(list(PROBES))), "prompt-level probes of the forget set, each "
+                               "evaluated as a split forget_<probe>: paraphrased questions, a few-shot context of "
+                               "retain facts, an instruction to ignore restrictions", [])
     lm_eval_tasks: list[str] = option(ListValue(StrValue()), "lm-eval's own tasks by name (wmdp_bio, wmdp_cyber, "
                                       "mmlu, ...), zero-shot accuracy on the in-process model, also along attacks", [])
     before: bool = option(BoolValue(), "evaluate the starting model", True)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.tokenize import Query, collate, encode
+from obliviate.errors import UserError
 from obliviate.methods.likelihood import forward_logits, shifted
 
 MIN_VARIANCE = 1e-6  # σ_t² floor of Min-K%++ (open-unlearning src/evals/metrics/mia/min_k_plus_plus.py)
@@ -83,8 +84,12 @@ def answer_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pa
     by_prompt: dict[str, list[int]] = {}
     for position, (prompt, _, _) in enumerate(pairs):
         by_prompt.setdefault(prompt, []).append(position)
+    lengths = {prompt: len(tokenizer(prompt)["input_ids"]) for prompt in by_prompt if prompt}
+    if cut := next((prompt for prompt, length in lengths.items() if length >= max_length), None):
+        raise UserError(f"an evaluated prompt has {lengths[cut]} tokens, and dataset.max_length {max_length} cuts its "
+                        f"answer off entirely (it begins {cut[:50]!r}); raise dataset.max_length")
     shared = {prompt: rows for prompt, rows in by_prompt.items()
-              if prompt and len(rows) > 1 and len(tokenizer(prompt)["input_ids"]) < max_length}
+              if prompt and len(rows) > 1 and lengths[prompt] < max_length}
     alone = [position for prompt, rows in by_prompt.items() if prompt not in shared for position in rows]
     result: list[AnswerTokens | None] = [None] * len(pairs)
     groups = list(shared.items())
