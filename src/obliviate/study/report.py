@@ -47,7 +47,7 @@ from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
 from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
 from obliviate.study.intervals import bootstrap_interval, paired_differences, with_interval  # noqa: E402
-from obliviate.study.spec import Study  # noqa: E402
+from obliviate.study.spec import SELECTION_START, Study  # noqa: E402
 
 
 def more_knowledge_is_higher(metric: str) -> bool:
@@ -184,13 +184,12 @@ def selected_settings(study: Study, cells: list[dict]) -> dict[str, str | None]:
     return chosen
 
 
-def selection_section(study: Study, cells: list[dict], averaged: list[dict]) -> list[str]:
-    """The study.md lines of the selected setting per method."""
-    chosen = selected_settings(study, cells)
+def selection_section(study: Study, chosen: dict[str, str | None], averaged: list[dict]) -> list[str]:
+    """The study.md lines of the selected setting per method (``chosen``: :func:`selected_settings`)."""
     rows = [row for row in averaged if chosen.get(row["method"]) is not None
             and row.get("setting", "") == chosen[row["method"]]]
     lines = ["## Selected setting per method", "",
-             f"Rule: {study.selection.describe('the target before unlearning')} (seed means after unlearning).", ""]
+             f"Rule: {study.selection.describe(SELECTION_START)} (seed means after unlearning).", ""]
     if none := [method for method, setting in chosen.items() if setting is None]:
         lines += [f"No setting meets the rule for: {', '.join(none)}.", ""]
     return lines + [to_markdown(_columns(rows), rows) if rows else "", ""]
@@ -307,13 +306,13 @@ def write_report(study: Study) -> None:
     rows = [row for cell in cells for row in cell_rows(study, cell)]
     write_text_atomic(study.folder / "study.csv", to_csv(_columns(rows), rows))
     averaged, timings = mean_rows(rows), timing_rows(cells)
+    chosen = selected_settings(study, cells) if study.selection is not None else {}
     lines = [f"# Study {study.name}: {len(cells)} of {len(study.cells)} cells finished", ""]
     if study.selection is not None:
-        lines += selection_section(study, cells, averaged)
+        lines += selection_section(study, chosen, averaged)
     if study.selection is None or study.show_all_settings:
         lines += ["## Mean over seeds", "", to_markdown(_columns(averaged), averaged)]
     if study.compare:
-        chosen = selected_settings(study, cells) if study.selection is not None else {}
         compared = paired_rows(study, rows, chosen)
         lines += ["## Paired comparisons (A − B over shared seeds, mean [95 % bootstrap interval])", "",
                   to_markdown(_columns(compared), compared) if compared else "no shared seeds finished yet", ""]
@@ -322,7 +321,6 @@ def write_report(study: Study) -> None:
     write_text_atomic(study.folder / "study.md", "\n".join(lines))
     if study.attacks:
         if study.selection is not None:  # the attack curves of each method's selected setting
-            chosen = selected_settings(study, cells)
             cells = [c for c in cells if chosen.get(c["method"]) == c["setting"]] or cells
         plot_attack_curves(study, cells, study.folder / "forget_vs_attack_steps.png")
     plot_tradeoff(study, rows, study.folder / "tradeoff.png")

@@ -22,7 +22,7 @@ from obliviate.evaluation.results import MODEL
 from obliviate.io import write_json_atomic
 from obliviate.plan import EvaluationPlan, plan
 from obliviate.study.report import write_report
-from obliviate.study.spec import load_study
+from obliviate.study.spec import SELECTION_START, load_study
 from obliviate.unlearner import Unlearner
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def run_study(path: Path, extra_argv: list[str]) -> Path:
     study.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(study.folder / "study.json", {
         "study_file": str(path), "attacks": study.attacks,
-        "selection": study.selection.describe("the target") if study.selection else None,
+        "selection": study.selection.describe(SELECTION_START) if study.selection else None,
         "cells": [{"method": c.method, "setting": c.setting, "seed": c.seed, "folder": str(c.folder),
                    "command": shlex.join(c.command)} for c in study.cells]})
     failed = []

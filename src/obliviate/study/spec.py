@@ -66,6 +66,7 @@ ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
               "utility_metric", "selection", "show_all_settings", "compare"}
 SELECTION_KEYS = {"metric", "goal", "constraint", "value"}
+SELECTION_START = "the target before unlearning"  # what a selection constraint is relative to
 PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
 
 

@@ -9,8 +9,10 @@ apply the parameter mask if any (the one place masks act), optimiser and schedul
 Several processes (``accelerate launch --num_processes N`` or ``torchrun``): every process walks the same
 seeded stream of micro-batches and takes every N-th one (process r the micro-batches r, r+N, …), so an
 optimiser step sees batch × accumulation × N distinct examples, the same ones in the same order as one process
-with N times the accumulation; accelerate's wrapper (DDP, FSDP, DeepSpeed) averages the gradients, and the
-logged values are averaged over processes too. Only the main process logs (``on_log``) and shows progress.
+with N times the accumulation; accelerate's DDP wrapper averages the gradients, and the logged values are
+averaged over processes too. Each process draws the whole stream and keeps its share (collating the others'
+small token batches costs nothing beside a forward pass, and keeps one seeded stream for every process
+count). Only the main process logs (``on_log``) and shows progress.
 
 A step whose loss or gradient norm is not finite is never applied: the loop raises
 :class:`~obliviate.errors.NonFiniteStep` naming the step and every loss term, the weights as they were after
