@@ -2,7 +2,7 @@
 
 import pytest
 
-from obliviate.study.intervals import bootstrap_interval, paired_differences, with_interval
+from obliviate.study.intervals import bootstrap_interval, paired_differences, paired_ratio, with_interval
 
 
 def test_interval_of_two_values_spans_both():
@@ -34,6 +34,18 @@ def test_interval_is_seeded_and_contains_the_mean():
 
 def test_paired_differences_use_shared_seeds_only():
     assert paired_differences({0: 0.5, 1: 0.25, 2: 0.75}, {1: 0.5, 2: 0.25, 3: 0.0}) == [-0.25, 0.5]
+
+
+def test_paired_ratio_resamples_seeds_together():
+    # seeds 0, 1: A = 1, 3 and B = 2, 2; the ratio of means is 4/4 = 1; the paired resamples are (0, 0) → 1/2,
+    # (0, 1) and (1, 0) → 4/4, (1, 1) → 3/2 with p 1/4, 1/2, 1/4: the 95 % interval is [0.5, 1.5]
+    assert paired_ratio({0: 1.0, 1: 3.0, 5: 9.0}, {0: 2.0, 1: 2.0}) == (1.0, 0.5, 1.5)
+
+
+def test_paired_ratio_is_undefined_when_a_resampled_denominator_is_zero():
+    assert paired_ratio({0: 1.0, 1: 3.0}, {0: 0.0, 1: 0.0}) is None
+    assert paired_ratio({0: 1.0, 1: 3.0}, {0: 0.0, 1: 2.0}) is None  # the resample (0, 0) divides by 0
+    assert paired_ratio({0: 1.0}, {1: 1.0}) is None  # no shared seed
 
 
 def test_text_form():

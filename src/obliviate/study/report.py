@@ -46,7 +46,7 @@ from obliviate.evaluation.results import LM_EVAL, MODEL  # noqa: E402
 from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
 from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
-from obliviate.study.intervals import bootstrap_interval, paired_differences, with_interval  # noqa: E402
+from obliviate.study.intervals import bootstrap_interval, paired_differences, paired_ratio, with_interval  # noqa: E402
 from obliviate.study.spec import SELECTION_START, Study  # noqa: E402
 
 
@@ -197,7 +197,8 @@ def selection_section(study: Study, chosen: dict[str, str | None], averaged: lis
 
 def paired_rows(study: Study, rows: list[dict], chosen: dict[str, str | None]) -> list[dict]:
     """For each pair (A, B) in the study's ``compare``: A − B per seed, for the first forget metric after
-    unlearning, after each attack and its recovered share, and the retain utility; mean and 95 % interval."""
+    unlearning, after each attack and its recovered share, and the retain utility; mean and 95 % interval. For the
+    recovered share also A's mean ÷ B's ("does A recover at most half of what B recovers?"), with its interval."""
     first = study.forget_metrics[0]
     keys = [f"forget.{first}.after", f"forget.{first}.attacked", f"recovered.{first}",
             f"retain.{study.utility_metric}.after"]
@@ -209,9 +210,12 @@ def paired_rows(study: Study, rows: list[dict], chosen: dict[str, str | None]) -
                              and row["attack"] == attack and isinstance(row.get(key), (int, float))
                              and row.get("setting", "") == (chosen.get(method) or "")} for method in (a, b)]
                 differences = paired_differences(*per_seed)
-                if differences:
-                    compared.append({"comparison": f"{a} − {b}", "attack": attack, "metric": key,
-                                     "seeds": len(differences), "difference": with_interval(differences)})
+                if not differences:
+                    continue
+                ratio = paired_ratio(*per_seed) if key.startswith("recovered.") else None
+                compared.append({"comparison": f"{a} − {b}", "attack": attack, "metric": key,
+                                 "seeds": len(differences), "difference": with_interval(differences),
+                                 "ratio": f"{ratio[0]:.3g} [{ratio[1]:.3g}, {ratio[2]:.3g}]" if ratio else ""})
     return compared
 
 
@@ -314,7 +318,8 @@ def write_report(study: Study) -> None:
         lines += ["## Mean over seeds", "", to_markdown(_columns(averaged), averaged)]
     if study.compare:
         compared = paired_rows(study, rows, chosen)
-        lines += ["## Paired comparisons (A − B over shared seeds, mean [95 % bootstrap interval])", "",
+        lines += ["## Paired comparisons (A − B over shared seeds, mean [95 % bootstrap interval]; ratio: A's mean "
+                  "recovered share ÷ B's)", "",
                   to_markdown(_columns(compared), compared) if compared else "no shared seeds finished yet", ""]
     lines += ["## Every cell", "", to_markdown(_columns(rows), rows),
               "## Wall time per stage (seconds)", "", to_markdown(_columns(timings), timings)]
