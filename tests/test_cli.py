@@ -10,6 +10,7 @@ import pytest
 from obliviate.cli import run
 from obliviate.config.loader import parse_config
 from obliviate.config.schema import experiment_schema
+from obliviate.evaluation.session import EvaluationSession
 from obliviate.methods import METHODS
 from obliviate.unlearner import Unlearner
 
@@ -177,17 +178,27 @@ def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_pat
     assert [p["step"] for p in curves["synthetic:math_train"]] == [0, 2]
 
 
-def test_quantization_attacks_are_evaluated_from_the_unlearned_weights(fast, tmp_path):
-    args = [*fast, "--attack.datasets", "quantize:8,relearn,quantize:4", "--attack.max_steps", "2",
-            "--attack.num_examples", "2", "--attack.lr", "1e-3", "--logger.name", "quantized"]
-    assert cli(*args) == 0
+def test_quantization_attacks_are_evaluated_from_the_unlearned_weights(fast, tmp_path, monkeypatch):
+    forget_evaluations = []
+    evaluate_forget = EvaluationSession._forget_metrics
+    monkeypatch.setattr(EvaluationSession, "_forget_metrics", lambda self, *args, with_tasks=False: (
+        forget_evaluations.append(with_tasks), evaluate_forget(self, *args, with_tasks=with_tasks))[1])
+    args = [*fast, "--attack.max_steps", "2", "--attack.num_examples", "2", "--attack.lr", "1e-3"]
+    assert cli(*args, "--attack.datasets", "quantize:8,relearn,quantize:4", "--logger.name", "quantized") == 0
+    # the forget split of the unlearned weights is evaluated once for the three attacks, then once per later point
+    # (quantize:8 and :4 after rounding, relearn at step 2), besides relearn's unseen examples at steps 0 and 2
+    assert forget_evaluations.count(True) == 4 and forget_evaluations.count(False) == 2
+    assert cli(*args, "--attack.datasets", "quantize:4", "--logger.name", "quantized_alone") == 0
     folder = tmp_path / "results" / "synthetic" / "NPO" / "quantized"
     curves = json.loads((folder / "attacks.json").read_text())
     after = json.loads((folder / "metrics.json").read_text())["after"]["forget"]
     for name in ("quantize:8", "quantize:4"):
         assert [p["step"] for p in curves[name]] == [0, 1]
-        assert curves[name][0]["forget"] == after  # from the unlearned model, restored after every attack
+        assert curves[name][0]["forget"] == after  # the unlearned model's forget metrics
     assert curves["quantize:4"][1]["forget"] != after and curves["quantize:8"][1] != curves["quantize:4"][1]
+    # the weights were restored after quantize:8 and relearn: quantize:4 rounds what it rounds when run alone
+    alone = json.loads((folder.with_name("quantized_alone") / "attacks.json").read_text())["quantize:4"]
+    assert curves["quantize:4"] == alone
     logged = [json.loads(line)["attack"] for line in (folder / "attack_train_log.jsonl").read_text().splitlines()]
     assert logged == ["relearn", "relearn"]  # quantization trains nothing
 

@@ -127,27 +127,28 @@ def plan_attacks(section: "AttackSettings", forget: list[Example], load: Callabl
 
 def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, attacks: list[Attack], fmt: PromptFormat,
                 max_length: int, eval_every: int, accelerator: Accelerator, seed: int,
-                evaluate_point: Callable[[Attack], dict], log_step: Callable[[dict], None]) -> dict:
-    """Fine-tune a fresh copy of the unlearned weights on each attack; return its evaluation curve."""
+                evaluate_point: Callable[[Attack, int], dict], log_step: Callable[[dict], None]) -> dict:
+    """Fine-tune a fresh copy of the unlearned weights on each attack; return its evaluation curve.
+    ``evaluate_point(attack, step)`` evaluates one point; step 0 is always the unlearned weights."""
     unlearned = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     results = {}
     for attack in attacks:
         model.load_state_dict(unlearned)
         if attack.quantization_bits is not None:
-            curve = [{"step": 0, **evaluate_point(attack)}]
+            curve = [{"step": 0, **evaluate_point(attack, 0)}]
             quantize_weights(model, attack.quantization_bits)
-            results[attack.name] = curve + [{"step": 1, **evaluate_point(attack)}]
+            results[attack.name] = curve + [{"step": 1, **evaluate_point(attack, 1)}]
             continue
         model.requires_grad_(True)  # downstream fine-tuning updates every weight
         data = encode_dataset(tokenizer, attack.train, fmt, max_length)
         config = TrainingConfig(lr=attack.lr, num_epochs=1, max_steps=attack.max_steps, gradient_accumulation_steps=1,
                                 weight_decay=0.0, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0,
                                 logging_steps=1, batch_size=attack.batch_size)
-        curve = [{"step": 0, **evaluate_point(attack)}]
+        curve = [{"step": 0, **evaluate_point(attack, 0)}]
 
         def evaluate_at(step: int, attack: Attack = attack, curve: list = curve) -> None:
             if step % eval_every == 0 or step == attack.max_steps:
-                curve.append({"step": step, **evaluate_point(attack)})
+                curve.append({"step": step, **evaluate_point(attack, step)})
 
         train(model, NLL("train") * 1.0, {"train": data}, "train", config, accelerator, seed,
               on_log=lambda record, name=attack.name: log_step({"attack": name, **record}),

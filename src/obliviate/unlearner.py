@@ -254,8 +254,8 @@ class Unlearner:
                 with self._timed("attacks"):
                     curves = run_attacks(model, tokenizer, p.attacks, p.fmt, s.dataset.max_length, s.attack.eval_every,
                                          self.accelerator, s.overall.seed,
-                                         lambda attack: self.session.attack_point(model, tokenizer, attack)
-                                         if self.main else {},
+                                         lambda attack, step: self.session.attack_point(
+                                             model, tokenizer, attack, unlearned=step == 0) if self.main else {},
                                          lambda record: self.run_folder.append_jsonl(ATTACK_LOG, record))
                 if self.main:
                     self.run_folder.write_json("attacks.json", curves)

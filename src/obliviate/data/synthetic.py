@@ -45,7 +45,7 @@ from obliviate.data.synthetic_knowledge import knowledge_splits
 from obliviate.data.synthetic_tasks import task_splits
 from obliviate.io import write_text_atomic
 
-BENCHMARK_VERSION = "v3"  # v3: real-world knowledge splits
+BENCHMARK_VERSION = "v4"  # v3: real-world knowledge splits; v4: worked math answers (GSM8K form)
 NUM_TRAINED = 40
 NUM_HOLDOUT = 4
 FORGET_PEOPLE = {"forget01": 1, "forget05": 2, "forget10": 4}

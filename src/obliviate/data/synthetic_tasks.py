@@ -3,7 +3,10 @@
 Offline stand-ins for the tasks of the ILU paper (GSM8K, SST-2, AG News, MRPC), in the TOFU layout
 (question / short answer) so they train and evaluate like any QA data:
 
-* ``math``: one- and two-step arithmetic word problems, answer "<number>.";
+* ``math``: one- and two-step arithmetic word problems; the answer is a worked solution in GSM8K's form, the
+  sum written out and the final number after ``####`` ("12 + 5 = 17. #### 17"), which exact match compares.
+  A bare number answer asks a 135M model to add in its head: after 50 steps of fine-tuning it got 5-12 % of
+  the test set; with the working shown the task is learnable in tens of steps, as a fine-tune attack needs;
 * ``sentiment``: short reviews, answer "positive." or "negative.";
 * ``topic``: news headlines, answer "sports.", "business.", "science." or "world.";
 * ``paraphrase``: two sentences, answer "yes." when they say the same, else "no.".
@@ -46,9 +49,9 @@ def _math(rng: random.Random) -> dict:
     a, b, c = rng.randint(2, 20), rng.randint(2, 20), rng.randint(1, 9)
     if rng.random() < 0.5:
         return {"question": f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have?",
-                "answer": f"{a + b}."}
+                "answer": f"{a} + {b} = {a + b}. #### {a + b}"}
     return {"question": f"{name} has {a + b} {item}, gives away {b}, then finds {c}. How many {item} now?",
-            "answer": f"{a + c}."}
+            "answer": f"{a + b} - {b} + {c} = {a + c}. #### {a + c}"}
 
 
 def _sentiment(rng: random.Random) -> dict:

@@ -35,6 +35,7 @@ class EvaluationSession:
                  build: Callable[["FinetuneRecipe | ModelSource", str], ModelSource]) -> None:
         self.plan, self.fmt, self.models, self.build = plan, fmt, models, build
         self._reference: list[Evaluation | None] = []  # computed once, on first use
+        self._unlearned_forget: dict | None = None  # the forget metrics of the unlearned weights, once per run
 
     def reference(self) -> Evaluation | None:
         """The retain model's evaluation on what the metrics need (None when they need nothing): read from
@@ -82,12 +83,20 @@ class EvaluationSession:
                               self.plan.metrics, self.reference())
         return {name: evaluation.splits.get(name, {}) for name in names}
 
-    def attack_point(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, attack: Attack) -> dict:
+    def attack_point(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, attack: Attack,
+                     unlearned: bool) -> dict:
         """The forget metrics (and lm-eval's tasks, e.g. WMDP accuracy) at one point of an attack; for a
         relearning attack on a slice, also the forget examples outside it (``forget_unseen``: knowledge that
-        comes back there was not simply trained in again); and the attack task's own accuracy."""
+        comes back there was not simply trained in again); and the attack task's own accuracy. Every attack
+        starts from the same ``unlearned`` weights, so their forget metrics are computed once and reused."""
         forget = self.plan.split("forget")
-        point = {"forget": self._forget_metrics(model, tokenizer, forget, with_tasks=True)}
+        if not unlearned:
+            metrics = self._forget_metrics(model, tokenizer, forget, with_tasks=True)
+        else:
+            if self._unlearned_forget is None:
+                self._unlearned_forget = self._forget_metrics(model, tokenizer, forget, with_tasks=True)
+            metrics = self._unlearned_forget
+        point = {"forget": dict(metrics)}
         trained = set(attack.train)
         unseen = [e for e in forget.examples if e not in trained]
         if attack.name == RELEARN and 0 < len(unseen) < len(forget.examples):
