@@ -1,6 +1,6 @@
 """Benchmark: does fine-tuning the target model on the fictitious facts cost the base model's world knowledge?
 
-    python benchmarks/target_knowledge.py [--variants base-plain,target-plain-3e-4x5,...] [--max-examples 40]
+    python benchmarks/target_knowledge.py [--variants base-plain,target-plain-3e-4x5,...] [--max-examples 40] [--reuse]
 
 TOFU's target model is the base model fine-tuned on forget ∪ retain. Unlearning is judged on how much
 real-world knowledge (``real_authors``, ``world_facts``: TOFU's model utility) survives, which can only be
@@ -56,8 +56,8 @@ def write_sentence_layout() -> dict[str, Path]:
 
 def variant_arguments(variant: str, max_examples: int) -> list[str]:
     """evaluate.py arguments for one variant name (see the module docstring)."""
-    parts = variant.split("-")
-    kind, fmt = parts[0], parts[1]
+    parts = variant.split("-", 2)  # kind, format, recipe (the recipe's learning rate may hold a '-')
+    kind, fmt = parts[0], parts[1] if len(parts) > 1 else ""
     if kind not in ("base", "target") or fmt not in ("plain", "chat"):
         raise SystemExit(f"unknown variant '{variant}'; e.g. base-plain, target-chat-1e-4x5, "
                          "target-plain-3e-4x5-sentence")
@@ -66,20 +66,21 @@ def variant_arguments(variant: str, max_examples: int) -> list[str]:
                  "--eval.model", "model_name" if kind == "base" else "target",
                  "--logger.name", f"knowledge_{variant}", "--logger.overwrite", "true"]
     if kind == "target":
-        lr, epochs = parts[2].split("x")
+        lr, epochs = parts[2].removesuffix("-sentence").split("x")
         arguments += ["--finetune.lr", lr, "--finetune.num_epochs", epochs]
-    if parts[-1] == "sentence":
+    if variant.endswith("-sentence"):
         for role, path in write_sentence_layout().items():
             arguments += [f"--dataset.{role}_dataset_name", str(path)]
     return arguments
 
 
-def evaluate(variant: str, max_examples: int) -> dict[str, float]:
-    """Run the evaluation in its own process; return the flat metrics of the evaluated model."""
-    command = [sys.executable, "src/exec/evaluate.py", "--config_file", CONFIG,
-               *variant_arguments(variant, max_examples)]
-    subprocess.run(command, cwd=ROOT, check=True)
+def evaluate(variant: str, max_examples: int, reuse: bool) -> dict[str, float]:
+    """Run the evaluation in its own process (unless ``reuse`` and it is finished); return its metrics."""
     folder = ROOT / "files" / "results" / "synthetic" / "evaluations" / f"knowledge_{variant}"
+    if not (reuse and (folder / "metrics.json").is_file()):
+        command = [sys.executable, "src/exec/evaluate.py", "--config_file", CONFIG,
+                   *variant_arguments(variant, max_examples)]
+        subprocess.run(command, cwd=ROOT, check=True)
     return json.loads((folder / "metrics.json").read_text())["evaluated"]
 
 
@@ -95,18 +96,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--max-examples", type=int, default=40)
+    parser.add_argument("--reuse", action="store_true", help="read variants evaluated before instead of rerunning")
     args = parser.parse_args()
-    rows = {variant: row(variant, evaluate(variant, args.max_examples)) for variant in args.variants.split(",")}
+    variants = args.variants.split(",")
+    rows = {variant: row(variant, evaluate(variant, args.max_examples, args.reuse)) for variant in variants}
     columns = list(next(iter(rows.values())))
-    print("| variant | " + " | ".join(columns) + " | knowledge vs base |")
+    print("| variant | " + " | ".join(columns) + " | largest knowledge loss vs base |")
     print("|---" * (len(columns) + 2) + "|")
     for variant, values in rows.items():
-        base = rows.get("base-" + variant.split("-")[1])
-        keys = [k for k in columns if k.split()[0] in KNOWLEDGE]
-        change = ""
-        if base is not None and variant.startswith("target"):
-            change = f"{sum(values[k] for k in keys) / max(sum(base[k] for k in keys), 1e-9) - 1:+.0%}"
-        print(f"| {variant} | " + " | ".join(f"{values[c]:.3g}" for c in columns) + f" | {change} |")
+        cells = " | ".join(f"{values[c]:.3g}" for c in columns)
+        print(f"| {variant} | {cells} | {largest_loss(variant, rows)} |")
+
+
+def largest_loss(variant: str, rows: dict[str, dict[str, float]]) -> str:
+    """The knowledge metric that fell most, relative to the base model under the same prompt format."""
+    base = rows.get("base-" + variant.split("-")[1])
+    if base is None or not variant.startswith("target"):
+        return ""
+    changes = {key: values / base[key] - 1 for key, values in rows[variant].items()
+               if key.split()[0] in KNOWLEDGE and base[key] > 0}
+    worst = min(changes, key=changes.get)
+    return f"{changes[worst]:+.0%} {worst}"
 
 
 if __name__ == "__main__":

@@ -133,6 +133,11 @@ def test_finetune_entry_point_builds_both_models_once(fast, cache_dir, capsys):
     assert [json.loads(p.read_text())["role"] for p in built].count("target") == 1 and len(built) == 2
     assert run(finetune, "finetune.py", [*fast, "--finetune.enabled", "false", "--eval.metrics", "prob"]) == 2
     assert "nothing to fine-tune" in capsys.readouterr().err
+    # unlearning seeds share the target (as in TOFU); finetune.seed makes another one
+    assert run(finetune, "finetune.py", [*fast, "--overall.seed", "3"]) == 0
+    assert len(list((cache_dir / "finetuned").glob("*/recipe.json"))) == 2
+    assert run(finetune, "finetune.py", [*fast, "--finetune.seed", "3"]) == 0
+    assert len(list((cache_dir / "finetuned").glob("*/recipe.json"))) == 4
 
 
 def test_missing_mask_is_built_saved_and_then_reused(fast, tmp_path):

@@ -192,7 +192,7 @@ def _models(s: Settings, fmt: PromptFormat, data: dict[str, list[Example]]) -> M
     cache_dir = Path(s.overall.cache_dir)
 
     def recipe(examples: list[Example]) -> FinetuneRecipe:
-        return FinetuneRecipe(base, examples, s.finetune, s.overall.seed, fmt, s.dataset.max_length, cache_dir)
+        return FinetuneRecipe(base, examples, s.finetune, fmt, s.dataset.max_length, cache_dir)
 
     if s.eval.model != "model_name" and not s.finetune.enabled:
         raise UserError(f"eval.model {s.eval.model} needs the fine-tuned models: pass --finetune.enabled true, or "

@@ -113,6 +113,8 @@ class Finetune(TrainingKeys):
     lr: float = option(FloatValue(low=0.0), "peak learning rate (AdamW)", 1e-4)
     num_epochs: int = option(IntValue(low=1), "passes over the primary data (ignored when max_steps > 0)", 3)
     warmup_ratio: float = option(FloatValue(low=0.0, high=1.0), "fraction of steps with linear warm-up", 0.1)
+    seed: int = option(IntValue(low=0), "fine-tuning seed: one target for every overall.seed, as TOFU fine-tunes "
+                       "once and unlearns with several seeds (set it per run to vary the target too)", 0)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 As in TOFU, the target model is the base model fine-tuned on forget ∪ retain, and the retain model is
 the base model fine-tuned on retain only: the model unlearning should ideally become. The cache key
 hashes the base model's identity, the SET of training examples (so forget01 ∪ retain99 and
-forget10 ∪ retain90 share one target), the fine-tuning keys, the seed and the prompt format; a second
+forget10 ∪ retain90 share one target), the fine-tuning keys, finetune.seed and the prompt format; a second
 run with the same recipe loads the saved folder instead of training.
 """
 
@@ -43,15 +43,15 @@ def canonical_examples(examples: list[Example]) -> list[Example]:
 class FinetuneRecipe:
     """How to make one fine-tuned model; ``source`` names it before (and whether or not) it is built."""
 
-    def __init__(self, base: ModelSource, examples: list[Example], finetune: "Finetune", seed: int,
-                 fmt: PromptFormat, max_length: int, cache_dir: Path) -> None:
+    def __init__(self, base: ModelSource, examples: list[Example], finetune: "Finetune", fmt: PromptFormat,
+                 max_length: int, cache_dir: Path) -> None:
         self.base, self.examples = base, canonical_examples(examples)
         self.training = finetune.training(finetune.batch_size)
-        self.seed, self.fmt, self.max_length = seed, fmt, max_length
-        training = {key: value for key, value in asdict(finetune).items() if key != "enabled"}
+        self.seed, self.fmt, self.max_length = finetune.seed, fmt, max_length
+        training = {key: value for key, value in asdict(finetune).items() if key not in ("enabled", "seed")}
         self.description = {
             "version": RECIPE_VERSION, "base": base.identity, "data": content_hash(self.examples),
-            "num_examples": len(self.examples), "training": training, "seed": seed,
+            "num_examples": len(self.examples), "training": training, "seed": self.seed,
             "prompt_format": asdict(fmt), "max_length": max_length,
         }
         key = hashlib.sha256(json.dumps(self.description, sort_keys=True).encode()).hexdigest()[:16]
