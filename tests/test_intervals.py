@@ -42,9 +42,10 @@ def test_paired_ratio_resamples_seeds_together():
     assert paired_ratio({0: 1.0, 1: 3.0, 5: 9.0}, {0: 2.0, 1: 2.0}) == (1.0, 0.5, 1.5)
 
 
-def test_paired_ratio_is_undefined_when_a_resampled_denominator_is_zero():
+def test_paired_ratio_is_undefined_unless_every_resampled_denominator_is_positive():
     assert paired_ratio({0: 1.0, 1: 3.0}, {0: 0.0, 1: 0.0}) is None
     assert paired_ratio({0: 1.0, 1: 3.0}, {0: 0.0, 1: 2.0}) is None  # the resample (0, 0) divides by 0
+    assert paired_ratio({0: 1.0, 1: 3.0}, {0: -0.5, 1: 2.0}) is None  # B lost knowledge in the resample (0, 0)
     assert paired_ratio({0: 1.0}, {1: 1.0}) is None  # no shared seed
 
 

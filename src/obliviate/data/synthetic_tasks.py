@@ -5,8 +5,8 @@ Offline stand-ins for the tasks of the ILU paper (GSM8K, SST-2, AG News, MRPC), 
 
 * ``math``: one- and two-step arithmetic word problems; the answer is a worked solution in GSM8K's form, the
   sum written out and the final number after ``####`` ("12 + 5 = 17. #### 17"), which exact match compares.
-  A bare number answer asks a 135M model to add in its head: after 50 steps of fine-tuning it got 5-12 % of
-  the test set; with the working shown the task is learnable in tens of steps, as a fine-tune attack needs;
+  A bare number answer asks a 135M model to add in its head: 50 steps of fine-tuning at lr 3e-4 took it from
+  5 % to 12.5 % of the test set; with the working shown, 25 steps at 1e-4 took it to 45 %;
 * ``sentiment``: short reviews, answer "positive." or "negative.";
 * ``topic``: news headlines, answer "sports.", "business.", "science." or "world.";
 * ``paraphrase``: two sentences, answer "yes." when they say the same, else "no.".

@@ -42,16 +42,17 @@ def paired_differences(first: dict[int, float], second: dict[int, float]) -> lis
 def paired_ratio(first: dict[int, float], second: dict[int, float], level: float = LEVEL,
                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float] | None:
     """mean(first) / mean(second) over the seeds both have, with its percentile-bootstrap ``level`` interval (the
-    shared seeds resampled together, each resample's ratio of means). None when the second mean is 0, or when a
-    resample's is (the ratio is then unbounded: report the difference instead)."""
+    shared seeds resampled together, each resample's ratio of means). None unless the second mean is positive in
+    every resample: "A recovers at most half of what B recovers" has no meaning when B recovered nothing (or
+    lost more), and the ratio is unbounded near 0; the difference is reported either way."""
     seeds = sorted(first.keys() & second.keys())
     a = np.asarray([first[s] for s in seeds], dtype=np.float64)
     b = np.asarray([second[s] for s in seeds], dtype=np.float64)
-    if not seeds or b.mean() == 0:
+    if not seeds:
         return None
     rows = np.random.default_rng(seed).integers(0, len(seeds), size=(resamples, len(seeds)))
     denominators = b[rows].mean(axis=1)
-    if np.any(denominators == 0):
+    if np.any(denominators <= 0):
         return None
     low, high = np.quantile(a[rows].mean(axis=1) / denominators, [(1 - level) / 2, (1 + level) / 2])
     return float(a.mean() / b.mean()), float(low), float(high)
