@@ -231,3 +231,33 @@ def test_a_study_with_a_grid_reports_the_selected_setting_under_its_rule(study_f
     selected = report.split("## Selected setting per method")[1].split("## Every cell")[0]
     assert lowest in selected and sum(setting in selected for setting in ("=1e-05", "=0.001")) == 1
     assert "## Mean over seeds" not in report  # every setting only with show_all_settings
+    # a second study takes each method's selected setting from the first: NPO runs at the chosen lr
+    stage = json.loads((folder.parent.parent / "study.json").read_text())
+    second = folder.parent.parent / "verdict.json"
+    second.write_text(json.dumps({**stage, "name": "verdict", "selection": None, "seeds": [1, 2],
+                                  "selected_in": str(folder.parent.parent / "study.json"),
+                                  "methods": {"NPO": {"config_file": npo["config_file"]},
+                                              "GA": {"config_file": str(ROOT / "configs/synthetic/ga.json")}}}))
+    verdict = load_study(second, [])
+    chosen_lr = float(lowest.split("=")[1])
+    assert [(c.method, c.settings.unlearn.lr) for c in verdict.cells] == [("NPO", chosen_lr)] * 2 + [("GA", 3e-5)] * 2
+    assert verdict.cells[0].setting == "" and f"--unlearn.lr {chosen_lr}" in " ".join(verdict.cells[0].command)
+    clashing = {**json.loads(second.read_text()), "methods": {"NPO": {**npo, "unlearn.lr": 1e-4}}}
+    second.write_text(json.dumps(clashing))
+    with pytest.raises(UserError, match="study method 'NPO' sets unlearn.lr and also takes it from the setting"):
+        load_study(second, [])
+
+
+def test_selected_in_needs_the_selection_study_run_first(study_file, tmp_path):
+    npo = {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lr": [1e-5, 1e-3]}
+    stage = study_file(methods={"NPO": npo}, attacks={}, selection={"metric": "forget.prob", "goal": "min"})
+    second = tmp_path / "verdict.json"
+    second.write_text(json.dumps({**json.loads(stage.read_text()), "name": "verdict", "selection": None,
+                                  "selected_in": str(stage), "methods": {"NPO": {"config_file": npo["config_file"]}}}))
+    with pytest.raises(UserError, match=f"has selected no setting for NPO .*run it first: python src/exec/study.py "
+                                        f"--config_file {stage}"):
+        load_study(second, [])
+    no_rule = {**json.loads(second.read_text()), "selected_in": str(second)}
+    second.write_text(json.dumps(no_rule))
+    with pytest.raises(UserError, match="which has no 'selection' rule; add one there"):
+        load_study(second, [])

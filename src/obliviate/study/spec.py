@@ -13,6 +13,7 @@ Study file (JSON; keys starting with ``_`` are comments)::
       },
       "selection": {"metric": "forget.forget_quality", "goal": "max",   # optional: one setting per method
                     "constraint": "model.model_utility>=0.95"},
+      "selected_in": "configs/studies/selection.json", # optional: methods take the setting chosen there
       "show_all_settings": false,                      # optional: the table of every setting too
       "compare": [["ILU(NPO)", "NPO"]],                # optional: paired differences over the shared seeds
       "attacks": {                                      # label -> attack settings (keys of the attack section)
@@ -32,6 +33,11 @@ setting's metrics after unlearning (``<split>.<metric>``, ``model.<metric>`` for
 model_utility): ``goal`` max or min, or ``closest`` with ``value`` (matched forgetting); ``constraint``
 bounds a metric relative to the target model before unlearning (``model.model_utility>=0.95``: utility
 within 5 % of the target's). The rule is written in the table.
+
+Selection in a cheaper study first: ``selected_in`` names another study file with a grid and a ``selection``
+rule (typically one seed, no attacks). Each method of this study that is also a method there takes the
+setting the rule chose from that study's finished cells (its grid values are added to the method's
+overrides); run that study first, or this one stops in one line before its first cell.
 
 All attacks of a cell run inside its one experiment, each from the same unlearned weights (they differ
 only after unlearning, so unlearning once per (method, seed) is exact, not an approximation). Keys an
@@ -64,7 +70,7 @@ from obliviate.methods import METHODS
 
 ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
-              "utility_metric", "selection", "show_all_settings", "compare"}
+              "utility_metric", "selection", "show_all_settings", "compare", "selected_in"}
 SELECTION_KEYS = {"metric", "goal", "constraint", "value"}
 SELECTION_START = "the target before unlearning"  # what a selection constraint is relative to
 PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
@@ -80,6 +86,7 @@ class Cell:
     config_file: str
     overrides: dict[str, Any]  # dotted key -> value, applied over the config file (typed, or CLI strings)
     settings: Settings
+    grid: dict[str, Any]  # the grid values of this cell (its setting as overrides; empty without a grid)
 
     @property
     def label(self) -> str:
@@ -161,14 +168,37 @@ def grid_axes(overrides: dict[str, Any], where: str) -> dict[str, list]:
 
 
 def grid_settings(overrides: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
-    """Each setting of the grid in ``overrides``: its label and its overrides (one, unlabelled, without a grid)."""
+    """Each setting of the grid in ``overrides``: its label and its grid values (one, unlabelled and empty,
+    without a grid)."""
     axes = grid_axes(overrides, where)
     settings = []
     for values in itertools.product(*axes.values()):
         chosen = dict(zip(axes, values))
-        label = ", ".join(f"{key}={as_argument(value)}" for key, value in chosen.items())
-        settings.append((label, {**overrides, **chosen}))
+        settings.append((", ".join(f"{key}={as_argument(value)}" for key, value in chosen.items()), chosen))
     return settings
+
+
+def selected_grid_values(where: Any, labels: list[str]) -> dict[str, dict[str, Any]]:
+    """For each of ``labels`` that is a method of the study file ``where``: the grid values of the setting that
+    study's rule selected from its finished cells."""
+    from obliviate.study.report import finished_cells, selected_settings  # the report reads studies: no cycle at import
+
+    if not isinstance(where, str) or not where:
+        raise UserError("study 'selected_in' must be the path of a study file with a 'selection' rule")
+    content = _read(Path(where))
+    if not content.get("selection"):
+        raise UserError(f"study 'selected_in' names {where}, which has no 'selection' rule; add one there")
+    if "selected_in" in content:
+        raise UserError(f"study 'selected_in' names {where}, which takes its own settings from another study; "
+                        "name the study whose grid made the selection")
+    stage = load_study(Path(where), [])
+    chosen = selected_settings(stage, finished_cells(stage))
+    shared = [label for label in labels if label in {cell.method for cell in stage.cells}]
+    if missing := [label for label in shared if chosen.get(label) is None]:
+        raise UserError(f"study 'selected_in': {where} has selected no setting for {', '.join(missing)} (no finished "
+                        f"cell meets its rule yet); run it first: python src/exec/study.py --config_file {where}")
+    grids = {(cell.method, cell.setting): cell.grid for cell in stage.cells}
+    return {label: grids[(label, chosen[label])] for label in shared}
 
 
 def selection_rule(spec: Any) -> BestRule | None:
@@ -250,6 +280,7 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
     methods = content["methods"]
     if not isinstance(methods, dict):
         raise UserError("study 'methods' must be an object: label -> overrides")
+    selected = selected_grid_values(content["selected_in"], list(methods)) if "selected_in" in content else {}
     if len({slug(label) for label in methods}) != len(methods):
         raise UserError("study method labels must differ in their letters and digits (they name run folders)")
     cells, attack_names = [], {}
@@ -259,8 +290,12 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
         if not config_file:
             raise UserError(f"study method '{label}' has no config_file and the study has no base_config")
         method_overrides = checked_overrides(spec, f"study method '{label}'")
+        if clash := sorted(set(method_overrides) & set(selected.get(label, {}))):
+            raise UserError(f"study method '{label}' sets {clash[0]} and also takes it from the setting selected in "
+                            f"{content['selected_in']}; remove it from one of them")
+        method_overrides.update(selected.get(label, {}))
         for setting, chosen in grid_settings(method_overrides, f"study method '{label}'"):
-            head = {**common, **chosen}
+            head = {**common, **method_overrides, **chosen}
             defaults = _resolve(str(config_file), {**head, **extra}, label)
             attack_names, attack_overrides = _attack_lists(content.get("attacks", {}), defaults)
             for seed in seeds:
@@ -269,7 +304,7 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
                 key = config_key(_resolve(str(config_file), overrides, label))
                 overrides["logger.name"] = f"{slug(label)}_seed{seed}_{key}"
                 cell = Cell(label, setting, seed, str(config_file), overrides,
-                            _resolve(str(config_file), overrides, label))
+                            _resolve(str(config_file), overrides, label), chosen)
                 if cell.settings.logger.overwrite:
                     raise UserError("logger.overwrite would redo finished study cells; remove their run folders "
                                     "instead and run the study again")
