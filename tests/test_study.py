@@ -90,7 +90,7 @@ def test_study_runs_each_cell_once_and_writes_table_and_plots(study_file, tmp_pa
     assert {p: p.stat().st_mtime_ns for p in (folder / "runs").rglob("metrics.json")} == finished
 
 
-def test_interrupted_study_resumes_with_the_unfinished_cell(study_file, tmp_path, monkeypatch):
+def test_interrupted_grid_study_resumes_with_the_unfinished_cell(study_file, tmp_path, monkeypatch):
     real_attacks = obliviate.unlearner.run_attacks
     calls = []
 
@@ -101,18 +101,21 @@ def test_interrupted_study_resumes_with_the_unfinished_cell(study_file, tmp_path
         return real_attacks(*args, **kwargs)
 
     monkeypatch.setattr(obliviate.unlearner, "run_attacks", interrupted_second_time)
+    grid = {"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json")},
+            "GA(fast)": {"config_file": str(ROOT / "configs/synthetic/ga.json"), "unlearn.lr": [1e-4, 1e-3]}}
     with pytest.raises(KeyboardInterrupt):
-        run_study(study_file(), [])
+        run_study(study_file(methods=grid), [])
     runs = tmp_path / "studies" / "tiny" / "runs" / "synthetic"
     first, = (runs / "NPO").glob("NPO_seed0_*")
     assert [p.suffix for p in (runs / "GA").iterdir()] == [".failed"]  # the interrupted cell, marked failed
     done_at = (first / "metrics.json").stat().st_mtime_ns
 
-    run_study(study_file(), [])
+    run_study(study_file(methods=grid), [])
     assert (first / "metrics.json").stat().st_mtime_ns == done_at  # finished cell skipped
-    assert [(p / "attacks.json").is_file() for p in (runs / "GA").iterdir()] == [True]  # the .failed one replaced
+    # the .failed one replaced, and the grid's other setting run
+    assert [(p / "attacks.json").is_file() for p in (runs / "GA").iterdir()] == [True, True]
     assert not list(runs.rglob("*.incomplete"))
-    assert len(read_rows(tmp_path / "studies" / "tiny")) == 4
+    assert len(read_rows(tmp_path / "studies" / "tiny")) == 6
 
 
 def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypatch):
