@@ -37,9 +37,12 @@ def finite_or_null(data: Any) -> Any:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested dict as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    """A nested dict as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}; keys starting with '_' (comments in config
+    files, at any depth) are left out."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
+        if key.startswith("_"):
+            continue
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten(value, dotted + "."))

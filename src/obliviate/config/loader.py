@@ -42,8 +42,7 @@ class HelpRequested(Exception):
 
 def _read_config_file(path: str) -> dict[str, Any]:
     content = read_json_object(Path(path), "config file", "pass an existing JSON file to --config_file", ConfigError)
-    # Top-level keys starting with "_" are comments (JSON has none of its own).
-    return flatten({k: v for k, v in content.items() if not k.startswith("_")})
+    return flatten(content)  # keys starting with "_" are comments (JSON has none of its own)
 
 
 def split_argv(argv: list[str], schema: Schema) -> tuple[list[str], dict[str, str], bool]:

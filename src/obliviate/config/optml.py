@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from obliviate.errors import UserError
+from obliviate.io import flatten
 
 TOFU_FORGET_SIZES = {"forget01": 40, "forget05": 200, "forget10": 400}
 TOFU_HOLDOUT = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
@@ -77,19 +78,6 @@ REFUSED_WHEN_ON = {"unlearn.sophia": "SophiaG is not supported (AdamW only)",
 
 def refuse(key: str, why: str) -> UserError:
     return UserError(f"cannot import {key}: {why}")
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections (their files nest ``unlearn: {"NPO+FT": {"gamma": 1}}``) as dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if key.startswith("_"):
-            continue
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def import_optml(content: dict[str, Any]) -> dict[str, Any]:
