@@ -264,28 +264,3 @@ def test_selected_in_needs_the_selection_study_run_first(study_file, tmp_path):
     second.write_text(json.dumps(no_rule))
     with pytest.raises(UserError, match="which has no 'selection' rule; add one there"):
         load_study(second, [])
-
-
-def test_a_cell_run_before_an_option_was_added_is_kept_not_rerun(study_file, tmp_path):
-    path = study_file(attacks={}, methods={"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json")}})
-    run_study(path, [])
-    current, = (tmp_path / "studies" / "tiny" / "runs" / "synthetic" / "NPO").iterdir()
-
-    def as_if_earlier(folder: Path, name: str, drop: str) -> Path:
-        """The run as an older project version would have left it: without the key ``drop`` in its config.json
-        (the option did not exist yet), under the hash of that older config."""
-        config = json.loads((folder / "config.json").read_text())
-        section, key = drop.split(".")
-        del config[section][key]
-        (folder / "config.json").write_text(json.dumps(config))
-        return folder.rename(folder.with_name(name))
-
-    earlier = as_if_earlier(current, "NPO_seed0_0ldhash0", "finetune.seed")  # 0 in the cell: the default
-    finished_at = (earlier / "metrics.json").stat().st_mtime_ns
-    run_study(path, [])
-    assert current.is_dir() and not earlier.exists()  # renamed to the cell's folder, not run again
-    assert (current / "metrics.json").stat().st_mtime_ns == finished_at
-
-    other = as_if_earlier(current, "NPO_seed0_0ldhash1", "unlearn.max_steps")  # 2 in the cell, -1 by default
-    run_study(path, [])
-    assert other.is_dir() and (current / "metrics.json").stat().st_mtime_ns != finished_at  # a different run: redone

@@ -5,34 +5,24 @@ renames it only at the very end, so an interrupted study (Ctrl-C, a killed job, 
 finished-looking cell behind; running the study again redoes the interrupted cell (its ``.incomplete``
 folder is replaced) and skips the finished ones. A cell that fails is reported and the others still run;
 the study then exits non-zero.
-
-A cell's folder is named by the hash of its resolved config, which also changes when the project adds an
-option. A finished run whose recorded config.json is the cell's except for options it does not record, all
-at their defaults in the cell, is the same experiment made before they existed: it is renamed to the cell's
-folder instead of being run again. (A default that changed is recorded with its old value, so such runs are
-never taken.)
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import shlex
 import traceback
 from pathlib import Path
-from typing import Any
 
-from obliviate.config.loader import dotted_params
-from obliviate.config.schema import experiment_schema
 from obliviate.errors import UserError
 from obliviate.evaluation.declarations import MODEL_METRICS
 from obliviate.evaluation.during_training import BestRule, constraint_metric
 from obliviate.evaluation.results import MODEL
-from obliviate.io import flatten, write_json_atomic
+from obliviate.io import write_json_atomic
 from obliviate.plan import EvaluationPlan, plan
 from obliviate.study.report import write_report
-from obliviate.study.spec import SELECTION_START, Cell, load_study
+from obliviate.study.spec import SELECTION_START, load_study
 from obliviate.unlearner import Unlearner
 
 log = logging.getLogger(__name__)
@@ -56,28 +46,6 @@ def check_selection(rule: BestRule, evaluation: EvaluationPlan, method: str) -> 
                             "model.<metric> for a model-level one (e.g. model.model_utility)")
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, str]:
-    """A config's dotted keys (the run's logger keys aside) with their values as JSON text."""
-    return {key: json.dumps(value, sort_keys=True, default=str) for key, value in flatten(config).items()
-            if not key.startswith("logger.")}
-
-
-def earlier_run(cell: Cell) -> Path | None:
-    """A finished run of ``cell`` made before options were added: its config.json records the cell's values,
-    and every key it does not record is at its default in the cell (see the module docstring)."""
-    defaults = _comparable({key: param.default for key, param in dotted_params(experiment_schema()).items()})
-    wanted = _comparable(cell.settings.to_dict())
-    prefix = cell.folder.name.rsplit("_", 1)[0]
-    for folder in sorted(cell.folder.parent.glob(f"{prefix}_*")):
-        if folder.suffix in (".incomplete", ".failed") or not (folder / "metrics.json").is_file():
-            continue
-        recorded = _comparable(json.loads((folder / "config.json").read_text()))
-        if recorded.keys() <= wanted.keys() and all(recorded.get(key, defaults.get(key)) == value
-                                                    for key, value in wanted.items()):
-            return folder
-    return None
-
-
 def run_study(path: Path, extra_argv: list[str]) -> Path:
     """Run every unfinished cell of the study file at ``path``; return the study folder."""
     study = load_study(path, extra_argv)
@@ -99,10 +67,6 @@ def run_study(path: Path, extra_argv: list[str]) -> Path:
         where = f"cell {number}/{len(study.cells)} ({cell.label}, seed {cell.seed})"
         if cell.folder.is_dir():
             log.info("%s: finished before, skipped (%s)", where, cell.folder)
-            continue
-        if earlier := earlier_run(cell):
-            earlier.rename(cell.folder)
-            log.info("%s: finished before options were added, skipped (%s, was %s)", where, cell.folder, earlier.name)
             continue
         log.info("%s: running", where)
         try:
