@@ -249,6 +249,11 @@ def test_a_study_with_a_grid_reports_the_selected_setting_under_its_rule(study_f
     second.write_text(json.dumps(clashing))
     with pytest.raises(UserError, match="study method 'NPO' sets unlearn.lr and also takes it from the setting"):
         load_study(second, [])
+    (folder.parent.parent / "study.json").write_text(json.dumps({**stage, "selection": {
+        "metric": "forget.prob", "goal": "min", "constraint": "retain.prob>=2"}}))  # no setting can meet it
+    second.write_text(json.dumps({**clashing, "methods": {"NPO": {"config_file": npo["config_file"]}}}))
+    with pytest.raises(UserError, match="no setting of NPO meets the rule .*; widen its grid or relax the rule"):
+        load_study(second, [])
 
 
 def test_selected_in_needs_the_selection_study_run_first(study_file, tmp_path):
@@ -257,10 +262,13 @@ def test_selected_in_needs_the_selection_study_run_first(study_file, tmp_path):
     second = tmp_path / "verdict.json"
     second.write_text(json.dumps({**json.loads(stage.read_text()), "name": "verdict", "selection": None,
                                   "selected_in": str(stage), "methods": {"NPO": {"config_file": npo["config_file"]}}}))
-    with pytest.raises(UserError, match=f"has selected no setting for NPO .*run it first: python src/exec/study.py "
+    with pytest.raises(UserError, match=f"has unfinished cells of NPO; run it first .*: python src/exec/study.py "
                                         f"--config_file {stage}"):
         load_study(second, [])
     no_rule = {**json.loads(second.read_text()), "selected_in": str(second)}
     second.write_text(json.dumps(no_rule))
     with pytest.raises(UserError, match="which has no 'selection' rule; add one there"):
+        load_study(second, [])
+    second.write_text(json.dumps({**no_rule, "selected_in": str(tmp_path / "missing.json")}))
+    with pytest.raises(UserError, match="must name an existing study file .*; fix the path"):
         load_study(second, [])

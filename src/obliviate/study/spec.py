@@ -36,8 +36,9 @@ within 5 % of the target's). The rule is written in the table.
 
 Selection in a cheaper study first: ``selected_in`` names another study file with a grid and a ``selection``
 rule (typically one seed, no attacks). Each method of this study that is also a method there takes the
-setting the rule chose from that study's finished cells (its grid values are added to the method's
-overrides); run that study first, or this one stops in one line before its first cell.
+setting the rule chose there (its grid values are added to the method's overrides); every cell of those
+methods there must have finished (run that study first, as its file defines it), or this one stops in one
+line before its first cell.
 
 All attacks of a cell run inside its one experiment, each from the same unlearned weights (they differ
 only after unlearning, so unlearning once per (method, seed) is exact, not an approximation). Keys an
@@ -180,11 +181,12 @@ def grid_settings(overrides: dict[str, Any], where: str) -> list[tuple[str, dict
 
 def selected_grid_values(where: Any, labels: list[str]) -> dict[str, dict[str, Any]]:
     """For each of ``labels`` that is a method of the study file ``where``: the grid values of the setting that
-    study's rule selected from its finished cells."""
+    study's rule selected, once every cell of that method there has finished."""
     from obliviate.study.report import finished_cells, selected_settings  # the report reads studies: no cycle at import
 
-    if not isinstance(where, str) or not where:
-        raise UserError("study 'selected_in' must be the path of a study file with a 'selection' rule")
+    if not isinstance(where, str) or not Path(where).is_file():
+        raise UserError(f"study 'selected_in' must name an existing study file with a 'selection' rule, not "
+                        f"{where!r}; fix the path")
     content = _read(Path(where))
     if not content.get("selection"):
         raise UserError(f"study 'selected_in' names {where}, which has no 'selection' rule; add one there")
@@ -192,11 +194,14 @@ def selected_grid_values(where: Any, labels: list[str]) -> dict[str, dict[str, A
         raise UserError(f"study 'selected_in' names {where}, which takes its own settings from another study; "
                         "name the study whose grid made the selection")
     stage = load_study(Path(where), [])
-    chosen = selected_settings(stage, finished_cells(stage))
     shared = [label for label in labels if label in {cell.method for cell in stage.cells}]
+    run_it = f"run it first (as its file defines it): python src/exec/study.py --config_file {where}"
+    if unfinished := sorted({c.method for c in stage.cells if c.method in shared and not c.folder.is_dir()}):
+        raise UserError(f"study 'selected_in': {where} has unfinished cells of {', '.join(unfinished)}; {run_it}")
+    chosen = selected_settings(stage, finished_cells(stage))
     if missing := [label for label in shared if chosen.get(label) is None]:
-        raise UserError(f"study 'selected_in': {where} has selected no setting for {', '.join(missing)} (no finished "
-                        f"cell meets its rule yet); run it first: python src/exec/study.py --config_file {where}")
+        raise UserError(f"study 'selected_in': in {where} no setting of {', '.join(missing)} meets the rule "
+                        f"({stage.selection.describe(SELECTION_START)}); widen its grid or relax the rule")
     grids = {(cell.method, cell.setting): cell.grid for cell in stage.cells}
     return {label: grids[(label, chosen[label])] for label in shared}
 
