@@ -27,7 +27,8 @@ class Overall:
     model_name: str = option(StrValue(), "embedded name (smollm2-135m-instruct, tiny-random-llama), a local model "
                              "folder or a hub id", "smollm2-135m-instruct")
     logger: str = option(ChoiceValue(LOGGERS.names()), "results logger kind", "json")
-    seed: int = option(IntValue(low=0), "seed of every random choice (same seed, same result on CPU)", 0)
+    seed: int = option(IntValue(low=0), "seed of every random choice of the run (same seed, same result on CPU); "
+                       "the target's fine-tuning has its own, finetune.seed", 0)
     device: str = option(ChoiceValue(["auto", "cpu", "cuda", "mps"]), "auto = cuda if available, else cpu", "auto")
     dtype: str = option(ChoiceValue(["auto", "float32", "bfloat16", "float16"]),
                         "weights dtype; auto = bfloat16 on CUDA, float32 on CPU", "auto")

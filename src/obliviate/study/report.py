@@ -212,11 +212,20 @@ def paired_rows(study: Study, rows: list[dict], chosen: dict[str, str | None]) -
                 differences = paired_differences(*per_seed)
                 if not differences:
                     continue
-                ratio = paired_ratio(*per_seed) if key.startswith("recovered.") else None
                 compared.append({"comparison": f"{a} − {b}", "attack": attack, "metric": key,
                                  "seeds": len(differences), "difference": with_interval(differences),
-                                 "ratio": f"{ratio[0]:.3g} [{ratio[1]:.3g}, {ratio[2]:.3g}]" if ratio else ""})
+                                 "ratio": _ratio_text(*per_seed, b) if key.startswith("recovered.") else ""})
     return compared
+
+
+def _ratio_text(first: dict[int, float], second: dict[int, float], second_label: str) -> str:
+    """A's mean ÷ B's with its paired interval ('mean [low, high]'; the value alone from one shared seed)."""
+    ratio = paired_ratio(first, second)
+    if ratio is None:
+        return f"undefined: {second_label} recovered ≤ 0 in a resample"
+    if len(first.keys() & second.keys()) == 1:
+        return f"{ratio[0]:.3g}"
+    return f"{ratio[0]:.3g} [{ratio[1]:.3g}, {ratio[2]:.3g}]"
 
 
 def timing_rows(cells: list[dict]) -> list[dict]:
