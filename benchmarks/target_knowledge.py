@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ SENTENCE_DIR = ROOT / "files" / "data" / "sentence_layout"
 SPLITS = {"forget": "forget10", "retain": "retain90", "holdout": "holdout10"}
 KNOWLEDGE = ("real_authors", "world_facts")
 METRICS = ["prob", "rouge_l_recall", "mcq_acc"]
+VARIANT = re.compile(r"base-(plain|chat)|target-(plain|chat)-[0-9.e+-]+x[0-9]+(-sentence)?")
 DEFAULT_VARIANTS = ["base-plain", "base-chat", "target-plain-3e-4x5", "target-chat-3e-4x5", "target-chat-1e-4x5",
                     "target-plain-3e-4x5-sentence", "target-chat-1e-4x5-sentence"]
 
@@ -56,11 +58,11 @@ def write_sentence_layout() -> dict[str, Path]:
 
 def variant_arguments(variant: str, max_examples: int) -> list[str]:
     """evaluate.py arguments for one variant name (see the module docstring)."""
-    parts = variant.split("-", 2)  # kind, format, recipe (the recipe's learning rate may hold a '-')
-    kind, fmt = parts[0], parts[1] if len(parts) > 1 else ""
-    if kind not in ("base", "target") or fmt not in ("plain", "chat"):
+    if not VARIANT.fullmatch(variant):
         raise SystemExit(f"unknown variant '{variant}'; e.g. base-plain, target-chat-1e-4x5, "
                          "target-plain-3e-4x5-sentence")
+    parts = variant.split("-", 2)  # kind, format, recipe (the recipe's learning rate may hold a '-')
+    kind, fmt = parts[0], parts[1]
     arguments = ["--eval.metrics", json.dumps(METRICS), "--eval.max_examples", str(max_examples),
                  "--dataset.chat_template", str(fmt == "chat").lower(),
                  "--eval.model", "model_name" if kind == "base" else "target",
@@ -96,7 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--max-examples", type=int, default=40)
-    parser.add_argument("--reuse", action="store_true", help="read variants evaluated before instead of rerunning")
+    parser.add_argument("--reuse", action="store_true", help="read variants evaluated before (with whatever "
+                        "--max-examples they had) instead of rerunning them")
     args = parser.parse_args()
     variants = args.variants.split(",")
     rows = {variant: row(variant, evaluate(variant, args.max_examples, args.reuse)) for variant in variants}
@@ -115,6 +118,8 @@ def largest_loss(variant: str, rows: dict[str, dict[str, float]]) -> str:
         return ""
     changes = {key: values / base[key] - 1 for key, values in rows[variant].items()
                if key.split()[0] in KNOWLEDGE and base[key] > 0}
+    if not changes:
+        return "base knows nothing to lose"
     worst = min(changes, key=changes.get)
     return f"{changes[worst]:+.0%} {worst}"
 
