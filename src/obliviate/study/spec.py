@@ -195,9 +195,9 @@ def selected_grid_values(where: Any, labels: list[str]) -> dict[str, dict[str, A
                         "name the study whose grid made the selection")
     stage = load_study(Path(where), [])
     shared = [label for label in labels if label in {cell.method for cell in stage.cells}]
-    run_it = f"run it first (as its file defines it): python src/exec/study.py --config_file {where}"
     if unfinished := sorted({c.method for c in stage.cells if c.method in shared and not c.folder.is_dir()}):
-        raise UserError(f"study 'selected_in': {where} has unfinished cells of {', '.join(unfinished)}; {run_it}")
+        raise UserError(f"study 'selected_in': {where} has unfinished cells of {', '.join(unfinished)}; run it first "
+                        f"(as its file defines it): python src/exec/study.py --config_file {where}")
     chosen = selected_settings(stage, finished_cells(stage))
     if missing := [label for label in shared if chosen.get(label) is None]:
         raise UserError(f"study 'selected_in': in {where} no setting of {', '.join(missing)} meets the rule "
