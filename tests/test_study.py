@@ -154,6 +154,8 @@ def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypat
     ({"selection": {"metric": "forget.prob", "goal": "closest"}}, "goal 'closest' needs a numeric 'value'"),
     ({"selection": {"metric": "forget.prob", "goal": "best"}}, "goal 'best' is not max, min or closest"),
     ({"compare": [["NPO", "SimNPO"]]}, "study 'compare' names 'SimNPO', which is not a method of the study"),
+    ({"control": "Target"}, "study 'control' names 'Target', which is not a method of the study"),
+    ({"control": "NPO"}, r"study 'control' method 'NPO' unlearns \(unlearn.lr 3e-05\); .*give it \"unlearn.lr\": 0"),
     ({"methods": {"RMU": {"config_file": str(ROOT / "configs/synthetic/rmu.json")}}},
      r"study method 'RMU' \(seed 0\): unlearn.RMU.layer 7 / trained_layers \[5, 6, 7\] reach beyond the model's 2"),
 ])
@@ -161,6 +163,24 @@ def test_bad_study_files_fail_before_any_work(study_file, tmp_path, changes, mes
     with pytest.raises(UserError, match=message):
         run_study(study_file(**changes), [])
     assert not (tmp_path / "studies").exists()
+
+
+def test_the_control_is_the_target_attacked_and_recovery_is_also_read_against_it(study_file):
+    target = {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lr": 0, "unlearn.max_steps": 1}
+    methods = {"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lr": 1e-3},
+               "Target": target}
+    folder = run_study(study_file(methods=methods, control="Target"), [])
+    rows = {(r["method"], r["attack"]): r for r in read_rows(folder)}
+    control = rows[("Target", "math")]
+    assert control["forget.prob.after"] == control["forget.prob.before"]  # lr 0: the target's weights, unchanged
+    assert control["recovered_vs_control.prob"] == ""
+    for attack in ("math", "relearn"):
+        row, attacked = rows[("NPO", attack)], float(rows[("Target", attack)]["forget.prob.attacked"])
+        after = float(row["forget.prob.after"])
+        expected = (float(row["forget.prob.attacked"]) - after) / (attacked - after) if attacked > after else None
+        value = row["recovered_vs_control.prob"]
+        assert (value == "") if expected is None else float(value) == pytest.approx(expected, rel=1e-6)
+    assert rows[("NPO", "relearn")]["recovered_vs_control.prob"] != ""  # relearning raises the control's forget prob
 
 
 def test_cells_are_keyed_by_their_resolved_config_and_the_root_is_the_studys(study_file):

@@ -8,7 +8,13 @@ amount that came back::
 
     recovered = (forget_attacked − forget_after) / (forget_before − forget_after)
 
-(0 = nothing came back, 1 = back to the target model; for the first of ``forget_metrics``), the retain
+(0 = nothing came back, 1 = back to the target model; for the first of ``forget_metrics``); with a
+``control`` (the target attacked without unlearning) also the share of what the same attack leaves of the
+target's knowledge::
+
+    recovered_vs_control = (forget_attacked − forget_after) / (control_attacked − forget_after)
+
+(undefined where the attack leaves the control with no more knowledge than the unlearned model had), the retain
 (and holdout) utility after unlearning, the model-level metrics (e.g. ``model_utility``) before and after, the
 attack task's own accuracy at its start and end, wall times and the unlearning seconds per step; for a
 relearning attack on a slice, the forget metrics of the examples outside the slice (``forget_unseen``)
@@ -75,6 +81,23 @@ def _recovered(before: float | None, after: float | None, attacked: float | None
     if None in (before, after, attacked) or before == after:
         return None
     return (attacked - after) / (before - after)
+
+
+def with_control(study: Study, rows: list[dict]) -> list[dict]:
+    """``rows`` with ``recovered_vs_control.<metric>`` (the first forget metric) beside each attack's recovered
+    share, read against the control's cell of the same seed and attack (none without a control)."""
+    if study.control is None:
+        return rows
+    metric = study.forget_metrics[0]
+    attacked = {(row["seed"], row["attack"]): row[f"forget.{metric}.attacked"] for row in rows
+                if row["method"] == study.control}
+    sign = 1 if more_knowledge_is_higher(metric) else -1
+    for row in rows:
+        control, after = attacked.get((row["seed"], row["attack"])), row[f"forget.{metric}.after"]
+        usable = row["method"] != study.control and None not in (control, after, row[f"forget.{metric}.attacked"])
+        row[f"recovered_vs_control.{metric}"] = (_recovered(control, after, row[f"forget.{metric}.attacked"])
+                                                 if usable and sign * (control - after) > 0 else None)
+    return rows
 
 
 def cell_rows(study: Study, cell: dict) -> list[dict]:
@@ -201,7 +224,7 @@ def paired_rows(study: Study, rows: list[dict], chosen: dict[str, str | None]) -
     recovered share also A's mean ÷ B's ("does A recover at most half of what B recovers?"), with its interval."""
     first = study.forget_metrics[0]
     keys = [f"forget.{first}.after", f"forget.{first}.attacked", f"recovered.{first}",
-            f"retain.{study.utility_metric}.after"]
+            *([f"recovered_vs_control.{first}"] if study.control else []), f"retain.{study.utility_metric}.after"]
     compared = []
     for a, b in study.compare:
         for attack in dict.fromkeys(row["attack"] for row in rows):
@@ -214,7 +237,7 @@ def paired_rows(study: Study, rows: list[dict], chosen: dict[str, str | None]) -
                     continue
                 compared.append({"comparison": f"{a} − {b}", "attack": attack, "metric": key,
                                  "seeds": len(differences), "difference": with_interval(differences),
-                                 "ratio": _ratio_text(*per_seed, b) if key.startswith("recovered.") else ""})
+                                 "ratio": _ratio_text(*per_seed, b) if key.startswith("recovered") else ""})
     return compared
 
 
@@ -316,7 +339,7 @@ def write_report(study: Study) -> None:
     cells = finished_cells(study)
     if not cells:
         return
-    rows = [row for cell in cells for row in cell_rows(study, cell)]
+    rows = with_control(study, [row for cell in cells for row in cell_rows(study, cell)])
     write_text_atomic(study.folder / "study.csv", to_csv(_columns(rows), rows))
     averaged, timings = mean_rows(rows), timing_rows(cells)
     chosen = selected_settings(study, cells) if study.selection is not None else {}

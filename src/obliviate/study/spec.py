@@ -16,6 +16,7 @@ Study file (JSON; keys starting with ``_`` are comments)::
       "selected_in": "configs/studies/selection.json", # optional: methods take the setting chosen there
       "show_all_settings": false,                      # optional: the table of every setting too
       "compare": [["ILU(NPO)", "NPO"]],                # optional: paired differences over the shared seeds
+      "control": "Target",                             # optional: a method left unlearned, attacked like the rest
       "attacks": {                                      # label -> attack settings (keys of the attack section)
         "math": {"datasets": "synthetic:math_train", "test_datasets": "synthetic:math_test", "lr": 3e-4},
         "relearn": {"datasets": "relearn", "num_examples": 20}
@@ -39,6 +40,14 @@ rule (typically one seed, no attacks). Each method of this study that is also a 
 setting the rule chose there (its grid values are added to the method's overrides); every cell of those
 methods there must have finished (run that study first, as its file defines it), or this one stops in one
 line before its first cell.
+
+The control for recovery: an attack can lower the forget metric of any model (a fine-tune on short
+classification answers lowers the probability of every short answer), so "how much came back" is also read
+against the target attacked the same way. ``control`` names a method of the study that does not unlearn: its
+``unlearn.lr`` is 0, so its one required step leaves the target's weights as they are (e.g.
+``"Target": {"config_file": "configs/synthetic/npo.json", "unlearn.lr": 0, "unlearn.max_steps": 1}``); its
+cells run the same attacks on the same seeds, and the table adds, per (seed, attack),
+``recovered_vs_control = (attacked − after) / (control attacked − after)``.
 
 All attacks of a cell run inside its one experiment, each from the same unlearned weights (they differ
 only after unlearning, so unlearning once per (method, seed) is exact, not an approximation). Keys an
@@ -71,7 +80,7 @@ from obliviate.methods import METHODS
 
 ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
-              "utility_metric", "selection", "show_all_settings", "compare", "selected_in"}
+              "utility_metric", "selection", "show_all_settings", "compare", "selected_in", "control"}
 SELECTION_KEYS = {"metric", "goal", "constraint", "value"}
 SELECTION_START = "the target before unlearning"  # what a selection constraint is relative to
 PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
@@ -119,6 +128,7 @@ class Study:
     selection: BestRule | None = None
     show_all_settings: bool = False
     compare: tuple[tuple[str, str], ...] = ()  # (A, B): A − B per seed
+    control: str | None = None  # the method whose cells are the target attacked without unlearning
 
     @property
     def has_grid(self) -> bool:
@@ -316,8 +326,28 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
                 cells.append(cell)
     _check_metrics(cells, forget_metrics, utility_metric)
     compare = _comparisons(content.get("compare", []), list(methods), bool(selection), cells)
+    control = _control(content.get("control"), cells, bool(attack_names))
     return Study(name, folder, attack_names, cells, forget_metrics, utility_metric, selection,
-                 bool(content.get("show_all_settings", False)), compare)
+                 bool(content.get("show_all_settings", False)), compare, control)
+
+
+def _control(label: Any, cells: list[Cell], attacked: bool) -> str | None:
+    """The study's ``control``: a method with one setting that leaves the target as it is (``unlearn.lr`` 0)."""
+    if label is None:
+        return None
+    labels = list(dict.fromkeys(cell.method for cell in cells))
+    if label not in labels:
+        raise UserError(f"study 'control' names {label!r}, which is not a method of the study; use one of "
+                        f"{', '.join(labels)}")
+    if not attacked:
+        raise UserError("study 'control' is the target attacked without unlearning; add 'attacks' to the study")
+    mine = [cell for cell in cells if cell.method == label]
+    if len({cell.setting for cell in mine}) > 1:
+        raise UserError(f"study 'control' method '{label}' has a grid; give it one setting")
+    if lr := mine[0].settings.unlearn.lr:
+        raise UserError(f"study 'control' method '{label}' unlearns (unlearn.lr {lr:g}); the control is the target "
+                        "attacked without unlearning: give it \"unlearn.lr\": 0 and \"unlearn.max_steps\": 1")
+    return label
 
 
 def _comparisons(pairs: Any, labels: list[str], selected: bool, cells: list[Cell]) -> tuple[tuple[str, str], ...]:
