@@ -1,6 +1,6 @@
 """Benchmark: does fine-tuning the target model on the fictitious facts cost the base model's world knowledge?
 
-    python benchmarks/target_knowledge.py [--variants base-plain,target-plain-3e-4x5,...] [--max-examples 40] [--reuse]
+    python benchmarks/target_knowledge.py [--variants base-plain,target-plain-1e-4x10,...] [--max-examples 40] [--reuse]
 
 TOFU's target model is the base model fine-tuned on forget ∪ retain. Unlearning is judged on how much
 real-world knowledge (``real_authors``, ``world_facts``: TOFU's model utility) survives, which can only be
@@ -40,8 +40,8 @@ SPLITS = {"forget": "forget10", "retain": "retain90", "holdout": "holdout10"}
 KNOWLEDGE = ("real_authors", "world_facts")
 METRICS = ["prob", "rouge_l_recall", "mcq_acc"]
 VARIANT = re.compile(r"base-(plain|chat)|target-(plain|chat)-[0-9.e+-]+x[0-9]+(-sentence)?")
-DEFAULT_VARIANTS = ["base-plain", "base-chat", "target-plain-3e-4x5", "target-chat-3e-4x5", "target-chat-1e-4x5",
-                    "target-plain-3e-4x5-sentence", "target-chat-1e-4x5-sentence"]
+DEFAULT_VARIANTS = ["base-plain", "base-chat", "target-plain-1e-4x10", "target-plain-1e-4x10-sentence",
+                    "target-plain-1e-4x5", "target-plain-3e-4x5", "target-chat-3e-4x5"]
 
 
 def write_sentence_layout() -> dict[str, Path]:
