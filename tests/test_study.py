@@ -12,7 +12,7 @@ import pytest
 
 import obliviate.unlearner
 from obliviate.errors import UserError
-from obliviate.study.report import selected_settings
+from obliviate.study.report import selected_settings, with_control
 from obliviate.study.runner import StudyFailed, run_study
 from obliviate.study.spec import load_study, selection_rule
 
@@ -155,7 +155,12 @@ def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypat
     ({"selection": {"metric": "forget.prob", "goal": "best"}}, "goal 'best' is not max, min or closest"),
     ({"compare": [["NPO", "SimNPO"]]}, "study 'compare' names 'SimNPO', which is not a method of the study"),
     ({"control": "Target"}, "study 'control' names 'Target', which is not a method of the study"),
-    ({"control": "NPO"}, r"study 'control' method 'NPO' unlearns \(unlearn.lr 3e-05\); .*give it \"unlearn.lr\": 0"),
+    ({"control": "NPO"}, r"study 'control' method 'NPO' unlearns \(unlearn.lr 3e-05, unlearn.max_steps 2, .*give it "
+                         r"\"unlearn.lr\": 0 and \"unlearn.max_steps\": 1"),
+    ({"methods": {"T": {"config_file": str(ROOT / "configs/synthetic/npo.json"), "unlearn.lr": 0}}, "control": "T"},
+     r"study 'control' method 'T' unlearns \(unlearn.lr 0, unlearn.max_steps 2"),
+    ({"methods": {"T": {"config_file": str(ROOT / "configs/synthetic/uld.json"), "unlearn.lr": 0,
+                        "unlearn.max_steps": 1}}, "control": "T"}, "study 'control' method 'T' is ULD"),
     ({"methods": {"RMU": {"config_file": str(ROOT / "configs/synthetic/rmu.json")}}},
      r"study method 'RMU' \(seed 0\): unlearn.RMU.layer 7 / trained_layers \[5, 6, 7\] reach beyond the model's 2"),
 ])
@@ -181,6 +186,22 @@ def test_the_control_is_the_target_attacked_and_recovery_is_also_read_against_it
         value = row["recovered_vs_control.prob"]
         assert (value == "") if expected is None else float(value) == pytest.approx(expected, rel=1e-6)
     assert rows[("NPO", "relearn")]["recovered_vs_control.prob"] != ""  # relearning raises the control's forget prob
+
+
+def test_recovery_against_the_control_on_a_hand_made_table(study_file):
+    study = replace(load_study(study_file(), []), control="Target", forget_metrics=["forget_quality", "prob"])
+
+    def row(method, seed, after, attacked):
+        return {"method": method, "seed": seed, "attack": "math", "forget.forget_quality.after": after,
+                "forget.forget_quality.attacked": attacked, "recovered.forget_quality": 0.5, "retain.prob.after": 0.9}
+    rows = with_control(study, [row("Target", 0, 1e-8, 1e-4), row("NPO", 0, 0.5, 0.1), row("NPO", 1, 0.5, 0.1),
+                                row("Target", 2, 1e-8, 0.6), row("NPO", 2, 0.5, 0.4)])
+    # forget quality: lower means more knowledge; (0.1 - 0.5) / (1e-4 - 0.5) = 0.8 of the gap closed
+    assert rows[1]["recovered_vs_control.forget_quality"] == pytest.approx(0.4 / (0.5 - 1e-4))
+    assert list(rows[1])[5:7] == ["recovered.forget_quality", "recovered_vs_control.forget_quality"]
+    assert rows[2]["recovered_vs_control.forget_quality"] is None  # seed 1 has no control cell
+    assert rows[4]["recovered_vs_control.forget_quality"] is None  # the attack left the target no more than NPO
+    assert rows[0]["recovered.forget_quality"] is None and rows[0]["recovered_vs_control.forget_quality"] is None
 
 
 def test_cells_are_keyed_by_their_resolved_config_and_the_root_is_the_studys(study_file):

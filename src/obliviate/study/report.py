@@ -9,12 +9,14 @@ amount that came back::
     recovered = (forget_attacked − forget_after) / (forget_before − forget_after)
 
 (0 = nothing came back, 1 = back to the target model; for the first of ``forget_metrics``); with a
-``control`` (the target attacked without unlearning) also the share of what the same attack leaves of the
-target's knowledge::
+``control`` (the target attacked without unlearning) also the share of the gap between the unlearned model and
+the equally attacked target that the attack closed::
 
     recovered_vs_control = (forget_attacked − forget_after) / (control_attacked − forget_after)
 
-(undefined where the attack leaves the control with no more knowledge than the unlearned model had), the retain
+(1 = knows what the attacked target knows; negative when the attack lowered the metric; undefined where the
+attack leaves the control with no more knowledge than the unlearned model had, and unstable when barely more),
+the retain
 (and holdout) utility after unlearning, the model-level metrics (e.g. ``model_utility``) before and after, the
 attack task's own accuracy at its start and end, wall times and the unlearning seconds per step; for a
 relearning attack on a slice, the forget metrics of the examples outside the slice (``forget_unseen``)
@@ -84,20 +86,28 @@ def _recovered(before: float | None, after: float | None, attacked: float | None
 
 
 def with_control(study: Study, rows: list[dict]) -> list[dict]:
-    """``rows`` with ``recovered_vs_control.<metric>`` (the first forget metric) beside each attack's recovered
-    share, read against the control's cell of the same seed and attack (none without a control)."""
+    """``rows`` with ``recovered_vs_control.<metric>`` (the first forget metric) right after each attack's
+    recovered share, read against the control's cell of the same seed and attack (none without a control; the
+    control's own rows have neither: it unlearned nothing)."""
     if study.control is None:
         return rows
     metric = study.forget_metrics[0]
     attacked = {(row["seed"], row["attack"]): row[f"forget.{metric}.attacked"] for row in rows
                 if row["method"] == study.control}
     sign = 1 if more_knowledge_is_higher(metric) else -1
+    recovered = f"recovered.{metric}"
+    extended = []
     for row in rows:
         control, after = attacked.get((row["seed"], row["attack"])), row[f"forget.{metric}.after"]
-        usable = row["method"] != study.control and None not in (control, after, row[f"forget.{metric}.attacked"])
-        row[f"recovered_vs_control.{metric}"] = (_recovered(control, after, row[f"forget.{metric}.attacked"])
-                                                 if usable and sign * (control - after) > 0 else None)
-    return rows
+        ours, is_control = row[f"forget.{metric}.attacked"], row["method"] == study.control
+        defined = not is_control and None not in (control, after, ours) and sign * (control - after) > 0
+        placed: dict = {}
+        for name, entry in row.items():
+            placed[name] = None if is_control and name == recovered else entry
+            if name == recovered:
+                placed[f"recovered_vs_control.{metric}"] = _recovered(control, after, ours) if defined else None
+        extended.append(placed)
+    return extended
 
 
 def cell_rows(study: Study, cell: dict) -> list[dict]:
@@ -220,8 +230,9 @@ def selection_section(study: Study, chosen: dict[str, str | None], averaged: lis
 
 def paired_rows(study: Study, rows: list[dict], chosen: dict[str, str | None]) -> list[dict]:
     """For each pair (A, B) in the study's ``compare``: A − B per seed, for the first forget metric after
-    unlearning, after each attack and its recovered share, and the retain utility; mean and 95 % interval. For the
-    recovered share also A's mean ÷ B's ("does A recover at most half of what B recovers?"), with its interval."""
+    unlearning, after each attack and its recovered share (also against the control, with one), and the retain
+    utility; mean and 95 % interval. For the recovered shares also A's mean ÷ B's ("does A recover at most half
+    of what B recovers?"), with its interval."""
     first = study.forget_metrics[0]
     keys = [f"forget.{first}.after", f"forget.{first}.attacked", f"recovered.{first}",
             *([f"recovered_vs_control.{first}"] if study.control else []), f"retain.{study.utility_metric}.after"]
@@ -351,7 +362,7 @@ def write_report(study: Study) -> None:
     if study.compare:
         compared = paired_rows(study, rows, chosen)
         lines += ["## Paired comparisons (A − B over shared seeds, mean [95 % bootstrap interval]; ratio: A's mean "
-                  "recovered share ÷ B's)", "",
+                  "recovered share ÷ B's, defined when B's mean is positive in every resample)", "",
                   to_markdown(_columns(compared), compared) if compared else "no shared seeds finished yet", ""]
     lines += ["## Every cell", "", to_markdown(_columns(rows), rows),
               "## Wall time per stage (seconds)", "", to_markdown(_columns(timings), timings)]

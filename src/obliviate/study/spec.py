@@ -43,11 +43,13 @@ line before its first cell.
 
 The control for recovery: an attack can lower the forget metric of any model (a fine-tune on short
 classification answers lowers the probability of every short answer), so "how much came back" is also read
-against the target attacked the same way. ``control`` names a method of the study that does not unlearn: its
-``unlearn.lr`` is 0, so its one required step leaves the target's weights as they are (e.g.
-``"Target": {"config_file": "configs/synthetic/npo.json", "unlearn.lr": 0, "unlearn.max_steps": 1}``); its
-cells run the same attacks on the same seeds, and the table adds, per (seed, attack),
-``recovered_vs_control = (attacked − after) / (control attacked − after)``.
+against the target attacked the same way. ``control`` names a method of the study that does not unlearn: a
+method that trains the model's own weights, with ``unlearn.lr`` 0 and ``unlearn.max_steps`` 1 (one step
+that changes no weight; e.g. ``"Target": {"config_file": "configs/synthetic/npo.json", "unlearn.lr": 0,
+"unlearn.max_steps": 1}``); its cells run the same attacks on the same seeds, and the table adds, per (seed,
+attack), ``recovered_vs_control = (attacked − after) / (control attacked − after)``: the share of the gap
+between the unlearned model and the equally attacked target that the attack closed (1 = knows what the
+attacked target knows; still negative when the attack lowered the unlearned model's metric).
 
 All attacks of a cell run inside its one experiment, each from the same unlearned weights (they differ
 only after unlearning, so unlearning once per (method, seed) is exact, not an approximation). Keys an
@@ -77,6 +79,7 @@ from obliviate.evaluation.during_training import BestRule, constraint_metric
 from obliviate.io import read_json_object
 from obliviate.loggers import RunFolder
 from obliviate.methods import METHODS
+from obliviate.methods.logit_difference import logit_difference_method
 
 ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
@@ -332,7 +335,8 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
 
 
 def _control(label: Any, cells: list[Cell], attacked: bool) -> str | None:
-    """The study's ``control``: a method with one setting that leaves the target as it is (``unlearn.lr`` 0)."""
+    """The study's ``control``: a method with one setting that leaves the target as it is (``unlearn.lr`` 0, one
+    step, the model's own weights trained: a logit-difference method at lr 0 is the target plus its assistant)."""
     if label is None:
         return None
     labels = list(dict.fromkeys(cell.method for cell in cells))
@@ -344,8 +348,13 @@ def _control(label: Any, cells: list[Cell], attacked: bool) -> str | None:
     mine = [cell for cell in cells if cell.method == label]
     if len({cell.setting for cell in mine}) > 1:
         raise UserError(f"study 'control' method '{label}' has a grid; give it one setting")
-    if lr := mine[0].settings.unlearn.lr:
-        raise UserError(f"study 'control' method '{label}' unlearns (unlearn.lr {lr:g}); the control is the target "
+    unlearn = mine[0].settings.unlearn
+    if logit_difference_method(unlearn.unlearn_method) is not None:
+        raise UserError(f"study 'control' method '{label}' is {unlearn.unlearn_method}, whose output is not the "
+                        "target's even untrained; use one that trains the weights, e.g. configs/synthetic/npo.json")
+    if unlearn.lr or unlearn.max_steps != 1:
+        raise UserError(f"study 'control' method '{label}' unlearns (unlearn.lr {unlearn.lr:g}, unlearn.max_steps "
+                        f"{unlearn.max_steps}, after the study command line's overrides); the control is the target "
                         "attacked without unlearning: give it \"unlearn.lr\": 0 and \"unlearn.max_steps\": 1")
     return label
 
