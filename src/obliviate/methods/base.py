@@ -99,6 +99,19 @@ class Term(ABC):
         return self * 1.0 + other
 
 
+class CallCountingTerm(Term):
+    """A term whose behaviour follows how often it was called (RMU cycles its topics by the count, ILU computes
+    its penalty every k-th call); the count is its training state, so a resumed run continues the cycle."""
+
+    calls: int = 0
+
+    def state(self) -> dict[str, float]:
+        return {"calls": self.calls}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.calls = int(state["calls"])
+
+
 class Objective:
     """Σ_k weight_k · term_k; terms with weight 0 are dropped (never computed)."""
 

@@ -39,7 +39,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import ChoiceValue, FloatValue, IntValue, ListValue, StrValue
 from obliviate.errors import UserError
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+from obliviate.methods.base import METHODS, Batch, CallCountingTerm, Method, Objective, PrepareContext
 from obliviate.methods.likelihood import forward_logits, mean_nll, shifted
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def logit_scale_gradient(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return ((expected - true) * mask).sum() / mask.sum().clamp(min=1)
 
 
-class InvariancePenalty(Term):
+class InvariancePenalty(CallCountingTerm):
     """Σ_i ‖θ ⊙ ∇_θ ℓ_i‖² (element-wise w), Σ_i (θᵀ∇_θ ℓ_i)² (scalar w) or Σ_i (∂ℓ_i(w·z)/∂w)² (w on the
     logits) over environment splits."""
 
@@ -63,14 +63,7 @@ class InvariancePenalty(Term):
 
     def __init__(self, environments: list[str], w_form: str, every_k: int) -> None:
         self.environments, self.w_form, self.every_k = environments, w_form, every_k
-        self.calls = 0
         self.last: dict[str, float] = {}
-
-    def state(self) -> dict[str, float]:
-        return {"calls": self.calls}
-
-    def load_state(self, state: dict[str, float]) -> None:
-        self.calls = int(state["calls"])
 
     @property
     def reads(self) -> set[str]:

@@ -41,7 +41,7 @@ from fastargs import Param
 from obliviate.config.checkers import FloatValue, IntValue, ListValue, StrValue
 from obliviate.data.tokenize import TokenBatch
 from obliviate.errors import UserError
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+from obliviate.methods.base import METHODS, Batch, CallCountingTerm, Method, Objective, PrepareContext
 from obliviate.models.anatomy import decoder_layers
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def topic_splits(count: int) -> list[str]:
     return [f"topic{i}" for i in range(1, count + 1)]
 
 
-class RMULoss(Term):
+class RMULoss(CallCountingTerm):
     """The whole RMU objective (forget misdirection + α · retain activation matching) as one term."""
 
     name = "rmu"
@@ -112,15 +112,8 @@ class RMULoss(Term):
         self.topics = ["forget", *topic_splits(extra_topics)]
         self.steering_coeffs = [steering_coeff] * len(self.topics)
         self.control: torch.Tensor | None = None  # [topics, hidden size]
-        self.calls = 0
         self.starting_values: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.last: dict[str, float] = {}
-
-    def state(self) -> dict[str, float]:
-        return {"calls": self.calls}
-
-    def load_state(self, state: dict[str, float]) -> None:
-        self.calls = int(state["calls"])
 
     @property
     def reads(self) -> set[str]:
