@@ -47,6 +47,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from obliviate.comparison import to_csv, to_markdown  # noqa: E402
 from obliviate.evaluation import METRICS  # noqa: E402
@@ -316,32 +317,39 @@ def plot_attack_curves(study: Study, cells: list[dict], path: Path) -> None:
 
 
 def plot_tradeoff(study: Study, rows: list[dict], path: Path) -> None:
+    """Forget metric against retain utility: a circle per (method, seed) after unlearning and, joined to it, a
+    marker per attack at the attack's end; colour names the method, marker shape the point (two legends)."""
     metric, utility = study.forget_metrics[0], f"retain.{study.utility_metric}.after"
     figure, axis = plt.subplots(figsize=(6.5, 5))
     markers = dict(zip(study.attacks, "^sDvP*X"))
+    colours: dict[str, str] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method and r.get(utility) is not None]
         if not mine:
             continue
         points = {(r["seed"], r[utility], r[f"forget.{metric}.after"]) for r in mine}
-        line, = axis.plot([p[1] for p in points], [p[2] for p in points], "o", label=f"{method} after unlearning")
+        line, = axis.plot([p[1] for p in points], [p[2] for p in points], "o")
+        colours[method] = line.get_color()
         for r in mine:
             if r["attack"] in markers and r.get(f"forget.{metric}.attacked") is not None:
                 axis.plot([r[utility]] * 2, [r[f"forget.{metric}.after"], r[f"forget.{metric}.attacked"]],
-                          color=line.get_color(), alpha=0.4)
-                axis.plot(r[utility], r[f"forget.{metric}.attacked"], markers[r["attack"]], color=line.get_color(),
-                          label=f"{method} after {r['attack']} attack")
+                          color=colours[method], alpha=0.4)
+                axis.plot(r[utility], r[f"forget.{metric}.attacked"], markers[r["attack"]], color=colours[method])
+    point = {"linestyle": "", "color": "grey"}
+    stages = [Line2D([], [], marker="o", label="after unlearning", **point)]
+    stages += [Line2D([], [], marker=shape, label=f"after the {attack} attack", **point)
+               for attack, shape in markers.items()]
     befores = [r for r in rows if r.get(f"forget.{metric}.before") is not None]
     if befores:
-        axis.axhline(befores[0][f"forget.{metric}.before"], color="grey", linestyle=":",
-                     label="forget before unlearning")
-    handles, labels = axis.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    axis.legend(unique.values(), unique.keys(), fontsize=7)
+        stages.append(axis.axhline(befores[0][f"forget.{metric}.before"], color="grey", linestyle=":",
+                                   label="before unlearning"))
+    methods = [Line2D([], [], marker="o", linestyle="", color=colour, label=name) for name, colour in colours.items()]
+    axis.add_artist(axis.legend(handles=methods, title="method", loc="upper left", bbox_to_anchor=(1.02, 1),
+                                fontsize=7))
+    axis.legend(handles=stages, title="point", loc="lower left", bbox_to_anchor=(1.02, 0), fontsize=7)
     axis.set(xlabel=f"retain {study.utility_metric} after unlearning (utility, higher = better)",
              ylabel=f"forget {metric} (lower = more forgotten)", title=f"study {study.name}: forget vs utility")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 
 
