@@ -132,10 +132,10 @@ def measure_one(name: str, model: str, steps: int, workdir: Path, overrides: lis
              "--unlearn.lr_scheduler", "constant",
              "--logger.json.root", str(workdir), "--logger.name", name]
     argv += [part for override in overrides for part in (f"--{override.partition('=')[0]}", override.partition("=")[2])]
-    from obliviate.unlearner import Unlearner
+    from obliviate.experiment import run_unlearning
 
     wall = time.perf_counter()
-    status = run(lambda settings: Unlearner(settings).run(), "step_cost", argv)
+    status = run(run_unlearning, "step_cost", argv)
     if status != 0:
         raise SystemExit(f"{name}: the run failed (exit {status})")
     timings = json.loads(next(workdir.rglob("env.json")).read_text())["wall_time_seconds"]

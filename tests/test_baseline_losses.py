@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from obliviate.data.tokenize import IGNORE_INDEX as X
-from obliviate.methods.base import Term
 from obliviate.methods.distillation import after_first_answer_tokens, ceu_target, soft_cross_entropy, undial_target
 from obliviate.methods.labels import relabelled_nll, runner_up_targets, sequence_mean_nll
+from obliviate.methods.objective import Term
 from obliviate.methods.preference import dpo_loss
 from obliviate.methods.primal_dual import dual_ascent, logit_margin_flattening
 from obliviate.methods.sam import SharpnessAwareForget, gradient_carrier

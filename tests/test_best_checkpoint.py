@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from obliviate.cli import run
 from obliviate.errors import UserError
 from obliviate.evaluation.during_training import BestRule
-from obliviate.unlearner import Unlearner
+from obliviate.experiment import run_unlearning
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = [{"step": 0, "forget": {"forget_quality": 0.001}, "retain": {"prob": 0.90}},
@@ -48,7 +48,7 @@ def argv(tmp_path, cache_dir, *extra):
 
 
 def test_best_checkpoint_is_evaluated_and_saved_beside_the_last(tmp_path, cache_dir):
-    assert run(lambda s: Unlearner(s).run(), "unlearn_model.py", argv(
+    assert run(run_unlearning, "unlearn_model.py", argv(
         tmp_path, cache_dir, "--unlearn.eval_every", "2", "--unlearn.best_metric", "forget.prob",
         "--unlearn.best_goal", "max", "--unlearn.save_model", "true")) == 0
     folder = tmp_path / "results" / "synthetic" / "GA" / "run"
@@ -66,7 +66,7 @@ def test_best_checkpoint_is_evaluated_and_saved_beside_the_last(tmp_path, cache_
 
 
 def test_a_rule_without_evaluation_during_unlearning_fails_before_any_work(tmp_path, cache_dir, capsys):
-    assert run(lambda s: Unlearner(s).run(), "x", argv(tmp_path, cache_dir, "--unlearn.best_metric",
+    assert run(run_unlearning, "x", argv(tmp_path, cache_dir, "--unlearn.best_metric",
                                                          "forget.prob")) == 2
     assert "set unlearn.eval_every" in capsys.readouterr().err
     assert not (tmp_path / "results" / "synthetic").exists()
@@ -75,7 +75,7 @@ def test_a_rule_without_evaluation_during_unlearning_fails_before_any_work(tmp_p
 def test_tensorboard_gets_training_evaluation_and_attack_curves(tmp_path, cache_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert run(lambda s: Unlearner(s).run(), "unlearn_model.py", argv(
+    assert run(run_unlearning, "unlearn_model.py", argv(
         tmp_path, cache_dir, "--unlearn.eval_every", "3", "--logger.tensorboard", "true",
         "--attack.datasets", "relearn", "--attack.max_steps", "2", "--attack.eval_every", "1")) == 0
     events = EventAccumulator(str(tmp_path / "results" / "synthetic" / "GA" / "run" / "tensorboard"))

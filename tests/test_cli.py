@@ -9,17 +9,16 @@ import pytest
 
 from obliviate.cli import run
 from obliviate.config.loader import parse_config
-from obliviate.config.schema import experiment_schema
 from obliviate.evaluation.session import EvaluationSession
+from obliviate.experiment import experiment_schema, run_evaluation, run_unlearning
 from obliviate.methods import METHODS
-from obliviate.unlearner import Unlearner
 
 ROOT = Path(__file__).resolve().parents[1]
 NPO_CONFIG = str(ROOT / "configs" / "synthetic" / "npo.json")
 
 
 def cli(*argv):
-    return run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", list(argv))
+    return run(run_unlearning, "unlearn_model.py", list(argv))
 
 
 @pytest.fixture
@@ -185,8 +184,8 @@ def test_fine_tune_attacks_write_curves_from_the_unlearned_weights(fast, tmp_pat
 
 def test_quantization_attacks_are_evaluated_from_the_unlearned_weights(fast, tmp_path, monkeypatch):
     forget_evaluations = []
-    evaluate_forget = EvaluationSession._forget_metrics
-    monkeypatch.setattr(EvaluationSession, "_forget_metrics", lambda self, *args, with_tasks=False: (
+    evaluate_forget = EvaluationSession.forget_metrics
+    monkeypatch.setattr(EvaluationSession, "forget_metrics", lambda self, *args, with_tasks=False: (
         forget_evaluations.append(with_tasks), evaluate_forget(self, *args, with_tasks=with_tasks))[1])
     args = [*fast, "--attack.max_steps", "2", "--attack.num_examples", "2", "--attack.lr", "1e-3"]
     assert cli(*args, "--attack.datasets", "quantize:8,relearn,quantize:4", "--logger.name", "quantized") == 0
@@ -224,7 +223,7 @@ def test_bad_attack_config_fails_before_any_work(fast, tmp_path, capsys, extra, 
 
 
 def evaluate_cli(*argv):
-    return run(lambda settings: Unlearner(settings).evaluate_model(), "evaluate.py", list(argv))
+    return run(run_evaluation, "evaluate.py", list(argv))
 
 
 def test_evaluate_writes_one_models_results_and_the_comparison_reads_them(fast, tmp_path, capsys):

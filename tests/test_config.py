@@ -6,8 +6,8 @@ import re
 import pytest
 
 from obliviate.config.loader import HelpRequested, parse_config
-from obliviate.config.schema import experiment_schema
 from obliviate.errors import ConfigError
+from obliviate.experiment import experiment_schema
 from obliviate.methods import METHODS
 
 

@@ -2,6 +2,7 @@
 metrics/verbmem.py, metrics/privleak.py, metrics/logger.py)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from evaluation_helpers import OPTIONS, FixedScores, split_of
@@ -12,7 +13,7 @@ from obliviate.data.tokenize import PromptFormat
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.declarations import NotComputed
 from obliviate.evaluation.metrics.muse import cut_at_stop_strings, few_shot_prompt, privleak_from_aucs
-from obliviate.evaluation.queries import Continuation, EvalOptions, SplitScores
+from obliviate.evaluation.queries import Continuation, SplitScores
 from obliviate.models.embedded import tiny_random_llama
 
 
@@ -39,7 +40,7 @@ def test_knowmem_scores_rouge_l_f1_without_stemming(tokenizer):
     model = tiny_random_llama(tokenizer)
     example = Example("What does she do?", "she runs")
     scores = SplitScores(split_of("forget", [example]), model, tokenizer, PromptFormat(),
-                         EvalOptions(2, 64, 8, OPTIONS.work_dir, knowmem_shots={"": (Example("Who?", "Ada."),)}))
+                         replace(OPTIONS, knowmem_shots={"": (Example("Who?", "Ada."),)}))
     scores.generate = lambda prompts, budget: ["she running\n\nQuestion: more"] * len(prompts)
     result = METRICS.get("knowmem").compute(scores)
     assert result.value == pytest.approx(0.5)  # "she" matches, "running" is not "runs" without stemming

@@ -8,7 +8,7 @@ import torch
 from obliviate.data.tokenize import Query, collate, encode
 from obliviate.errors import UserError
 from obliviate.evaluation.scoring import answer_tokens, separate_statistics, token_statistics
-from obliviate.methods.likelihood import forward_logits, sequence_nll
+from obliviate.likelihood import forward_logits, sequence_nll
 from obliviate.models.embedded import tiny_random_llama
 
 
@@ -62,7 +62,8 @@ def test_answers_sharing_a_prompt_score_as_if_each_ran_alone(tokenizer):
     for a, b in zip(shared, separate):
         assert a.is_argmax == b.is_argmax and a.token_ids == b.token_ids and a.closing_eos == b.closing_eos
         assert a.log_probs == pytest.approx(b.log_probs, abs=1e-5)
-        assert a.standardised == pytest.approx(b.standardised, rel=2e-3)  # /σ amplifies float32 rounding
+        # /σ amplifies float32 rounding; a value near 0 (x ≈ μ) needs an absolute margin too
+        assert a.standardised == pytest.approx(b.standardised, rel=2e-3, abs=1e-3)
     truncated = answer_tokens(model, tokenizer, queries, 14, 4)  # answers cut at max_length, as in training
     alone = separate_statistics(model, tokenizer, queries, 14, 4)
     assert [len(t.log_probs) for t in truncated] == [len(t.log_probs) for t in alone]

@@ -9,7 +9,7 @@ import torch
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
-from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import forward_logits, mean_nll
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.training.g_effect import GEffectProbe, block_of, block_order
 
@@ -84,7 +84,7 @@ def test_smoothing_is_the_seeds_moving_average(probe_setup):
 
 def test_a_run_with_g_effect_trains_exactly_as_without_and_writes_the_plot(tmp_path, cache_dir):
     from obliviate.cli import run
-    from obliviate.unlearner import Unlearner
+    from obliviate.experiment import run_unlearning
 
     logs = {}
     for every in (0, 2):
@@ -93,7 +93,7 @@ def test_a_run_with_g_effect_trains_exactly_as_without_and_writes_the_plot(tmp_p
                 "--logger.json.root", str(tmp_path / "r"), "--logger.name", f"every{every}", "--unlearn.max_steps",
                 "4", "--finetune.max_steps", "2", "--eval.max_examples", "4", "--eval.metrics", "prob",
                 "--unlearn.g_effect_every", str(every)]
-        assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", argv) == 0
+        assert run(run_unlearning, "unlearn_model.py", argv) == 0
         folder = next((tmp_path / "r").rglob(f"every{every}"))
         logs[every] = [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
     records = [json.loads(line) for line in (folder / "g_effect.jsonl").read_text().splitlines()]

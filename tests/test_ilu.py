@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from obliviate.config.loader import parse_config
-from obliviate.config.schema import experiment_schema
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
 from obliviate.errors import UserError
+from obliviate.experiment import experiment_schema
+from obliviate.likelihood import forward_logits, mean_nll
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
 from obliviate.methods.ilu import InvariancePenalty, logit_scale_gradient
-from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.methods.objective import PrepareContext
 from obliviate.models.embedded import tiny_random_llama
+from obliviate.plan import configured_method
 
 TRAINED = "model.layers.1.mlp.down_proj.weight"
 
@@ -110,17 +111,18 @@ def test_every_k_skips_the_double_backward(setup):
 def test_ilu_wraps_its_base_method_and_needs_environments():
     settings = parse_config(["--unlearn.unlearn_method", "ilu", "--unlearn.ILU.environments", "synthetic:full_text",
                              "--unlearn.ILU.base_method", "graddiff", "--unlearn.ILU.lam", "2"], experiment_schema())
-    objective = METHODS.get("ILU").objective(settings, "ILU")
+    objective = configured_method(settings, "ILU").objective()
     assert objective.splits == {"forget", "retain", "env0"}
     assert [w for w, _ in objective.terms] == [-1.0, 1.0, 2.0]
-    assert METHODS.get("ILU").datasets(settings, "ILU") == {"env0": "synthetic:full_text"}
+    assert configured_method(settings, "ILU").datasets() == {"env0": "synthetic:full_text"}
     with pytest.raises(UserError, match="unlearn.ILU.environments is empty"):
-        METHODS.get("ILU").objective(parse_config([], experiment_schema()), "ILU")
+        configured_method(parse_config([], experiment_schema()), "ILU").objective()
 
 
 def test_ilu_reads_its_base_methods_extra_data():
     settings = parse_config(["--unlearn.unlearn_method", "ILU", "--unlearn.ILU.environments", "synthetic:math_train",
                              "--unlearn.ILU.base_method", "RMU", "--unlearn.RMU.extra_topics", "cyber.jsonl"],
                             experiment_schema())
-    assert METHODS.get("ILU").datasets(settings, "ILU") == {"topic1": "cyber.jsonl", "env0": "synthetic:math_train"}
-    assert METHODS.get("ILU").objective(settings, "ILU").splits == {"forget", "topic1", "retain", "env0"}
+    ilu = configured_method(settings, "ILU")
+    assert ilu.datasets() == {"topic1": "cyber.jsonl", "env0": "synthetic:math_train"}
+    assert ilu.objective().splits == {"forget", "topic1", "retain", "env0"}

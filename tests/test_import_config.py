@@ -10,8 +10,8 @@ import pytest
 
 from obliviate.config.loader import parse_config, resolve_config
 from obliviate.config.optml import import_optml
-from obliviate.config.schema import experiment_schema
 from obliviate.errors import UserError
+from obliviate.experiment import experiment_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 

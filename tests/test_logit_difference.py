@@ -11,15 +11,16 @@ import torch
 from safetensors.torch import load_file
 
 from obliviate.cli import run
-from obliviate.config.schema import Lora
+from obliviate.config.sections import Lora
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import Query, encode
 from obliviate.errors import UserError
 from obliviate.evaluation.scoring import greedy_answers, separate_statistics, shared_prompt_statistics
+from obliviate.experiment import run_evaluation, run_unlearning
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
 from obliviate.methods.entropy import MaxEntropyForget
 from obliviate.methods.logit_difference import augmented
+from obliviate.methods.objective import PrepareContext
 from obliviate.methods.terms import NLL, KLToReference
 from obliviate.models import adapters
 from obliviate.models.anatomy import first_layers
@@ -30,7 +31,6 @@ from obliviate.models.logit_difference import (
     combine_logits,
     relative_top_kept,
 )
-from obliviate.unlearner import Unlearner
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = Lora(enabled=True, r=4, alpha=8.0, dropout=0.0, target_modules=["all-linear"], merge=False)
@@ -216,11 +216,11 @@ def test_uld_objective_and_augmentation():
 
 
 def cli(*argv):
-    return run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", list(argv))
+    return run(run_unlearning, "unlearn_model.py", list(argv))
 
 
 def evaluate_cli(*argv):
-    return run(lambda settings: Unlearner(settings).evaluate_model(), "evaluate.py", list(argv))
+    return run(run_evaluation, "evaluate.py", list(argv))
 
 
 @pytest.fixture

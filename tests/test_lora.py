@@ -3,6 +3,7 @@ merging keeps the function, reference terms need no copy, and the run folder hol
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,18 +11,18 @@ import torch
 from accelerate import Accelerator
 
 from obliviate.cli import run
-from obliviate.config.schema import Lora
+from obliviate.config.sections import Lora
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
+from obliviate.experiment import run_unlearning
+from obliviate.likelihood import forward_logits, sequence_nll, token_kl
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
-from obliviate.methods.likelihood import forward_logits, sequence_nll, token_kl
+from obliviate.methods.objective import PrepareContext
 from obliviate.models import adapters
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
-from obliviate.unlearner import Unlearner
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = Lora(enabled=True, r=4, alpha=8.0, dropout=0.0, target_modules=["all-linear"], merge=False)
@@ -101,13 +102,13 @@ def test_rmu_with_lora_trains_the_adapters_of_its_modules(tokenizer):
 
 def test_target_modules_are_checked_by_name():
     names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight", "model.norm.weight"]
-    adapters.check_target_modules(Lora(True, 4, 8.0, 0.0, ["q_proj", "down_proj"], False), names)
+    adapters.check_target_modules(replace(LORA, target_modules=["q_proj", "down_proj"]), names)
     with pytest.raises(UserError, match="lora.target_modules: the model has no module 'c_attn'"):
-        adapters.check_target_modules(Lora(True, 4, 8.0, 0.0, ["q_proj", "c_attn"], False), names)
+        adapters.check_target_modules(replace(LORA, target_modules=["q_proj", "c_attn"]), names)
 
 
 def cli(*argv):
-    return run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", list(argv))
+    return run(run_unlearning, "unlearn_model.py", list(argv))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from obliviate.data.tokenize import IGNORE_INDEX as X
-from obliviate.methods.likelihood import mean_nll, sequence_nll, token_kl, token_nll
+from obliviate.likelihood import mean_nll, sequence_nll, token_kl, token_nll
 from obliviate.methods.npo import npo_loss, simnpo_loss
 
 # Two sequences of 4 positions over a 3-token vocabulary. Labels: position 0 is prompt (ignored),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from obliviate.config.schema import Mask
+from obliviate.config.sections import Mask
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
@@ -16,7 +16,7 @@ from obliviate.masks.build import build_mask, select_names
 from obliviate.masks.mask import ParameterMask
 from obliviate.masks.scores import MASK_SCORES, ScoringInputs
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
+from obliviate.methods.objective import PrepareContext
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.models.loading import shapes_of
 from obliviate.training.loop import train

@@ -8,9 +8,9 @@ import torch
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
+from obliviate.likelihood import forward_logits, mean_nll
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
-from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.methods.objective import PrepareContext
 from obliviate.models.embedded import tiny_random_llama
 
 

@@ -7,9 +7,9 @@ import torch
 from obliviate.data.examples import Example
 from obliviate.data.refusals import refusal_answers
 from obliviate.data.tokenize import PromptFormat, encode_dataset
+from obliviate.likelihood import forward_logits, mean_nll, sequence_nll
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
-from obliviate.methods.likelihood import forward_logits, mean_nll, sequence_nll
+from obliviate.methods.objective import PrepareContext
 from obliviate.methods.refusal import answer_preservation_loss
 from obliviate.models.embedded import tiny_random_llama
 
@@ -64,27 +64,27 @@ def test_synthetic_configs_run_on_a_tiny_model(tmp_path, cache_dir, config, term
     from pathlib import Path
 
     from obliviate.cli import run
-    from obliviate.unlearner import Unlearner
+    from obliviate.experiment import run_unlearning
 
     argv = ["--config_file", str(Path(__file__).resolve().parents[1] / "configs" / "synthetic" / config),
             "--overall.model_name", "tiny-random-llama", "--overall.cache_dir", str(cache_dir),
             "--dataset.data_dir", str(tmp_path / "data"), "--logger.json.root", str(tmp_path / "results"),
             "--unlearn.max_steps", "2", "--finetune.max_steps", "2", "--eval.max_examples", "4",
             "--eval.metrics", "prob", "--logger.name", "smoke"]
-    assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", argv) == 0
+    assert run(run_unlearning, "unlearn_model.py", argv) == 0
     log = (next((tmp_path / "results").rglob("train_log.jsonl"))).read_text().splitlines()
     assert len(log) == 2 and term in json.loads(log[0])
 
 
 def test_empty_refusals_fail_before_any_work(tmp_path, capsys):
     from obliviate.cli import run
-    from obliviate.unlearner import Unlearner
+    from obliviate.experiment import run_unlearning
 
     empty = tmp_path / "refusals.jsonl"
     empty.write_text("")
     argv = ["--unlearn.unlearn_method", "IDK_AP", "--logger.json.root", str(tmp_path / "results")]
     for refusals in ("", str(empty)):
-        assert run(lambda s: Unlearner(s).run(), "x", [*argv, "--unlearn.IDK_AP.refusals", refusals]) == 2
+        assert run(run_unlearning, "x", [*argv, "--unlearn.IDK_AP.refusals", refusals]) == 2
     err = capsys.readouterr().err
     assert "unlearn.IDK_AP.refusals is empty" in err and "is empty; give a dataset with at least one record" in err
     assert not (tmp_path / "results").exists()

@@ -17,8 +17,9 @@ from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import NonFiniteStep, UserError
 from obliviate.evaluation.metrics.tofu import option_share
 from obliviate.evaluation.queries import bounded_exp
+from obliviate.experiment import run_unlearning
 from obliviate.io import write_json_atomic
-from obliviate.loggers.json_logger import OWNER_FILE, RunFolder
+from obliviate.loggers.json_logger import OWNER_FILE, RunFolder, RunOptions
 from obliviate.methods import METHODS
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.training.loop import train
@@ -72,7 +73,7 @@ def test_a_run_with_nan_weights_stops_at_step_1_and_is_marked_failed(tmp_path, c
     tokenizer.save_pretrained(tmp_path / "nan_model")
     argv = cli_argv(tmp_path, cache_dir, "--overall.model_name", str(tmp_path / "nan_model"), "--finetune.enabled",
                     "false", "--eval.before", "false")
-    assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", argv) == 1
+    assert run(run_unlearning, "unlearn_model.py", argv) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: unlearn (GA) step 1: the loss or gradient is not finite") and "run.failed" in error
     method_folder = tmp_path / "results" / "synthetic" / "GA"
@@ -86,7 +87,7 @@ def test_an_interrupted_run_is_one_line_and_leaves_a_failed_folder(tmp_path, cac
     def interrupted(self, *args):
         raise KeyboardInterrupt
     monkeypatch.setattr(Unlearner, "_unlearn", interrupted)
-    assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", cli_argv(tmp_path, cache_dir)) == 130
+    assert run(run_unlearning, "unlearn_model.py", cli_argv(tmp_path, cache_dir)) == 130
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: interrupted; the partial run") and "rerun the same command" in error
     failed = tmp_path / "results" / "synthetic" / "GA" / "run.failed"
@@ -98,7 +99,7 @@ def test_two_runs_claiming_one_name_at_once_one_proceeds(tmp_path):
 
     def claim():
         try:
-            RunFolder(tmp_path, "task", "GA", "same", overwrite=False).start({"n": 1})
+            RunFolder(RunOptions(root=tmp_path, task="task", kind="GA", name="same")).start({"n": 1})
             outcomes.append("started")
         except UserError as error:
             outcomes.append(str(error))
@@ -115,17 +116,17 @@ def test_a_dead_runs_work_folder_is_reclaimed_and_a_finished_one_is_kept(tmp_pat
     work = tmp_path / "task" / "GA" / "old.incomplete"
     work.mkdir(parents=True)
     (work / OWNER_FILE).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2**22 + 17}))
-    folder = RunFolder(tmp_path, "task", "GA", "old", overwrite=False)
+    folder = RunFolder(RunOptions(root=tmp_path, task="task", kind="GA", name="old"))
     folder.start({})
     assert folder.finish().name == "old"
     with pytest.raises(UserError, match="already exists"):
-        RunFolder(tmp_path, "task", "GA", "old", overwrite=False)
+        RunFolder(RunOptions(root=tmp_path, task="task", kind="GA", name="old"))
 
 
 def test_a_results_root_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="logger.json.root '.*file' is a file, not a folder"):
-        RunFolder(tmp_path / "file", "task", "GA", "x", overwrite=False)
+        RunFolder(RunOptions(root=tmp_path / "file", task="task", kind="GA", name="x"))
 
 
 def test_collapsed_model_arithmetic_stays_finite():
@@ -190,7 +191,7 @@ def test_asking_for_wandb_without_the_package_is_one_line(tmp_path):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")
     with pytest.raises(UserError, match="logger.wandb is true but the wandb package is not installed"):
-        RunFolder(tmp_path, "task", "GA", "x", overwrite=False, use_wandb=True)
+        RunFolder(RunOptions(root=tmp_path, task="task", kind="GA", name="x", wandb=True))
 
 
 def _config_folder(t):
@@ -228,7 +229,7 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, cache_dir, capsys, ar
     base = ["--overall.model_name", "tiny-random-llama", "--overall.cache_dir", str(cache_dir),
             "--dataset.data_dir", str(tmp_path / "data"), "--logger.json.root", str(tmp_path / "results"),
             "--eval.metrics", "prob"]
-    assert run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", [*base, *arguments(tmp_path)]) == 2
+    assert run(run_unlearning, "unlearn_model.py", [*base, *arguments(tmp_path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ")
     assert re.search(message, error[0]), error[0]

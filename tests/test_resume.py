@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from obliviate.cli import run
-from obliviate.loggers.json_logger import RunFolder
-from obliviate.unlearner import Unlearner
+from obliviate.experiment import run_unlearning
+from obliviate.loggers.json_logger import RunFolder, RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def argv(tmp_path, cache_dir, name, *extra):
 
 
 def unlearn(arguments):
-    return run(lambda settings: Unlearner(settings).run(), "unlearn_model.py", arguments)
+    return run(run_unlearning, "unlearn_model.py", arguments)
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, cache_dir, monkeypatch, capsys):
@@ -62,4 +62,4 @@ def test_resume_needs_a_run_name(tmp_path):
     from obliviate.errors import UserError
 
     with pytest.raises(UserError, match="logger.resume needs the logger.name"):
-        RunFolder(tmp_path, "task", "GA", "", overwrite=False, resume=True)
+        RunFolder(RunOptions(root=tmp_path, task="task", kind="GA", resume=True))

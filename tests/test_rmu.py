@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
+from obliviate.methods.objective import PrepareContext
 from obliviate.methods.rmu import hidden_at_layer
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.training.loop import train

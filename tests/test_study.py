@@ -12,7 +12,8 @@ import pytest
 
 import obliviate.unlearner
 from obliviate.errors import UserError
-from obliviate.study.report import selected_settings, with_control
+from obliviate.study.report import with_control
+from obliviate.study.results import FinishedCell, selected_settings
 from obliviate.study.runner import StudyFailed, run_study
 from obliviate.study.spec import load_study, selection_rule
 
@@ -122,7 +123,7 @@ def test_a_failing_cell_does_not_stop_the_others(study_file, tmp_path, monkeypat
     real_unlearn = obliviate.unlearner.Unlearner._unlearn
 
     def fail_for_npo(self, *args):
-        if self.plan.method == "NPO":
+        if self.plan.method.name == "NPO":
             raise RuntimeError("diverged")
         return real_unlearn(self, *args)
 
@@ -246,8 +247,8 @@ def test_a_grid_is_the_cartesian_product_of_list_values_of_single_value_keys(stu
 
 def cell(setting, forget_quality, utility):
     before = {"forget": {"forget_quality": 1e-5}, "model": {"model_utility": 0.5}}
-    return {"method": "NPO", "setting": setting, "metrics": {
-        "before": before, "after": {"forget": {"forget_quality": forget_quality}, "model": {"model_utility": utility}}}}
+    return FinishedCell(method="NPO", setting=setting, seed=0, label=f"NPO [{setting}]", metrics={
+        "before": before, "after": {"forget": {"forget_quality": forget_quality}, "model": {"model_utility": utility}}})
 
 
 def test_selection_takes_the_seed_mean_of_each_setting_and_applies_the_rule(study_file):

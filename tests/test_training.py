@@ -7,9 +7,9 @@ from accelerate.utils import set_seed
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
+from obliviate.likelihood import forward_logits, mean_nll
 from obliviate.methods import METHODS
-from obliviate.methods.base import PrepareContext
-from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.methods.objective import PrepareContext
 from obliviate.models.embedded import tiny_random_llama
 from obliviate.training.loop import micro_batches, train
 from obliviate.training.schedule import TrainingConfig, build_optimizer, lr_factor

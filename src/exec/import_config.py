@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obliviate.cli import USER_ERROR_EXIT  # noqa: E402
 from obliviate.config.loader import resolve_config  # noqa: E402
 from obliviate.config.optml import import_optml  # noqa: E402
-from obliviate.config.schema import experiment_schema  # noqa: E402
 from obliviate.config.settings import nest  # noqa: E402
 from obliviate.errors import UserError  # noqa: E402
+from obliviate.experiment import experiment_schema  # noqa: E402
 from obliviate.io import read_json_object  # noqa: E402
 
 

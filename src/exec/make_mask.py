@@ -17,11 +17,11 @@ from accelerate import Accelerator  # noqa: E402
 
 from obliviate.cli import run  # noqa: E402
 from obliviate.config.settings import Settings  # noqa: E402
+from obliviate.data.tokenize import encode_splits  # noqa: E402
 from obliviate.environment import peak_memory_mb  # noqa: E402
 from obliviate.errors import UserError  # noqa: E402
-from obliviate.models.loading import load_model, shapes_of  # noqa: E402
+from obliviate.models.loading import shapes_of  # noqa: E402
 from obliviate.plan import plan  # noqa: E402
-from obliviate.unlearner import make_mask  # noqa: E402
 
 
 def build(settings: Settings) -> None:
@@ -32,9 +32,10 @@ def build(settings: Settings) -> None:
     if out.is_dir() or out.parent.is_file():
         raise UserError(f"mask output '{out}' is a folder or inside a file; name a .safetensors file (mask.out)")
     target = models.build(models.target or models.base, "target", Accelerator(cpu=models.device.type == "cpu"))
-    model, tokenizer = load_model(target, models.cache_dir, models.device, models.dtype)
+    model, tokenizer = models.load(target)
     start = time.perf_counter()
-    mask = make_mask(experiment, model, tokenizer, out)
+    data = encode_splits(tokenizer, experiment.data, {"forget", "retain"}, experiment.fmt, experiment.max_length)
+    mask = experiment.mask_recipe.make(model, data["forget"], data.get("retain"), out)
     fraction = mask.statistics(shapes_of(model))["trainable_fraction"]
     print(f"mask: {out} (plot {out.with_suffix('.png')}); trainable fraction of all weights {fraction:.4f}; "
           f"built in {time.perf_counter() - start:.1f} s; peak memory {peak_memory_mb():.0f} MB")

@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from obliviate.cli import run  # noqa: E402
-from obliviate.unlearner import Unlearner  # noqa: E402
+from obliviate.experiment import run_unlearning  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run(lambda settings: Unlearner(settings).run(), "unlearn_model.py"))
+    sys.exit(run(run_unlearning, "unlearn_model.py"))

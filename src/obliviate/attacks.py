@@ -30,21 +30,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from obliviate.config.sections import Attack as AttackSettings
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
+from obliviate.evaluation.session import EvaluationSession
 from obliviate.methods.terms import NLL
 from obliviate.training.loop import train
 from obliviate.training.schedule import TrainingConfig
-
-if TYPE_CHECKING:
-    from obliviate.config.schema import Attack as AttackSettings
 
 RELEARN = "relearn"
 QUANTIZE = "quantize:"  # quantize:<bits>
@@ -64,6 +62,18 @@ class Attack:
     def quantization_bits(self) -> int | None:
         """The width of a quantization attack (``quantize:4`` -> 4), None for a fine-tune attack."""
         return int(self.name.removeprefix(QUANTIZE)) if self.name.startswith(QUANTIZE) else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackPlan:
+    """Every attack of the experiment, and what they share: evaluation every ``eval_every`` steps, the prompt
+    format and length of the encoding, the seed of their batches."""
+
+    attacks: list[Attack]
+    eval_every: int
+    fmt: PromptFormat
+    max_length: int
+    seed: int
 
 
 def quantization_width(name: str) -> int:
@@ -104,8 +114,8 @@ def per_attack(values: list, key: str, count: int) -> list:
     return values
 
 
-def plan_attacks(section: "AttackSettings", forget: list[Example], load: Callable[[str], list[Example]]
-                 ) -> list[Attack]:
+def plan_attacks(section: AttackSettings, forget: list[Example], load: Callable[[str], list[Example]], *,
+                 fmt: PromptFormat, max_length: int, seed: int) -> AttackPlan:
     """Load every attack's data and check its settings up front (so bad input fails before any long work)."""
     names = section.datasets
     if duplicates := sorted({name for name in names if names.count(name) > 1}):
@@ -122,17 +132,47 @@ def plan_attacks(section: "AttackSettings", forget: list[Example], load: Callabl
             continue
         examples = forget if name == RELEARN else load(name)
         attacks.append(Attack(name, examples[:size or None], load(test) if test else [], lr, max_steps, batch_size))
-    return attacks
+    return AttackPlan(attacks=attacks, eval_every=section.eval_every, fmt=fmt, max_length=max_length, seed=seed)
 
 
-def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, attacks: list[Attack], fmt: PromptFormat,
-                max_length: int, eval_every: int, accelerator: Accelerator, seed: int,
-                evaluate_point: Callable[[Attack, int], dict], log_step: Callable[[dict], None]) -> dict:
+class AttackPoints:
+    """What each point of an attack curve evaluates: the forget metrics (and lm-eval's tasks); for a relearning
+    attack on a slice, also the forget examples outside it (``forget_unseen``: knowledge that comes back there was
+    not simply trained in again); and the attack task's own accuracy. Every attack starts from the same unlearned
+    weights (step 0), so their forget metrics are computed once and reused."""
+
+    def __init__(self, session: EvaluationSession, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.session, self.tokenizer = session, tokenizer
+        self._unlearned: dict | None = None
+
+    def __call__(self, model: torch.nn.Module, attack: Attack, step: int) -> dict:
+        session, tokenizer = self.session, self.tokenizer
+        if step > 0:
+            metrics = session.forget_metrics(model, tokenizer, with_tasks=True)
+        else:
+            if self._unlearned is None:
+                self._unlearned = session.forget_metrics(model, tokenizer, with_tasks=True)
+            metrics = self._unlearned
+        point = {"forget": dict(metrics)}
+        forget = session.plan.split("forget").examples
+        trained = set(attack.train)
+        unseen = tuple(e for e in forget if e not in trained)
+        if attack.name == RELEARN and 0 < len(unseen) < len(forget):
+            point["forget_unseen"] = session.forget_metrics(model, tokenizer, unseen)
+        if attack.test:
+            point["task"] = session.task_accuracy(model, tokenizer, attack.test)
+        return point
+
+
+def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, plan: AttackPlan,
+                accelerator: Accelerator, *, evaluate_point: Callable[[Attack, int], dict],
+                log_step: Callable[[dict], None]) -> dict:
     """Fine-tune a fresh copy of the unlearned weights on each attack; return its evaluation curve.
     ``evaluate_point(attack, step)`` evaluates one point; step 0 is always the unlearned weights."""
     unlearned = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     results = {}
-    for attack in attacks:
+    eval_every = plan.eval_every
+    for attack in plan.attacks:
         model.load_state_dict(unlearned)
         if attack.quantization_bits is not None:
             curve = [{"step": 0, **evaluate_point(attack, 0)}]
@@ -140,7 +180,7 @@ def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, atta
             results[attack.name] = curve + [{"step": 1, **evaluate_point(attack, 1)}]
             continue
         model.requires_grad_(True)  # downstream fine-tuning updates every weight
-        data = encode_dataset(tokenizer, attack.train, fmt, max_length)
+        data = encode_dataset(tokenizer, attack.train, plan.fmt, plan.max_length)
         config = TrainingConfig(lr=attack.lr, num_epochs=1, max_steps=attack.max_steps, gradient_accumulation_steps=1,
                                 weight_decay=0.0, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1.0,
                                 logging_steps=1, batch_size=attack.batch_size)
@@ -150,7 +190,7 @@ def run_attacks(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, atta
             if step % eval_every == 0 or step == attack.max_steps:
                 curve.append({"step": step, **evaluate_point(attack, step)})
 
-        train(model, NLL("train") * 1.0, {"train": data}, "train", config, accelerator, seed,
+        train(model, NLL("train") * 1.0, {"train": data}, "train", config, accelerator, plan.seed,
               on_log=lambda record, name=attack.name: log_step({"attack": name, **record}),
               after_step=evaluate_at, description=f"attack {attack.name}")
         results[attack.name] = curve

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable
 
 from obliviate.config.loader import HelpRequested, parse_config
-from obliviate.config.schema import experiment_schema
 from obliviate.config.settings import Settings
 from obliviate.errors import Interrupted, RunFailed, UserError
+from obliviate.experiment import experiment_schema
 
 USER_ERROR_EXIT = 2
 RUN_FAILED_EXIT = 1

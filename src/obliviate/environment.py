@@ -1,10 +1,13 @@
-"""What a run ran on: package versions, device, world size, peak memory."""
+"""What a run ran on (package versions, device, world size, peak memory) and where its time went."""
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import resource
 import subprocess
+import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -50,3 +53,13 @@ def environment_record(device: torch.device, dtype: torch.dtype, world_size: int
     if device.type == "cuda":
         record["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return record
+
+
+class Timings(dict[str, float]):
+    """Wall seconds per stage of a run (env.json's ``wall_time_seconds``); a stage timed twice adds up."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 2)

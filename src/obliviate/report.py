@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from obliviate.config.settings import Settings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 from obliviate.evaluation.results import NOT_COMPUTED, Evaluation
 from obliviate.evaluation.splits import Role, Split
+from obliviate.io import write_text_atomic
+from obliviate.loggers import RunFolder
 
 EXAMPLES_SHOWN = 3
 EXAMPLE_ROLES = (Role.FORGET, Role.RETAIN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunDescription:
+    """What a run's summary says ran: its title, the model, whether it was fine-tuned first, the seed, the
+    metrics and the evaluated splits."""
+
+    title: str
+    model_name: str
+    finetuned: bool
+    seed: int
+    metrics: list[str]
+    splits: list[Split]
 
 
 def metrics_table(metrics: dict[str, dict]) -> str:
@@ -55,18 +73,16 @@ def _one_line(text: str, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
-def run_summary(title: str, settings: Settings, splits: list[Split], results: dict[str, Evaluation],
-                seconds: dict[str, float]) -> str:
+def run_summary(run: RunDescription, results: dict[str, Evaluation], seconds: dict[str, float]) -> str:
     """The run's one-page markdown summary: what ran, every metric, examples, and where the time went."""
-    s = settings
     metrics = {stage: evaluation.metrics_record() for stage, evaluation in results.items()}
-    data = [f"{split.name} ({split.role.value}, {len(split.examples)} examples)" for split in splits]
+    data = [f"{split.name} ({split.role.value}, {len(split.examples)} examples)" for split in run.splits]
     missing = not_computed_lines(results)
-    examples = example_lines(splits, results)
-    lines = [f"# {title}", "",
-             f"- model: `{s.overall.model_name}` (fine-tuned target: {s.finetune.enabled}), seed {s.overall.seed}",
+    examples = example_lines(run.splits, results)
+    lines = [f"# {run.title}", "",
+             f"- model: `{run.model_name}` (fine-tuned target: {run.finetuned}), seed {run.seed}",
              f"- evaluated splits: {', '.join(data)}",
-             f"- metrics: {', '.join(s.eval.metrics)}", "",
+             f"- metrics: {', '.join(run.metrics)}", "",
              "## Metrics", "",
              "Higher = more knowledge, except forget_quality and model.forget_quality_log10 (higher = closer to "
              "the retain model) and the truth ratio on forget/holdout (closer to 1 = cannot tell true from "
@@ -78,3 +94,18 @@ def run_summary(title: str, settings: Settings, splits: list[Split], results: di
              "| stage | seconds |", "|---|---|",
              *(f"| {stage} | {value:.1f} |" for stage, value in seconds.items()), ""]
     return "\n".join(lines)
+
+
+def write_results(folder: RunFolder, run: RunDescription, results: dict[str, Evaluation], seconds: dict[str, float],
+                  environment: dict[str, Any]) -> Path:
+    """metrics.json, per_example.json, env.json and summary.md; then the run folder is finished (renamed to its
+    final name) and the metrics table printed."""
+    folder.write_json("metrics.json", {stage: e.metrics_record() for stage, e in results.items()})
+    folder.write_json("per_example.json", {stage: e.per_example_record() for stage, e in results.items()})
+    folder.write_json("env.json", {**environment, "wall_time_seconds": seconds})
+    write_text_atomic(folder.path("summary.md"), run_summary(run, results, seconds))
+    finished = folder.finish()
+    if results:
+        print(metrics_table({stage: e.metrics_record() for stage, e in results.items()}))
+    print(f"results: {finished}")
+    return finished

@@ -130,6 +130,22 @@ class ChoiceValue(Checker):
         return "one of " + "|".join(self.choices)
 
 
+class RegisteredName(Checker):
+    """The name of a registered component of one ``kind`` (the ``kind`` of its registry: "unlearning method",
+    "metric", ...). Config knows no component: the composition root (:mod:`obliviate.experiment`) binds each kind
+    to its registry's names, turning this into a :class:`ChoiceValue` (:func:`obliviate.config.spec.bind_names`)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def check(self, value: Any) -> str:
+        raise ValueError(f"cannot be checked: no {self.kind} names are bound (assemble the schema with "
+                         "obliviate.experiment.experiment_schema)")
+
+    def help(self) -> str:
+        return f"a registered {self.kind} name"
+
+
 class ListValue(Checker):
     """A list: a JSON list in a file, or ``[a, b]`` / ``a,b`` on the command line; one value is a list of one."""
 

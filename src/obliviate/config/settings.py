@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from obliviate.config.schema import (
+from obliviate.config.sections import (
     SECTIONS,
     Attack,
     Dataset,

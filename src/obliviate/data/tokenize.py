@@ -141,3 +141,9 @@ def encode_dataset(tokenizer: PreTrainedTokenizerBase, examples: list[Example], 
                    max_length: int) -> EncodedDataset:
     """The training encoding of ``examples`` as a data set (the one way every trainer encodes its data)."""
     return EncodedDataset([encode_example(tokenizer, e, fmt, max_length) for e in examples], tokenizer.pad_token_id)
+
+
+def encode_splits(tokenizer: PreTrainedTokenizerBase, data: dict[str, list[Example]], splits: set[str],
+                  fmt: PromptFormat, max_length: int) -> dict[str, EncodedDataset]:
+    """The training encoding of the named splits of ``data`` (those present)."""
+    return {split: encode_dataset(tokenizer, data[split], fmt, max_length) for split in splits if split in data}

@@ -26,38 +26,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from sklearn.metrics import roc_auc_score
 
+from obliviate.evaluation.queries import SplitScores
+from obliviate.evaluation.results import Evaluation, MetricResult, NotComputed, Reads
 from obliviate.evaluation.splits import ALL_ROLES, Role, Split
 from obliviate.registry import Registry
-
-if TYPE_CHECKING:
-    from obliviate.evaluation.queries import SplitScores
-    from obliviate.evaluation.results import Evaluation
-
-Reads = Literal["qa", "text", "any"]
-
-
-class NotComputed(Exception):
-    """A metric's inputs are missing; the message names them (and how to provide them)."""
-
-
-@dataclass(frozen=True)
-class MetricResult:
-    """A split's aggregate, the per-example values (None where an example lacks the input) and, for
-    generating metrics, each example's prompt, ground truth and generation."""
-
-    value: float
-    per_example: list[float | None]
-    texts: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    compute: Callable[["SplitScores"], MetricResult]
+    compute: Callable[[SplitScores], MetricResult]
     reads: Reads = "qa"
     roles: frozenset[Role] = ALL_ROLES
     reference: tuple[str, ...] = ()
@@ -87,7 +69,7 @@ class ModelInputs:
     """What a model-level metric reads: the splits, the per-split results so far and the retain reference."""
 
     splits: list[Split]
-    evaluation: "Evaluation"
+    evaluation: Evaluation
     reference: "Evaluation | None"
 
     def primary(self, role: Role) -> list[Split]:
@@ -139,7 +121,7 @@ def metric(name: str, *, reads: Reads = "qa", roles: frozenset[Role] = ALL_ROLES
            version: int = 1, setup_check: Callable[[], Any] | None = None) -> Callable[[Callable], Callable]:
     """Register the decorated ``compute(scores) -> MetricResult`` as the per-split metric ``name``."""
 
-    def decorate(compute: Callable[["SplitScores"], MetricResult]) -> Callable:
+    def decorate(compute: Callable[[SplitScores], MetricResult]) -> Callable:
         METRICS.register(name)(Metric(name, compute, reads, frozenset(roles), tuple(reference), generates,
                                       frozenset(knowledge_up), membership, version, setup_check))
         if membership:

@@ -17,8 +17,11 @@ metrics.json, ``best_checkpoint.json``), and saved as ``model_best/`` when the m
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import torch
 
 from obliviate.errors import UserError
 
+logger = logging.getLogger(__name__)
 CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\s*(>=|<=)\s*([0-9.eE+-]+)\s*$")
 Point = dict  # {"step": int, "<split>": {"<metric>": value}}
 
@@ -114,6 +118,60 @@ class BestWeights:
         with torch.no_grad():
             for name, tensor in self.tensors.items():
                 parameters[name].copy_(tensor)
+
+
+class EvaluationPoints:
+    """The after-step callback of evaluation during unlearning: at step 0, every ``every`` steps and at the last,
+    ``evaluate()`` gives the point's metrics, which ``record`` writes; with a ``rule``, the best point's trainable
+    weights of ``trained`` are kept (:attr:`best`). Its state (the points, the best one's weights) is saved with a
+    resumable checkpoint."""
+
+    def __init__(self, evaluate: Callable[[], dict], record: Callable[[Point], None], trained: torch.nn.Module,
+                 every: int, total: int, rule: BestRule | None) -> None:
+        self.evaluate, self.record, self.trained = evaluate, record, trained
+        self.every, self.total, self.rule = every, total, rule
+        self.points: list[Point] = []
+        self.best: tuple[Point, BestWeights] | None = None
+
+    def __call__(self, step: int) -> None:
+        if step % self.every and step != self.total:
+            return
+        point = {"step": step, **self.evaluate()}
+        self.points.append(point)
+        self.record(point)
+        if self.rule is not None and step > 0 and self.rule.choose(self.points) is point:
+            self.best = (point, BestWeights.of(self.trained))
+
+    def state_dict(self) -> dict:
+        best = self.best
+        return {"points": self.points, "best_step": best[0]["step"] if best else None,
+                "best_tensors": best[1].tensors if best else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = list(state["points"])
+        if state["best_step"] is not None:
+            point = next(p for p in self.points if p["step"] == state["best_step"])
+            self.best = (point, BestWeights(state["best_tensors"]))
+
+    def best_record(self) -> dict:
+        """best_checkpoint.json: the rule, and the chosen step and point (None when no point qualifies)."""
+        if self.best is None:
+            logger.warning("no evaluated point satisfies the best-checkpoint rule (%s)", self.rule.describe())
+        point = self.best[0] if self.best else None
+        return {"rule": self.rule.describe(), "step": point["step"] if point else None, "point": point}
+
+    @contextlib.contextmanager
+    def best_weights(self) -> Iterator[None]:
+        """The trained model with the best point's weights loaded; the last weights are back afterwards."""
+        last = BestWeights.of(self.trained)
+        self.best[1].load_into(self.trained)
+        try:
+            yield
+        finally:
+            last.load_into(self.trained)
+
+    def plot(self, path: Path, title: str) -> None:
+        plot_eval_curves(self.points, path, self.best[0]["step"] if self.best else None, title)
 
 
 def plot_eval_curves(points: list[Point], path: Path, best_step: int | None, title: str) -> None:

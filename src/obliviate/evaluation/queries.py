@@ -12,8 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.tokenize import PromptFormat, Query, example_query
-from obliviate.evaluation.declarations import METRICS, NotComputed, Reads
-from obliviate.evaluation.results import Evaluation
+from obliviate.evaluation.results import Evaluation, NotComputed, Reads
 from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, greedy_answers
 from obliviate.evaluation.splits import Split, base_answer
 
@@ -29,7 +28,7 @@ def bounded_exp(x: float) -> float:
     return math.exp(max(-EXP_LIMIT, min(EXP_LIMIT, x)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalOptions:
     batch_size: int
     max_length: int
@@ -138,13 +137,14 @@ class SplitScores:
             ratios[id(example)] = bounded_exp(base - sum(perturbed) / len(perturbed))
         return [ratios.get(id(e)) for e in self.split.questions]
 
-    def reference_values(self, name: str) -> list:
-        """The retain model's per-example ``name`` on this split (NotComputed when not known)."""
+    def reference_values(self, name: str, reads: Reads) -> list:
+        """The retain model's per-example ``name`` (a metric that ``reads`` those examples) on this split
+        (NotComputed when not known)."""
         values = None if self.reference is None else self.reference.per_example.get(self.split.name, {}).get(name)
         if values is None:
             raise NotComputed(f"needs the retain model's {name} on {self.split.name}: set --finetune.enabled true, "
                               "--eval.retain_model_name or --eval.retain_logs_path")
-        scored = self.scored(METRICS.get(name).reads)
+        scored = self.scored(reads)
         if len(values) != len(scored):
             raise NotComputed(f"the retain model's {name} on {self.split.name} has {len(values)} values for "
                               f"{len(scored)} examples: evaluate the retain model on the same data")

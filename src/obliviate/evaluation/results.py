@@ -10,11 +10,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from obliviate.evaluation.declarations import MetricResult
+from typing import Any, Literal
 
 MODEL, LM_EVAL, NOT_COMPUTED, GENERATIONS = "model", "lm_eval", "not_computed", "generations"
+Reads = Literal["qa", "text", "any"]  # what a metric scores: questions, plain texts, or every example
+
+
+class NotComputed(Exception):
+    """A metric's inputs are missing; the message names them (and how to provide them)."""
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """A split's aggregate, the per-example values (None where an example lacks the input) and, for
+    generating metrics, each example's prompt, ground truth and generation."""
+
+    value: float
+    per_example: list[float | None]
+    texts: list[dict[str, str]] | None = None
+
 
 
 @dataclass

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.tokenize import Query, collate, encode
 from obliviate.errors import UserError
-from obliviate.methods.likelihood import forward_logits, shifted
+from obliviate.likelihood import forward_logits, shifted
 
 MIN_VARIANCE = 1e-6  # σ_t² floor of Min-K%++ (open-unlearning src/evals/metrics/mia/min_k_plus_plus.py)
 

@@ -9,33 +9,54 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from obliviate.attacks import RELEARN, Attack
+from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat
+from obliviate.evaluation.declarations import Requirements
 from obliviate.evaluation.evaluator import cached_evaluation, evaluate, evaluation_key
+from obliviate.evaluation.queries import EvalOptions
 from obliviate.evaluation.results import Evaluation
 from obliviate.evaluation.splits import Role, Split
-from obliviate.models.loading import ModelSource, load_model
-
-if TYPE_CHECKING:
-    from obliviate.models.finetune import FinetuneRecipe
-    from obliviate.plan import EvaluationPlan, ModelPlan
+from obliviate.models.loading import ModelSource
 
 TASK_METRIC = "exact_match"  # a downstream attack task's own accuracy
+LoadedModel = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationPlan:
+    """What every evaluation of the experiment computes: the splits, the metrics and their options, what the
+    metrics need from the retain model's evaluation, and that evaluation when read from eval.retain_logs_path."""
+
+    splits: list[Split]
+    metrics: list[str]
+    options: EvalOptions
+    reference_needs: Requirements
+    retain_logs: Evaluation | None
+
+    def split(self, name: str) -> Split:
+        return next(split for split in self.splits if split.name == name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetainModel:
+    """The retain (oracle) model the reference metrics read: its identity (the cache key) and how to get it loaded
+    (fine-tuned first on a cache miss of a recipe)."""
+
+    source: ModelSource
+    load: Callable[[], LoadedModel]
 
 
 class EvaluationSession:
-    """Evaluates models as ``plan`` says; ``build(recipe_or_source, role)`` makes a fine-tuned model on demand."""
+    """Evaluates models as ``plan`` says, caching evaluations of known models in ``cache_dir``."""
 
-    def __init__(self, plan: "EvaluationPlan", fmt: PromptFormat, models: "ModelPlan",
-                 build: Callable[["FinetuneRecipe | ModelSource", str], ModelSource]) -> None:
-        self.plan, self.fmt, self.models, self.build = plan, fmt, models, build
+    def __init__(self, plan: EvaluationPlan, fmt: PromptFormat, cache_dir: Path, retain: RetainModel | None) -> None:
+        self.plan, self.fmt, self.cache_dir, self.retain = plan, fmt, cache_dir, retain
         self._reference: list[Evaluation | None] = []  # computed once, on first use
-        self._unlearned_forget: dict | None = None  # the forget metrics of the unlearned weights, once per run
 
     def reference(self) -> Evaluation | None:
         """The retain model's evaluation on what the metrics need (None when they need nothing): read from
@@ -46,18 +67,16 @@ class EvaluationSession:
 
     def _retain_evaluation(self) -> Evaluation | None:
         needs = self.plan.reference_needs
-        if self.plan.retain_logs is not None or not needs.by_split or self.models.retain is None:
+        if self.plan.retain_logs is not None or not needs.by_split or self.retain is None:
             return self.plan.retain_logs
-        retain, source = self.models.retain, self.models.retain_source
         splits = [split for split in self.plan.splits if split.name in needs.by_split]
 
         def compute() -> Evaluation:  # build (fine-tune) and load only on a cache miss
-            model, tokenizer = load_model(self.build(retain, "retain"), self.models.cache_dir, self.models.device,
-                                          self.models.dtype)
+            model, tokenizer = self.retain.load()
             return evaluate(model, tokenizer, splits, self.fmt, self.plan.options, needs.metrics)
 
-        key = evaluation_key(source.identity, splits, self.fmt, self.plan.options, needs.metrics, None)
-        evaluation = cached_evaluation(self.models.cache_dir, key, compute)
+        key = evaluation_key(self.retain.source.identity, splits, self.fmt, self.plan.options, needs.metrics, None)
+        evaluation = cached_evaluation(self.cache_dir, key, compute)
         gc.collect()
         return evaluation
 
@@ -72,7 +91,7 @@ class EvaluationSession:
             return compute()
         key = evaluation_key(source.identity, self.plan.splits, self.fmt, self.plan.options, self.plan.metrics,
                              self.reference())
-        return cached_evaluation(self.models.cache_dir, key, compute)
+        return cached_evaluation(self.cache_dir, key, compute)
 
     def during_training(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, names: list[str]
                         ) -> dict[str, dict]:
@@ -83,32 +102,19 @@ class EvaluationSession:
                               self.plan.metrics, self.reference())
         return {name: evaluation.splits.get(name, {}) for name in names}
 
-    def attack_point(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, attack: Attack,
-                     unlearned: bool) -> dict:
-        """The forget metrics (and lm-eval's tasks, e.g. WMDP accuracy) at one point of an attack; for a
-        relearning attack on a slice, also the forget examples outside it (``forget_unseen``: knowledge that
-        comes back there was not simply trained in again); and the attack task's own accuracy. Every attack
-        starts from the same ``unlearned`` weights, so their forget metrics are computed once and reused."""
+    def forget_metrics(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       examples: tuple[Example, ...] | None = None, with_tasks: bool = False) -> dict:
+        """The plan's metrics on the forget split (or on some of its ``examples``), with lm-eval's tasks (e.g.
+        WMDP accuracy) when ``with_tasks``: one point of a fine-tune attack's curve."""
         forget = self.plan.split("forget")
-        if not unlearned:
-            metrics = self._forget_metrics(model, tokenizer, forget, with_tasks=True)
-        else:
-            if self._unlearned_forget is None:
-                self._unlearned_forget = self._forget_metrics(model, tokenizer, forget, with_tasks=True)
-            metrics = self._unlearned_forget
-        point = {"forget": dict(metrics)}
-        trained = set(attack.train)
-        unseen = [e for e in forget.examples if e not in trained]
-        if attack.name == RELEARN and 0 < len(unseen) < len(forget.examples):
-            point["forget_unseen"] = self._forget_metrics(model, tokenizer, replace(forget, examples=tuple(unseen)))
-        if attack.test:
-            task = Split("task", Role.TASK, tuple(attack.test[:self.plan.options.task_limit or None]))
-            point["task"] = evaluate(model, tokenizer, [task], self.fmt, self.plan.options,
-                                     [TASK_METRIC]).splits.get("task", {})
-        return point
-
-    def _forget_metrics(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, forget: Split,
-                        with_tasks: bool = False) -> dict:
+        if examples is not None:
+            forget = replace(forget, examples=examples)
         options = self.plan.options if with_tasks else replace(self.plan.options, lm_eval_tasks=())
         evaluation = evaluate(model, tokenizer, [forget], self.fmt, options, self.plan.metrics, self.reference())
         return {**evaluation.splits.get("forget", {}), **evaluation.lm_eval}
+
+    def task_accuracy(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                      test: list[Example]) -> dict:
+        """A downstream task's own accuracy (``exact_match`` of greedy answers) on its test examples."""
+        task = Split("task", Role.TASK, tuple(test[:self.plan.options.task_limit or None]))
+        return evaluate(model, tokenizer, [task], self.fmt, self.plan.options, [TASK_METRIC]).splits.get("task", {})

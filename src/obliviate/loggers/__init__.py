@@ -1,5 +1,5 @@
 """Result loggers, registered by kind (``overall.logger``)."""
 
-from obliviate.loggers.json_logger import LOGGERS, RunFolder
+from obliviate.loggers.json_logger import LOGGERS, RunFolder, RunOptions
 
-__all__ = ["LOGGERS", "RunFolder"]
+__all__ = ["LOGGERS", "RunFolder", "RunOptions"]

@@ -24,12 +24,16 @@ import math
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from obliviate.errors import UserError
+import torch
+from safetensors.torch import save_file
+
+from obliviate.errors import Interrupted, NonFiniteStep, RunFailed, UserError
 from obliviate.io import finite_or_null, flatten, write_json_atomic, write_text_atomic
 from obliviate.loggers.trackers import TensorBoardTracker, Tracker, WandbTracker, check_trackers, scalars
 from obliviate.registry import Registry
@@ -89,24 +93,38 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where a run's folder goes (``<root>/<task>/<kind>/<name>``; ``kind`` is the method, or ``evaluations``) and
+    how it is claimed and tracked."""
+
+    root: Path
+    task: str
+    kind: str
+    name: str = ""  # empty: a UTC timestamp
+    overwrite: bool = False
+    tensorboard: bool = False
+    wandb: bool = False
+    resume: bool = False
+
+
 @LOGGERS.register("json")
 class RunFolder:
     """Writes one run's results as JSON files under the results root."""
 
-    def __init__(self, root: Path, task: str, method: str, run_name: str, overwrite: bool,
-                 tensorboard: bool = False, use_wandb: bool = False, resume: bool = False) -> None:
-        if resume and not run_name:
+    def __init__(self, options: RunOptions) -> None:
+        if options.resume and not options.name:
             raise UserError("logger.resume needs the logger.name of the run to continue; give --logger.name")
-        name = run_name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
-        self.resume, self.resumed = resume, False
-        check_trackers(tensorboard, use_wandb)
-        self.wanted = (tensorboard, use_wandb)
+        name = options.name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+        self.resume, self.resumed = options.resume, False
+        check_trackers(options.tensorboard, options.wandb)
+        self.wanted = (options.tensorboard, options.wandb)
         self.trackers: list[Tracker] = []
         if "/" in name or name.startswith("."):
             raise UserError(f"logger.name '{name}' must be a plain folder name (no '/', not starting with '.')")
-        writable_folder(root, "logger.json.root")
-        self.final = self.location(root, task, method, name)
-        self.overwrite = overwrite
+        writable_folder(options.root, "logger.json.root")
+        self.final = self.location(options.root, options.task, options.kind, name)
+        self.overwrite = options.overwrite
         self._check_final()
         self.work = self.final.with_name(name + ".incomplete")
         self.failed = self.final.with_name(name + ".failed")
@@ -158,11 +176,13 @@ class RunFolder:
         (self.work / "failure.json").unlink(missing_ok=True)
         self.resumed = True
 
-    def truncate_jsonl(self, name: str, last_step: int) -> None:
-        """Drop the records of ``name`` after ``last_step`` (logged after the state a resumed run starts from)."""
-        path = self.path(name)
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= last_step]
+    def truncate_logs(self, saved: int | None, restarted: tuple[str, ...] = ()) -> None:
+        """Resuming from the state saved after step ``saved`` (None: no state, the run starts again): drop every
+        log record written after it, and the whole of the ``restarted`` logs (those of stages that run again from
+        their start), so that records written again are not doubled."""
+        for path in self.work.glob("*.jsonl"):
+            last = -1 if saved is None or path.name in restarted else saved
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= last]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def path(self, name: str) -> Path:
@@ -170,6 +190,10 @@ class RunFolder:
 
     def write_json(self, name: str, data: Any) -> None:
         write_json_atomic(self.path(name), data)
+
+    def write_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Named tensors as safetensors (e.g. RMU's control vectors, ``artifacts.safetensors``)."""
+        save_file({key: value.contiguous().cpu() for key, value in tensors.items()}, str(self.path(name)))
 
     def log_step(self, record: dict[str, Any]) -> None:
         self.append_jsonl("train_log.jsonl", record)
@@ -211,3 +235,26 @@ class RunFolder:
         """Mark the run failed: ``failure.json`` and the folder renamed to ``<name>.failed``."""
         self.write_json("failure.json", {"reason": reason, **details})
         return self._release(self.failed)
+
+    @contextlib.contextmanager
+    def marked_failed_on_stop(self, saved_step: Callable[[], int | None]) -> Iterator[None]:
+        """A run that stops (non-finite step, Ctrl-C/SIGTERM, any error) leaves ``<name>.failed/`` with
+        ``failure.json``, never a folder that looks finished; the error is re-raised as one line saying how to go
+        on (``saved_step``: the step of the resumable state saved so far, if any)."""
+        try:
+            yield
+        except NonFiniteStep as failure:
+            folder = self.fail(str(failure), {"step": failure.step, "logs": failure.logs})
+            raise RunFailed(f"{failure}; the run stopped and its logs are in '{folder}' (no metrics.json); "
+                            "lower that stage's learning rate (unlearn.lr, finetune.lr or attack.lr) or check the "
+                            "data, then rerun") from None
+        except KeyboardInterrupt:
+            saved = saved_step()
+            folder = self.fail("interrupted", {"saved_step": saved})
+            again = (f"rerun the same command with --logger.name {self.final.name} --logger.resume true to continue "
+                     f"after step {saved}" if saved is not None else "rerun the same command to start again")
+            raise Interrupted(f"interrupted; the partial run (logs, no metrics.json) is in '{folder}'; {again}"
+                              ) from None
+        except BaseException as error:
+            self.fail(type(error).__name__, {"message": str(error)})
+            raise

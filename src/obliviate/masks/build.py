@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import torch
 
+from obliviate.config.sections import Mask
 from obliviate.data.tokenize import EncodedDataset
 from obliviate.errors import UserError
 from obliviate.masks.mask import ParameterMask
+from obliviate.masks.plots import plot_mask_statistics
 from obliviate.masks.scores import MASK_SCORES, ScoringInputs
 from obliviate.masks.selection import top_fraction, top_fraction_per_row
-
-if TYPE_CHECKING:
-    from obliviate.config.schema import Mask
+from obliviate.models.loading import shapes_of
 
 
 def select_names(names: list[str], include: list[str], exclude: list[str]) -> list[str]:
@@ -35,7 +36,7 @@ def select_names(names: list[str], include: list[str], exclude: list[str]) -> li
 
 
 def build_mask(model: torch.nn.Module, forget: EncodedDataset, retain: EncodedDataset | None,
-               options: "Mask", batch_size: int, seed: int, description: dict[str, str]) -> ParameterMask:
+               options: Mask, batch_size: int, seed: int, description: dict[str, str]) -> ParameterMask:
     """Score the selected parameters of ``model`` and keep the top ``options.ratio`` of them."""
     names = select_names([n for n, _ in model.named_parameters()], options.include, options.exclude)
     parameters = dict(model.named_parameters())
@@ -56,3 +57,24 @@ def build_mask(model: torch.nn.Module, forget: EncodedDataset, retain: EncodedDa
                 "include": str(options.include), "exclude": str(options.exclude),
                 "created": datetime.now(UTC).isoformat(timespec="seconds"), **description}
     return ParameterMask({n: m.cpu() for n, m in kept.items()}, metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskRecipe:
+    """How an experiment builds a mask: the mask section, the scoring batch size and seed, and what the mask is
+    of (the model and the data, recorded in its metadata)."""
+
+    options: Mask
+    batch_size: int
+    seed: int
+    description: dict[str, str]
+
+    def make(self, model: torch.nn.Module, forget: EncodedDataset, retain: EncodedDataset | None,
+             path: Path) -> ParameterMask:
+        """Build the mask for ``model``, save it at ``path`` with a statistics plot beside it."""
+        mask = build_mask(model, forget, retain, self.options, self.batch_size, self.seed, self.description)
+        mask.save(path)
+        o = self.options
+        plot_mask_statistics(mask.statistics(shapes_of(model)), path.with_suffix(".png"),
+                             f"{path.name}: {o.score} ratio {o.ratio} ({o.granularity})")
+        return mask

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from obliviate.errors import UserError
-from obliviate.training.schedule import no_decay
+from obliviate.models.anatomy import without_weight_decay
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -97,7 +97,7 @@ class ParameterMask:
             if mask is None or not mask.any():
                 parameter.requires_grad_(False)
             elif not mask.all():
-                self._attached.append((parameter, mask.to(parameter.device), not no_decay(name, parameter)))
+                self._attached.append((parameter, mask.to(parameter.device), not without_weight_decay(name, parameter)))
 
     def partially_masked(self) -> set[int]:
         """ids of parameters whose weight decay the mask applies itself."""

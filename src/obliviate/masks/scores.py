@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.data.tokenize import EncodedDataset
-from obliviate.methods.likelihood import forward_logits, sequence_nll
+from obliviate.likelihood import forward_logits, sequence_nll
 from obliviate.registry import Registry
 
 

@@ -10,8 +10,8 @@ import torch
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, TokenBatch
 from obliviate.errors import UserError
-from obliviate.methods.base import PrepareContext
-from obliviate.methods.likelihood import reference_sequence_nll
+from obliviate.likelihood import reference_sequence_nll
+from obliviate.methods.objective import PrepareContext
 
 REFUSALS = "refusals"  # the split holding the refusal answers
 KINDS = ("refusal", "perturbed")

@@ -1,202 +1,91 @@
-"""Losses as small composable objects, and the method registry.
-
-A method builds an :class:`Objective`, a weighted sum of :class:`Term` objects, so that it reads like its
-formula: ``NPOForget(beta) * gamma + NLL("retain") * alpha``. Each term reads one split of the batch
-(``"forget"``, ``"retain"``, ``"train"``), may cache reference-model quantities once in
-:meth:`Term.prepare`, and reports its unweighted value in the logs.
-
-Sign convention: the training loop MINIMISES ``Objective``. Gradient ascent on the forget set is
-therefore a negative weight on the forget NLL (``-NLL("forget")``), and every logged term is the
-positive quantity named (e.g. ``forget_nll`` rises as the model forgets).
+"""The method registry, and what a registered method is: its config section, how its values build the objective
+(:mod:`obliviate.methods.objective`), and the hooks through which it says what else it reads, checks and changes
+about the model. A method never sees the rest of the config: it gets its own section's values, and the methods it
+wraps through a resolver (the composition of a run happens in :mod:`obliviate.plan`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from fastargs import Param
 
+from obliviate.config.sections import Lora
 from obliviate.data.examples import Example
-from obliviate.data.tokenize import EncodedDataset, TokenBatch
+from obliviate.methods.objective import Objective
+from obliviate.models import adapters
+from obliviate.models.assembly import AdaptedModel, Assembly, WholeModel
 from obliviate.registry import Registry
 
-if TYPE_CHECKING:
-    from obliviate.config.settings import Settings
 
-Batch = dict[str, TokenBatch]
+@dataclass(frozen=True, kw_only=True)
+class ModelFacts:
+    """What a method may check before any weights load (:meth:`Method.check`): the starting model's name, depth
+    and parameter names, whether a weight mask or LoRA is used, and whether another model (an assistant) shares
+    its tokenizer."""
 
-
-@dataclass
-class LossOutput:
-    loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class PrepareContext:
-    """What a term may use once, before training, to cache reference quantities: the model, the encoded
-    splits it reads, and (to build derived data such as refusal answers to the forget questions) every
-    loaded split's examples and the experiment's encoder."""
-
-    model: torch.nn.Module
-    datasets: dict[str, EncodedDataset]
-    batch_size: int
-    device: torch.device
-    examples: dict[str, list[Example]] = field(default_factory=dict)
-    encode: Callable[[list[Example]], EncodedDataset] | None = None
+    model_name: str
+    depth: int
+    parameter_names: list[str]
+    masked: bool
+    lora: Lora
+    same_tokenizer: Callable[[str], bool]
 
 
-class Term(ABC):
-    """One loss term computed on one split of the batch."""
-
-    name: str
-    split: str
-
-    @property
-    def reads(self) -> set[str]:
-        """The batch splits this term reads (default: its own split)."""
-        return {self.split}
-
-    def prepare(self, context: PrepareContext) -> None:
-        """Cache what the term needs from the starting model (default: nothing)."""
-
-    def after_step(self, logs: dict[str, float]) -> None:
-        """Update the term's own state once per optimiser step from the step's logs (averaged over its micro-batches
-        and processes, so every process updates alike), e.g. PDU's dual variable (default: nothing)."""
-
-    def state(self) -> dict[str, float]:
-        """The term's own training state, saved with a resumable checkpoint (default: none)."""
-        return {}
-
-    def load_state(self, state: dict[str, float]) -> None:
-        """Restore what :meth:`state` returned (default: nothing to restore)."""
-
-    def extra_logs(self) -> dict[str, float]:
-        """Values to log besides the term itself (default: none)."""
-        return {}
-
-    def artifacts(self) -> dict[str, torch.Tensor]:
-        """Tensors to save with the run, e.g. a random control vector (default: none)."""
-        return {}
-
-    @abstractmethod
-    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """The term's scalar value on ``batch[self.split]``."""
-
-    def __mul__(self, weight: float) -> "Objective":
-        return Objective([(float(weight), self)])
-
-    __rmul__ = __mul__
-
-    def __neg__(self) -> "Objective":
-        return self * -1.0
-
-    def __add__(self, other: "Term | Objective") -> "Objective":
-        return self * 1.0 + other
-
-
-class CallCountingTerm(Term):
-    """A term whose behaviour follows how often it was called (RMU cycles its topics by the count, ILU computes
-    its penalty every k-th call); the count is its training state, so a resumed run continues the cycle."""
-
-    calls: int = 0
-
-    def state(self) -> dict[str, float]:
-        return {"calls": self.calls}
-
-    def load_state(self, state: dict[str, float]) -> None:
-        self.calls = int(state["calls"])
-
-
-class Objective:
-    """Σ_k weight_k · term_k; terms with weight 0 are dropped (never computed)."""
-
-    def __init__(self, terms: list[tuple[float, Term]]) -> None:
-        self.terms = [(weight, term) for weight, term in terms if weight != 0.0]
-
-    def __add__(self, other: "Term | Objective") -> "Objective":
-        other_terms = other.terms if isinstance(other, Objective) else [(1.0, other)]
-        return Objective(self.terms + other_terms)
-
-    @property
-    def splits(self) -> set[str]:
-        return {split for _, term in self.terms for split in term.reads}
-
-    def prepare(self, context: PrepareContext) -> None:
-        for _, term in self.terms:
-            term.prepare(context)
-
-    def after_step(self, logs: dict[str, float]) -> None:
-        for _, term in self.terms:
-            term.after_step(logs)
-
-    def state_dict(self) -> dict[str, dict[str, float]]:
-        """Every term's own state (PDU's dual variable, RMU's topic counter), for accelerate's checkpoints."""
-        return {f"{index}:{term.name}": term.state() for index, (_, term) in enumerate(self.terms)}
-
-    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
-        for index, (_, term) in enumerate(self.terms):
-            term.load_state(state[f"{index}:{term.name}"])
-
-    def artifacts(self) -> dict[str, torch.Tensor]:
-        return {key: value for _, term in self.terms for key, value in term.artifacts().items()}
-
-    def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
-        total = torch.zeros((), device=next(model.parameters()).device)
-        logs: dict[str, float] = {}
-        for weight, term in self.terms:
-            value = term(model, batch)
-            total = total + weight * value
-            logs[term.name] = value.item()
-            logs.update(term.extra_logs())
-        logs["loss"] = total.item()
-        return LossOutput(total, logs)
+MethodResolver = Callable[[str], "Method"]
 
 
 class Method(ABC):
-    """A registered unlearning method: its config parameters and how they build the objective.
+    """A registered unlearning method, configured with the values of its own section ``unlearn.<Name>``.
 
-    ``params`` become the config section ``unlearn.<Name>``; :meth:`build` receives their values as
-    keyword arguments.
+    ``params`` declare that section; :meth:`build` turns its values (keyword arguments, typed by their checkers)
+    into the objective. A method that wraps others (ILU's base method, Offset's objective) gets them from
+    ``resolve``, configured by their own sections: no method ever sees the rest of the config. Hooks with
+    defaults say what else the method reads (:meth:`datasets`, :meth:`training_data`), checks (:meth:`check`)
+    and changes about the model (:meth:`assemble`).
     """
 
     params: ClassVar[dict[str, Param]] = {}
+    trains_target_weights: ClassVar[bool] = True  # False: the unlearned model is not the target's own weights
+
+    def __init__(self, name: str, values: Mapping[str, Any], resolve: MethodResolver) -> None:
+        self.name, self.values, self.resolve = name, dict(values), resolve
 
     @staticmethod
     @abstractmethod
     def build(**values: Any) -> Objective:
         """The objective for these hyper-parameter values."""
 
-    @classmethod
-    def objective(cls, settings: "Settings", name: str) -> Objective:
-        """The objective configured in ``settings`` (wrappers such as ILU also read other sections)."""
-        return cls.build(**settings.method(name))
+    def objective(self) -> Objective:
+        """The objective of this method's configured values."""
+        return self.build(**self.values)
 
-    @classmethod
-    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
+    def datasets(self) -> dict[str, str]:
         """Extra splits the objective reads (split → dataset name), beyond forget and retain."""
         return {}
 
-    @classmethod
-    def sections(cls, settings: "Settings", name: str) -> set[str]:
+    def sections(self) -> set[str]:
         """The method sections the run reads: its own, and a wrapped method's (ILU's base, Offset's objective)."""
-        return {name}
+        return {self.name}
 
-    @classmethod
-    def check_depth(cls, settings: "Settings", name: str, depth: int) -> None:
-        """Raise a UserError if the method's settings name decoder layers beyond the model's ``depth``
-        (checked in setup, before any model loads; default: the method names no layer)."""
+    def check(self, model: ModelFacts) -> None:
+        """Raise a UserError if this method cannot run on ``model`` as set up (e.g. a layer beyond its depth), before
+        any weights load (default: nothing to check)."""
 
-    @classmethod
-    def training_data(cls, settings: "Settings", name: str, data: dict[str, list[Example]]
-                      ) -> dict[str, list[Example]]:
+    def training_data(self, data: dict[str, list[Example]]) -> dict[str, list[Example]]:
         """The examples the method trains on, by split, from the loaded ones (default: as loaded; ULD adds
         paraphrases). Evaluation always uses the data as loaded."""
         return data
+
+    def assemble(self, target: torch.nn.Module, *, name: str, lora: Lora,
+                 load: Callable[[str], torch.nn.Module]) -> Assembly:
+        """The run's model from the loaded ``target`` (called ``name``): by default its own weights train, or LoRA
+        adapters on it with ``lora.enabled``; ``load`` loads another model by name (an assistant)."""
+        return AdaptedModel(adapters.attach(target, lora)) if lora.enabled else WholeModel(target)
 
 
 METHODS: Registry[type[Method]] = Registry("unlearning method")

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, shifted
+from obliviate.likelihood import forward_logits, shifted
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import NLL, StartingModel, weight_params
 
 

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from obliviate.methods.base import METHODS, Method, Objective, Term
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Objective, Term
 from obliviate.methods.terms import NLL, KLToReference, weight_params
 
 

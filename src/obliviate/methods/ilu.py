@@ -32,18 +32,15 @@ without gradient accumulation); its value and seconds are logged each time.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import torch
 from fastargs import Param
 
 from obliviate.config.checkers import ChoiceValue, FloatValue, IntValue, ListValue, StrValue
 from obliviate.errors import UserError
-from obliviate.methods.base import METHODS, Batch, CallCountingTerm, Method, Objective, PrepareContext
-from obliviate.methods.likelihood import forward_logits, mean_nll, shifted
-
-if TYPE_CHECKING:
-    from obliviate.config.settings import Settings
+from obliviate.likelihood import forward_logits, mean_nll, shifted
+from obliviate.methods.base import METHODS, Method, ModelFacts
+from obliviate.methods.objective import Batch, CallCountingTerm, Objective, PrepareContext
 
 
 def logit_scale_gradient(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -119,26 +116,24 @@ class ILU(Method):
         splits = [f"env{i}" for i in range(len(environments))]
         return base + InvariancePenalty(splits, w_form, every_k) * lam
 
-    @classmethod
-    def objective(cls, settings: "Settings", name: str) -> Objective:
-        values = settings.method(name)
+    @property
+    def base(self) -> Method:
+        """The wrapped method, configured by its own section."""
+        return self.resolve(self.values["base_method"])
+
+    def objective(self) -> Objective:
+        values = dict(self.values)
         if not values["environments"]:
             raise UserError("unlearn.ILU.environments is empty; name at least one fine-tuning data set")
-        base_name = values.pop("base_method")
-        return cls.build(METHODS.get(base_name).objective(settings, base_name), **values)
+        values.pop("base_method")
+        return self.build(self.base.objective(), **values)
 
-    @classmethod
-    def sections(cls, settings: "Settings", name: str) -> set[str]:
-        base = settings.method(name)["base_method"]
-        return {name} | METHODS.get(base).sections(settings, base)
+    def sections(self) -> set[str]:
+        return {self.name} | self.base.sections()
 
-    @classmethod
-    def check_depth(cls, settings: "Settings", name: str, depth: int) -> None:
-        base = settings.method(name)["base_method"]
-        METHODS.get(base).check_depth(settings, base, depth)
+    def check(self, model: ModelFacts) -> None:
+        self.base.check(model)
 
-    @classmethod
-    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
-        base = settings.method(name)["base_method"]
-        return {**METHODS.get(base).datasets(settings, base),
-                **{f"env{i}": dataset for i, dataset in enumerate(settings.method(name)["environments"])}}
+    def datasets(self) -> dict[str, str]:
+        return {**self.base.datasets(),
+                **{f"env{i}": dataset for i, dataset in enumerate(self.values["environments"])}}

@@ -33,8 +33,9 @@ from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue
 from obliviate.data.tokenize import IGNORE_INDEX, EncodedDataset
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import PerTokenReference, forward_logits, shifted, token_nll
+from obliviate.likelihood import PerTokenReference, forward_logits, shifted, token_nll
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import NLL, weight_params
 
 

@@ -32,24 +32,26 @@ loads such a folder as a model (:mod:`obliviate.models.loading`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from fastargs import Param
 
 from obliviate.config.checkers import BoolValue, ChoiceValue, FloatValue, IntValue, StrValue
+from obliviate.config.sections import Lora
 from obliviate.data.examples import Example
 from obliviate.errors import UserError
-from obliviate.methods.base import METHODS, Method, Objective
+from obliviate.methods.base import METHODS, Method, ModelFacts
 from obliviate.methods.entropy import MaxEntropyForget
+from obliviate.methods.objective import Objective
 from obliviate.methods.terms import NLL
 from obliviate.models import adapters
+from obliviate.models.adapters import check_target_modules
 from obliviate.models.anatomy import first_layers
+from obliviate.models.assembly import CombinedModel
 from obliviate.models.logit_difference import LogitDifferenceModel, LogitDifferenceSpec
-
-if TYPE_CHECKING:
-    from obliviate.config.settings import Settings
 
 # Offset's objective acts on the combined logits: not another logit-difference method, and not RMU, which
 # misdirects the target's own hidden states (they never change here).
@@ -73,28 +75,48 @@ class LogitDifferenceMethod(Method):
     """A method whose unlearned model is the target combined with a trained assistant."""
 
     subtracts_initial: ClassVar[bool]
+    trains_target_weights = False
 
-    @classmethod
-    def spec(cls, settings: "Settings", name: str, target: str) -> LogitDifferenceSpec:
-        values = settings.method(name)
+    def check(self, model: ModelFacts) -> None:
+        """The assistant fits the target (tokenizer, or depth), and no option asks to train the target."""
+        name = self.name
+        if model.masked:
+            raise UserError(f"{name} trains an assistant, never the target's weights that unlearn.mask_path selects; "
+                            "drop the mask")
+        if model.lora.merge:
+            raise UserError(f"lora.merge: {name}'s assistant shares the target's weights, so its adapter stays "
+                            "separate; set --lora.merge false")
+        check_target_modules(model.lora, model.parameter_names)
+        if assistant := self.values.get("assistant"):
+            if not model.same_tokenizer(assistant):
+                raise UserError(f"unlearn.{name}.assistant '{assistant}' has a different tokenizer from the target "
+                                f"'{model.model_name}'; the logits must index the same tokens: use a model of the "
+                                "same family, or '' (the target's first layers)")
+            return
+        if self.values["num_layers"] > model.depth:
+            raise UserError(f"unlearn.{name}.num_layers is {self.values['num_layers']} but the target has "
+                            f"{model.depth} layers; use 1 to {model.depth}")
 
+    def spec(self, target: str) -> LogitDifferenceSpec:
+        """Everything but weights of the combined model over ``target`` (a model name or folder)."""
         def located(model: str) -> str:  # folders by absolute path, so that the spec can be read from anywhere
             return str(Path(model).resolve()) if model and Path(model).exists() else model
 
-        return LogitDifferenceSpec(located(target), located(values.get("assistant", "")), values["num_layers"],
-                                   values["weight"], values["relative_top"], cls.subtracts_initial)
+        return LogitDifferenceSpec(located(target), located(self.values.get("assistant", "")),
+                                   self.values["num_layers"], self.values["weight"], self.values["relative_top"],
+                                   self.subtracts_initial)
 
-    @classmethod
-    def assemble(cls, target: torch.nn.Module, assistant: torch.nn.Module | None, spec: LogitDifferenceSpec,
-                 settings: "Settings") -> LogitDifferenceModel:
-        """The combined model with a fresh adapter on the assistant (the target's first layers when
-        ``assistant`` is None); the target is frozen."""
+    def assemble(self, target: torch.nn.Module, *, name: str, lora: Lora,
+                 load: Callable[[str], torch.nn.Module]) -> CombinedModel:
+        """The target (frozen) combined with a fresh adapter on the assistant: the target's first layers, or the
+        model named by ``assistant``."""
+        spec = self.spec(name)
         target.requires_grad_(False)
-        base = first_layers(target, spec.num_layers) if assistant is None else assistant
-        return LogitDifferenceModel(target, adapters.attach(base, settings.lora), spec)
+        base = load(spec.assistant) if spec.assistant else first_layers(target, spec.num_layers)
+        combined = LogitDifferenceModel(target, adapters.attach(base, lora), spec)
+        return CombinedModel(combined, self.trained(combined))
 
-    @staticmethod
-    def trained(model: LogitDifferenceModel) -> torch.nn.Module:
+    def trained(self, model: LogitDifferenceModel) -> torch.nn.Module:
         """What the objective is computed on: the assistant alone (ULD) or the combined model (Offset)."""
         return model
 
@@ -122,13 +144,10 @@ class ULD(LogitDifferenceMethod):
     def build(retain_weight: float, retain_divergence: str, **combination: object) -> Objective:
         return NLL("forget") * 1.0 + MaxEntropyForget(retain_divergence, "retain", "retain_uniform") * retain_weight
 
-    @classmethod
-    def training_data(cls, settings: "Settings", name: str, data: dict[str, list[Example]]
-                      ) -> dict[str, list[Example]]:
-        return augmented(data) if settings.method(name)["augment"] else data
+    def training_data(self, data: dict[str, list[Example]]) -> dict[str, list[Example]]:
+        return augmented(data) if self.values["augment"] else data
 
-    @staticmethod
-    def trained(model: LogitDifferenceModel) -> torch.nn.Module:
+    def trained(self, model: LogitDifferenceModel) -> torch.nn.Module:
         return model.assistant
 
 
@@ -153,29 +172,23 @@ class Offset(LogitDifferenceMethod):
     def build(base: Objective, **combination: object) -> Objective:
         return base
 
-    @classmethod
-    def objective(cls, settings: "Settings", name: str) -> Objective:
-        base = settings.method(name)["objective"]
-        return METHODS.get(base).objective(settings, base)
+    @property
+    def base(self) -> Method:
+        """The forget objective's method, configured by its own section."""
+        return self.resolve(self.values["objective"])
 
-    @classmethod
-    def sections(cls, settings: "Settings", name: str) -> set[str]:
-        base = settings.method(name)["objective"]
-        return {name} | METHODS.get(base).sections(settings, base)
+    def objective(self) -> Objective:
+        return self.base.objective()
 
-    @classmethod
-    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
-        base = settings.method(name)["objective"]
-        return METHODS.get(base).datasets(settings, base)
+    def sections(self) -> set[str]:
+        return {self.name} | self.base.sections()
 
-    @classmethod
-    def training_data(cls, settings: "Settings", name: str, data: dict[str, list[Example]]
-                      ) -> dict[str, list[Example]]:
-        base = settings.method(name)["objective"]
-        return METHODS.get(base).training_data(settings, base, data)
+    def check(self, model: ModelFacts) -> None:
+        super().check(model)
+        self.base.check(model)
 
+    def datasets(self) -> dict[str, str]:
+        return self.base.datasets()
 
-def logit_difference_method(name: str) -> type[LogitDifferenceMethod] | None:
-    """The method class when ``name`` is a logit-difference method, else None."""
-    method = METHODS.get(name)
-    return method if isinstance(method, type) and issubclass(method, LogitDifferenceMethod) else None
+    def training_data(self, data: dict[str, list[Example]]) -> dict[str, list[Example]]:
+        return self.base.training_data(data)

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, reference_sequence_nll, sequence_nll
+from obliviate.likelihood import forward_logits, reference_sequence_nll, sequence_nll
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import retain_term, weight_params
 
 

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue
+from obliviate.likelihood import forward_logits, reference_sequence_nll, sequence_nll
 from obliviate.methods.alternatives import AlternativeAnswers
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, reference_sequence_nll, sequence_nll
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.refusal import RefusalMethod, RefusalNLL, refusal_params
 from obliviate.methods.terms import retain_term, weight_params
 

@@ -29,8 +29,9 @@ from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue
 from obliviate.data.tokenize import IGNORE_INDEX
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, mean_nll, reference_sequence_nll, shifted
+from obliviate.likelihood import forward_logits, mean_nll, reference_sequence_nll, shifted
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 
 
 def logit_margin_flattening(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -20,21 +20,18 @@ retain batches the loop draws keep their own refusal partners.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue, StrValue
 from obliviate.errors import UserError
+from obliviate.likelihood import forward_logits, mean_nll, sequence_nll
 from obliviate.methods.alternatives import REFUSALS, AlternativeAnswers
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, mean_nll, sequence_nll
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import NLL
 
-if TYPE_CHECKING:
-    from obliviate.config.settings import Settings
 
 def answer_preservation_loss(true_nll: torch.Tensor, refusal_nll: torch.Tensor, beta: float) -> torch.Tensor:
     """−(1/β)·mean log σ(β·(S_refusal − S_true)) for per-sequence NLL sums."""
@@ -87,16 +84,14 @@ def refusal_params() -> dict[str, Param]:
 class RefusalMethod(Method):
     """A method that reads refusal answers (its ``refusals`` key names them)."""
 
-    @classmethod
-    def objective(cls, settings: "Settings", name: str) -> Objective:
-        if not settings.method(name)["refusals"].strip():
-            raise UserError(f"unlearn.{name}.refusals is empty; name a data set of refusal answers "
+    def objective(self) -> Objective:
+        if not self.values["refusals"].strip():
+            raise UserError(f"unlearn.{self.name}.refusals is empty; name a data set of refusal answers "
                             "(default synthetic:refusals)")
-        return super().objective(settings, name)
+        return super().objective()
 
-    @classmethod
-    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
-        return {REFUSALS: settings.method(name)["refusals"]}
+    def datasets(self) -> dict[str, str]:
+        return {REFUSALS: self.values["refusals"]}
 
 
 @METHODS.register("IDK_AP")

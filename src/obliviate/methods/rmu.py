@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -41,11 +40,9 @@ from fastargs import Param
 from obliviate.config.checkers import FloatValue, IntValue, ListValue, StrValue
 from obliviate.data.tokenize import TokenBatch
 from obliviate.errors import UserError
-from obliviate.methods.base import METHODS, Batch, CallCountingTerm, Method, Objective, PrepareContext
+from obliviate.methods.base import METHODS, Method, ModelFacts
+from obliviate.methods.objective import Batch, CallCountingTerm, Objective, PrepareContext
 from obliviate.models.anatomy import decoder_layers
-
-if TYPE_CHECKING:
-    from obliviate.config.settings import Settings
 
 
 class _StopForward(Exception):
@@ -222,17 +219,14 @@ class RMU(Method):
     def build(extra_topics: Sequence[str] = (), **values) -> Objective:
         return RMULoss(**values, extra_topics=len(extra_topics)) * 1.0
 
-    @classmethod
-    def check_depth(cls, settings: "Settings", name: str, depth: int) -> None:
-        values = settings.method(name)
-        layer = values["layer"]
-        trained = default_trained_layers(layer, values["trained_layers"])
+    def check(self, model: ModelFacts) -> None:
+        layer, depth, name = self.values["layer"], model.depth, self.name
+        trained = default_trained_layers(layer, self.values["trained_layers"])
         if not layers_fit(layer, trained, depth):
             raise UserError(f"unlearn.{name}.layer {layer} / trained_layers {trained} reach beyond the model's "
                             f"{depth} decoder layers (0 to {depth - 1}); set unlearn.{name}.layer and "
                             f"unlearn.{name}.trained_layers within them")
 
-    @classmethod
-    def datasets(cls, settings: "Settings", name: str) -> dict[str, str]:
-        return dict(zip(topic_splits(len(settings.method(name)["extra_topics"])),
-                        settings.method(name)["extra_topics"]))
+    def datasets(self) -> dict[str, str]:
+        topics = self.values["extra_topics"]
+        return dict(zip(topic_splits(len(topics)), topics))

@@ -25,8 +25,9 @@ import torch
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
+from obliviate.methods.base import METHODS, Method
 from obliviate.methods.npo import NPOForget
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import retain_term, weight_params
 
 GRADIENT_FLOOR = 1e-12  # keeps ρ·g/‖g‖ finite when g = 0

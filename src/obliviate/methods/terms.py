@@ -10,8 +10,8 @@ from fastargs import Param
 
 from obliviate.config.checkers import ChoiceValue, FloatValue
 from obliviate.data.tokenize import TokenBatch
-from obliviate.methods.base import Batch, PrepareContext, Term
-from obliviate.methods.likelihood import forward_logits, mean_nll, token_kl
+from obliviate.likelihood import forward_logits, mean_nll, token_kl
+from obliviate.methods.objective import Batch, PrepareContext, Term
 from obliviate.models.adapters import is_adapted, without_adapters
 
 

@@ -36,8 +36,9 @@ import torch
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue
-from obliviate.methods.base import METHODS, Batch, Method, Objective, PrepareContext, Term
-from obliviate.methods.likelihood import PerTokenReference, forward_logits, token_nll
+from obliviate.likelihood import PerTokenReference, forward_logits, token_nll
+from obliviate.methods.base import METHODS, Method
+from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import NLL, weight_params
 
 STABILISER = 1e-5  # in TNPO's denominator, as the G-effect code

@@ -26,7 +26,7 @@ import torch
 from obliviate.errors import UserError
 
 if TYPE_CHECKING:
-    from obliviate.config.schema import Lora
+    from obliviate.config.sections import Lora
 
 ALL_LINEAR = "all-linear"  # peft: every Linear layer but the output head
 

@@ -1,5 +1,5 @@
-"""The parts of a causal LM that methods reach into: its decoder layer stack, and a shallower model made of
-its first layers (the assistant of ULD and Offset unlearning)."""
+"""The parts of a causal LM that methods reach into: its decoder layer stack, a shallower model made of its first
+layers (the assistant of ULD and Offset unlearning), and which parameters are biases and norms."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ from accelerate.utils import extract_model_from_parallel
 from obliviate.errors import UserError
 
 LAYER_STACKS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+
+
+def without_weight_decay(name: str, parameter: torch.nn.Parameter) -> bool:
+    """Biases and normalisation weights (1-D tensors, or named norm) get no weight decay, as in HF Trainer's
+    default: the optimiser's parameter groups and a mask's decoupled decay both follow this."""
+    return parameter.ndim < 2 or "norm" in name.lower()
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

@@ -20,7 +20,7 @@ LEVEL = 0.95
 RESAMPLES = 4000
 
 
-def bootstrap_interval(values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES,
+def bootstrap_interval(values: Sequence[float], *, level: float = LEVEL, resamples: int = RESAMPLES,
                        seed: int = 0) -> tuple[float, float]:
     """The percentile-bootstrap ``level`` interval of the mean of ``values`` (one value: that value twice)."""
     data = np.asarray(values, dtype=np.float64)
@@ -39,7 +39,7 @@ def paired_differences(first: dict[int, float], second: dict[int, float]) -> lis
     return [first[seed] - second[seed] for seed in sorted(first.keys() & second.keys())]
 
 
-def paired_ratio(first: dict[int, float], second: dict[int, float], level: float = LEVEL,
+def paired_ratio(first: dict[int, float], second: dict[int, float], *, level: float = LEVEL,
                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float] | None:
     """mean(first) / mean(second) over the seeds both have, with its percentile-bootstrap ``level`` interval (the
     shared seeds resampled together, each resample's ratio of means). None unless the second mean is positive in

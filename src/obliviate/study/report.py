@@ -1,4 +1,4 @@
-"""A study's table and plots, from the run folders of its finished cells.
+"""A study's table and plots, from its finished cells' results (:func:`~obliviate.study.results.finished_cells`).
 
 ``study.csv`` has one row per (method, seed, attack): the forget metrics before unlearning (the target
 model), right after unlearning and at the end of the attack, their worst point along the attack (the
@@ -28,16 +28,19 @@ per-example values, its 95 % bootstrap interval over those examples after unlear
 then the paired comparisons the study file asks for (``compare``: the per-seed difference of two methods
 over their shared seeds, its mean and interval), then every row, then the wall time of each stage per cell.
 With a grid, rows carry their ``setting``; with a selection rule, the first table holds each method's
-selected setting (:func:`selected_settings`) under the rule, and the table of every setting follows only
-with ``show_all_settings``. Plots: ``forget_vs_attack_steps.png`` (forget metric along each attack, one
-line per method, the band spanning the seeds; below it the task's accuracy, or for relearning on a slice
-the forget metric of the examples not relearned) and ``tradeoff.png`` (forget metric vs retain utility
-after unlearning, with the forget value each attack brought back drawn above each point).
+selected setting (:func:`~obliviate.study.results.selected_settings`) under the rule, and the table of every
+setting follows only with ``show_all_settings``. Plots: ``forget_vs_attack_steps.png`` (forget metric along
+each attack, one line per method, the band spanning the seeds; below it the task's accuracy, or for
+relearning on a slice the forget metric of the examples not relearned) and ``tradeoff.png`` (forget metric
+vs retain utility after unlearning, with the forget value each attack brought back drawn above each point).
+
+Table rows are dicts: column name -> value, in column order, with names built from the study's metrics and
+attacks (``forget.prob.after``, ``recovered_vs_control.prob``); they become the CSV and markdown tables as they
+are.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -55,29 +58,15 @@ from obliviate.evaluation.results import LM_EVAL, MODEL  # noqa: E402
 from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
 from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
+from obliviate.study.cells import Study  # noqa: E402
 from obliviate.study.intervals import bootstrap_interval, paired_differences, paired_ratio, with_interval  # noqa: E402
-from obliviate.study.spec import SELECTION_START, Study  # noqa: E402
+from obliviate.study.results import SELECTION_START, FinishedCell, finished_cells, selected_settings  # noqa: E402
 
 
 def more_knowledge_is_higher(metric: str) -> bool:
     """On the forget split, does a higher value of ``metric`` mean more knowledge? (lm-eval task accuracies,
     e.g. wmdp_bio, do.)"""
     return METRICS.get(metric).higher_means_knowledge(Role.FORGET) if metric in METRICS else True
-
-
-def finished_cells(study: Study) -> list[dict]:
-    """Each finished cell's method, seed and results (metrics.json, env.json, attacks.json)."""
-    cells = []
-    for cell in study.cells:
-        if cell.folder.is_dir():
-            files = {name: json.loads(path.read_text()) for name in ("metrics", "env", "attacks", "per_example")
-                     if (path := cell.folder / f"{name}.json").is_file()}
-            if (log := cell.folder / "train_log.jsonl").is_file() and (lines := log.read_text().splitlines()):
-                steps = [json.loads(line) for line in lines]
-                files["training"] = {"seconds_per_step": statistics.fmean(r["step_seconds"] for r in steps)}
-            cells.append({"method": cell.method, "setting": cell.setting, "label": cell.label, "seed": cell.seed,
-                          "attacks": {}, **files})
-    return cells
 
 
 def _recovered(before: float | None, after: float | None, attacked: float | None) -> float | None:
@@ -111,20 +100,19 @@ def with_control(study: Study, rows: list[dict]) -> list[dict]:
     return extended
 
 
-def cell_rows(study: Study, cell: dict) -> list[dict]:
-    metrics = cell.get("metrics", {})
-    before, after = metrics.get("before", {}), metrics.get("after", {})
-    head = {"method": cell["method"], **({"setting": cell["setting"]} if study.has_grid else {}), "seed": cell["seed"]}
+def cell_rows(study: Study, cell: FinishedCell) -> list[dict]:
+    """The table rows of one finished cell: one per attack (one with attack '-' without attacks)."""
+    before, after = cell.metrics.get("before", {}), cell.metrics.get("after", {})
+    head = {"method": cell.method, **({"setting": cell.setting} if study.has_grid else {}), "seed": cell.seed}
     utility = study.utility_metric
     common = {f"retain.{utility}.after": after.get("retain", {}).get(utility)}
     if "holdout" in after:
         common[f"holdout.{utility}.after"] = after["holdout"].get(utility)
     common.update({f"{metric}.{stage}": value for stage, source in (("before", before), ("after", after))
                    for metric, value in source.get(MODEL, {}).items()})
-    seconds = cell.get("env", {}).get("wall_time_seconds", {})
-    training = cell.get("training", {})
+    seconds = cell.wall_time_seconds
     common.update({"seconds.unlearn": seconds.get("unlearn"), "seconds.attacks": seconds.get("attacks"),
-                   "seconds_per_step": training.get("seconds_per_step")})
+                   "seconds_per_step": cell.seconds_per_step})
     # lm-eval task accuracies (e.g. wmdp_bio) count as forget metrics: attacks record them with the forget split
     forget_before = {**before.get("forget", {}), **before.get(LM_EVAL, {})}
     forget_after = {**after.get("forget", {}), **after.get(LM_EVAL, {})}
@@ -135,7 +123,7 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
         return [{**head, "attack": "-", **values, **common}]
     rows = []
     for label, dataset in study.attacks.items():
-        curve = cell["attacks"].get(dataset, [])
+        curve = cell.attacks.get(dataset, [])
         row = {**head, "attack": label, "attack_steps": curve[-1]["step"] if curve else None}
         for m in study.forget_metrics:
             along = [point["forget"].get(m) for point in curve]
@@ -156,10 +144,10 @@ def cell_rows(study: Study, cell: dict) -> list[dict]:
     return rows
 
 
-def example_intervals(study: Study, cell: dict) -> dict:
+def example_intervals(study: Study, cell: FinishedCell) -> dict:
     """The number of forget examples, and each forget metric's 95 % bootstrap interval over them after
     unlearning ('low–high'; metrics without per-example values, such as forget quality, have none)."""
-    forget = cell.get("per_example", {}).get("after", {}).get("forget", {})
+    forget = cell.per_example.get("after", {}).get("forget", {})
     counts = [len(values) for values in forget.values() if isinstance(values, list)]
     intervals: dict = {"forget.n": max(counts) if counts else None}
     for metric in study.forget_metrics:
@@ -186,36 +174,6 @@ def mean_rows(rows: list[dict]) -> list[dict]:
                 row[key] = with_interval(values) if len(values) > 1 else values[0]
         averaged.append(row)
     return averaged
-
-
-def seed_mean(results: list[dict]) -> dict:
-    """The mean of each ``{split: {metric: value}}`` number over the seeds' results that have it."""
-    values: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for result in results:
-        for split, metrics in result.items():
-            for metric, value in metrics.items() if isinstance(metrics, dict) else ():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    values[(split, metric)].append(value)
-    mean: dict[str, dict[str, float]] = defaultdict(dict)
-    for (split, metric), numbers in values.items():
-        mean[split][metric] = statistics.fmean(numbers)
-    return dict(mean)
-
-
-def selected_settings(study: Study, cells: list[dict]) -> dict[str, str | None]:
-    """Each method's setting chosen by the study's selection rule, from the seed-mean of each setting's metrics
-    after unlearning, the constraint relative to the target before unlearning (None: no setting meets it)."""
-    chosen = {}
-    for method in dict.fromkeys(c["method"] for c in cells):
-        mine = [c for c in cells if c["method"] == method and "after" in c.get("metrics", {})]
-        settings = list(dict.fromkeys(c["setting"] for c in mine))
-        points = [{"step": 0, **seed_mean([c["metrics"].get("before", {}) for c in mine])}]
-        points += [{"step": number, "setting": setting,
-                    **seed_mean([c["metrics"]["after"] for c in mine if c["setting"] == setting])}
-                   for number, setting in enumerate(settings, 1)]
-        best = study.selection.choose(points) if len(points) > 1 else None
-        chosen[method] = best["setting"] if best else None
-    return chosen
 
 
 def selection_section(study: Study, chosen: dict[str, str | None], averaged: list[dict]) -> list[str]:
@@ -263,9 +221,9 @@ def _ratio_text(first: dict[int, float], second: dict[int, float], second_label:
     return f"{ratio[0]:.3g} [{ratio[1]:.3g}, {ratio[2]:.3g}]"
 
 
-def timing_rows(cells: list[dict]) -> list[dict]:
-    return [{"method": c["label"], "seed": c["seed"], **c.get("env", {}).get("wall_time_seconds", {})}
-            for c in cells]
+def timing_rows(cells: list[FinishedCell]) -> list[dict]:
+    """One row per finished cell: its label, seed and the wall time of each stage."""
+    return [{"method": c.label, "seed": c.seed, **c.wall_time_seconds} for c in cells]
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -283,15 +241,15 @@ def _second_panel(curves: list[list[dict]], metric: str) -> tuple[str, Callable[
     return None
 
 
-def plot_attack_curves(study: Study, cells: list[dict], path: Path) -> None:
+def plot_attack_curves(study: Study, cells: list[FinishedCell], path: Path) -> None:
     metric = study.forget_metrics[0]
     figure, axes = plt.subplots(2, len(study.attacks), figsize=(5 * len(study.attacks), 7.2), squeeze=False)
-    methods = list(dict.fromkeys(c["label"] for c in cells))
+    methods = list(dict.fromkeys(c.label for c in cells))
     for column, (label, dataset) in enumerate(study.attacks.items()):
         top, bottom = axes[0][column], axes[1][column]
-        lower = _second_panel([c["attacks"][dataset] for c in cells if dataset in c["attacks"]], metric)
+        lower = _second_panel([c.attacks[dataset] for c in cells if dataset in c.attacks], metric)
         for method in methods:
-            curves = [c["attacks"][dataset] for c in cells if c["label"] == method and dataset in c["attacks"]]
+            curves = [c.attacks[dataset] for c in cells if c.label == method and dataset in c.attacks]
             if not curves:
                 continue
             steps = [p["step"] for p in curves[0]]
@@ -302,7 +260,7 @@ def plot_attack_curves(study: Study, cells: list[dict], path: Path) -> None:
                 if len(values) > 1:
                     axis.fill_between(steps, [min(v) for v in zip(*values)], [max(v) for v in zip(*values)],
                                       color=line.get_color(), alpha=0.2)
-        before = [c["metrics"]["before"]["forget"][metric] for c in cells if "before" in c.get("metrics", {})]
+        before = [c.metrics["before"]["forget"][metric] for c in cells if "before" in c.metrics]
         if before:
             top.axhline(statistics.fmean(before), color="grey", linestyle=":", label="before unlearning")
         top.set(title=f"attack: {label}", xlabel="attack step", ylabel=f"forget {metric}")
@@ -377,6 +335,6 @@ def write_report(study: Study) -> None:
     write_text_atomic(study.folder / "study.md", "\n".join(lines))
     if study.attacks:
         if study.selection is not None:  # the attack curves of each method's selected setting
-            cells = [c for c in cells if chosen.get(c["method"]) == c["setting"]] or cells
+            cells = [c for c in cells if chosen.get(c.method) == c.setting] or cells
         plot_attack_curves(study, cells, study.folder / "forget_vs_attack_steps.png")
     plot_tradeoff(study, rows, study.folder / "tradeoff.png")

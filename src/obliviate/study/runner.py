@@ -19,11 +19,13 @@ from obliviate.errors import UserError
 from obliviate.evaluation.declarations import MODEL_METRICS
 from obliviate.evaluation.during_training import BestRule, constraint_metric
 from obliviate.evaluation.results import MODEL
+from obliviate.evaluation.session import EvaluationPlan
+from obliviate.experiment import run_unlearning
 from obliviate.io import write_json_atomic
-from obliviate.plan import EvaluationPlan, plan
+from obliviate.plan import plan
 from obliviate.study.report import write_report
-from obliviate.study.spec import SELECTION_START, load_study
-from obliviate.unlearner import Unlearner
+from obliviate.study.results import SELECTION_START
+from obliviate.study.spec import load_study
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def run_study(path: Path, extra_argv: list[str]) -> Path:
             continue
         log.info("%s: running", where)
         try:
-            Unlearner(cell.settings).run()
+            run_unlearning(cell.settings)
         except Exception as error:  # one broken cell must not lose the others
             log.error("%s failed: %s\n%s", where, error, traceback.format_exc())
             failed.append(f"{cell.label} seed {cell.seed}")

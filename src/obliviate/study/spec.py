@@ -65,77 +65,26 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from obliviate.config.checkers import ListValue
 from obliviate.config.loader import dotted_params, resolve_config, split_argv
-from obliviate.config.schema import experiment_schema
 from obliviate.config.settings import Settings
 from obliviate.errors import UserError
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.during_training import BestRule, constraint_metric
+from obliviate.experiment import experiment_schema
 from obliviate.io import read_json_object
-from obliviate.loggers import RunFolder
 from obliviate.methods import METHODS
-from obliviate.methods.logit_difference import logit_difference_method
+from obliviate.study.cells import Cell, Study, as_argument
+from obliviate.study.results import SELECTION_START, finished_cells, selected_settings
 
 ROOT_KEY = "logger.json.root"
 STUDY_KEYS = {"name", "results_root", "base_config", "overrides", "methods", "attacks", "seeds", "forget_metrics",
               "utility_metric", "selection", "show_all_settings", "compare", "selected_in", "control"}
 SELECTION_KEYS = {"metric", "goal", "constraint", "value"}
-SELECTION_START = "the target before unlearning"  # what a selection constraint is relative to
 PER_ATTACK_KEYS = ("datasets", "test_datasets", "num_examples", "max_steps", "lr", "batch_size")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One experiment of the study: a method at one setting of its grid and a seed, with every attack."""
-
-    method: str
-    setting: str  # the grid values of this cell, e.g. "unlearn.lr=1e-05" ('' without a grid)
-    seed: int
-    config_file: str
-    overrides: dict[str, Any]  # dotted key -> value, applied over the config file (typed, or CLI strings)
-    settings: Settings
-    grid: dict[str, Any]  # the grid values of this cell (its setting as overrides; empty without a grid)
-
-    @property
-    def label(self) -> str:
-        """The method and its setting: 'NPO [unlearn.lr=1e-05]'."""
-        return f"{self.method} [{self.setting}]" if self.setting else self.method
-
-    @property
-    def folder(self) -> Path:
-        """Where the finished experiment lives (the run folder its logger writes)."""
-        s = self.settings
-        return RunFolder.location(Path(s.logger_json.root), s.unlearn.task_name,
-                                  METHODS.canonical(s.unlearn.unlearn_method), s.logger.name)
-
-    @property
-    def command(self) -> list[str]:
-        """The unlearn_model.py command line that runs this cell alone."""
-        return ["python", "src/exec/unlearn_model.py", "--config_file", self.config_file,
-                *(part for key, value in self.overrides.items() for part in (f"--{key}", as_argument(value)))]
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    folder: Path
-    attacks: dict[str, str]  # label -> the attack's data set name (the key in attacks.json)
-    cells: list[Cell]
-    forget_metrics: list[str]
-    utility_metric: str
-    selection: BestRule | None = None
-    show_all_settings: bool = False
-    compare: tuple[tuple[str, str], ...] = ()  # (A, B): A − B per seed
-    control: str | None = None  # the method whose cells are the target attacked without unlearning
-
-    @property
-    def has_grid(self) -> bool:
-        return any(cell.setting for cell in self.cells)
 
 
 def config_key(settings: Settings) -> str:
@@ -148,15 +97,6 @@ def config_key(settings: Settings) -> str:
 def slug(label: str) -> str:
     """A label as a folder name: 'ILU(NPO)' -> 'ILU_NPO'."""
     return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_") or "method"
-
-
-def as_argument(value: Any) -> str:
-    """A JSON value as the command line writes it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 def checked_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
@@ -195,8 +135,6 @@ def grid_settings(overrides: dict[str, Any], where: str) -> list[tuple[str, dict
 def selected_grid_values(where: Any, labels: list[str]) -> dict[str, dict[str, Any]]:
     """For each of ``labels`` that is a method of the study file ``where``: the grid values of the setting that
     study's rule selected, once every cell of that method there has finished."""
-    from obliviate.study.report import finished_cells, selected_settings  # the report reads studies: no cycle at import
-
     if not isinstance(where, str) or not Path(where).is_file():
         raise UserError(f"study 'selected_in' must name an existing study file with a 'selection' rule, not "
                         f"{where!r}; fix the path")
@@ -321,8 +259,8 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
                              ROOT_KEY: str(folder / "runs")}
                 key = config_key(_resolve(str(config_file), overrides, label))
                 overrides["logger.name"] = f"{slug(label)}_seed{seed}_{key}"
-                cell = Cell(label, setting, seed, str(config_file), overrides,
-                            _resolve(str(config_file), overrides, label), chosen)
+                cell = Cell(method=label, setting=setting, seed=seed, config_file=str(config_file),
+                            overrides=overrides, settings=_resolve(str(config_file), overrides, label), grid=chosen)
                 if cell.settings.logger.overwrite:
                     raise UserError("logger.overwrite would redo finished study cells; remove their run folders "
                                     "instead and run the study again")
@@ -330,8 +268,9 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
     _check_metrics(cells, forget_metrics, utility_metric)
     compare = _comparisons(content.get("compare", []), list(methods), bool(selection), cells)
     control = _control(content.get("control"), cells, bool(attack_names))
-    return Study(name, folder, attack_names, cells, forget_metrics, utility_metric, selection,
-                 bool(content.get("show_all_settings", False)), compare, control)
+    return Study(name=name, folder=folder, attacks=attack_names, cells=cells, forget_metrics=forget_metrics,
+                 utility_metric=utility_metric, selection=selection,
+                 show_all_settings=bool(content.get("show_all_settings", False)), compare=compare, control=control)
 
 
 def _control(label: Any, cells: list[Cell], attacked: bool) -> str | None:
@@ -349,7 +288,7 @@ def _control(label: Any, cells: list[Cell], attacked: bool) -> str | None:
     if len({cell.setting for cell in mine}) > 1:
         raise UserError(f"study 'control' method '{label}' has a grid; give it one setting")
     unlearn = mine[0].settings.unlearn
-    if logit_difference_method(unlearn.unlearn_method) is not None:
+    if not METHODS.get(unlearn.unlearn_method).trains_target_weights:
         raise UserError(f"study 'control' method '{label}' is {unlearn.unlearn_method}, whose output is not the "
                         "target's even untrained; use one that trains the weights, e.g. configs/synthetic/npo.json")
     if unlearn.lr or unlearn.max_steps != 1:

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from obliviate.data.tokenize import EncodedDataset
-from obliviate.methods.base import Batch
-from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import forward_logits, mean_nll
+from obliviate.methods.objective import Batch
 from obliviate.training.loop import micro_batches
 
 G_EFFECT_LOG = "g_effect.jsonl"

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from obliviate.data.tokenize import EncodedDataset
 from obliviate.errors import NonFiniteStep
 from obliviate.masks.mask import ParameterMask
-from obliviate.methods.base import Batch, Objective
+from obliviate.methods.objective import Batch, Objective
 from obliviate.training.checkpoint import Checkpointing
 from obliviate.training.schedule import TrainingConfig, build_optimizer
 
@@ -98,7 +98,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     accumulation = config.gradient_accumulation_steps
     first = 1
     if checkpoint is not None:
-        accelerator.register_for_checkpointing(scheduler, objective, *checkpoint.extra)
+        checkpoint = checkpoint.with_parts({"scheduler": scheduler, "objective": objective})
         if checkpoint.resume and checkpoint.saved_step() is not None:
             first = checkpoint.load(accelerator) + 1
             for _ in range((first - 1) * accumulation):  # replay the seeded stream to the saved position
@@ -156,7 +156,5 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     finally:
         progress.close()
         accelerator.free_memory()  # accelerate's references to the model and optimiser
-        if checkpoint is not None:
-            accelerator._custom_objects.clear()  # noqa: SLF001  (accelerate keeps registrations otherwise)
         del optimizer, scheduler
     return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs)

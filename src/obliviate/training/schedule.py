@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
+from obliviate.config.sections import TrainingKeys
+from obliviate.models.anatomy import without_weight_decay
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
-    """The keys of :class:`obliviate.config.schema.TrainingKeys`, plus the micro-batch size."""
+    """The keys of :class:`~obliviate.config.sections.TrainingKeys`, plus the micro-batch size."""
 
     lr: float
     num_epochs: int
@@ -22,6 +26,12 @@ class TrainingConfig:
     max_grad_norm: float
     logging_steps: int
     batch_size: int
+
+    @classmethod
+    def of(cls, keys: TrainingKeys, *, batch_size: int) -> "TrainingConfig":
+        """A section's training keys (unlearn, finetune) with the micro-batch size."""
+        names = {field.name for field in dataclasses.fields(cls)} - {"batch_size"}
+        return cls(**{name: getattr(keys, name) for name in names}, batch_size=batch_size)
 
     def total_steps(self, num_examples: int) -> int:
         """max_steps, or enough optimiser steps for num_epochs passes over ``num_examples``."""
@@ -43,17 +53,12 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def no_decay(name: str, parameter: torch.nn.Parameter) -> bool:
-    """Biases and normalisation weights (1-D tensors) get no weight decay, as in HF Trainer's default."""
-    return parameter.ndim < 2 or "norm" in name.lower()
-
-
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig, total_steps: int,
                     decayed_elsewhere: set[int] = frozenset()
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW + LambdaLR; parameters whose id is in ``decayed_elsewhere`` (masked ones) get no decay here."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    plain = [(n, p) for n, p in trainable if no_decay(n, p) or id(p) in decayed_elsewhere]
+    plain = [(n, p) for n, p in trainable if without_weight_decay(n, p) or id(p) in decayed_elsewhere]
     plain_ids = {id(p) for _, p in plain}
     groups = [
         {"params": [p for _, p in trainable if id(p) not in plain_ids], "weight_decay": config.weight_decay},

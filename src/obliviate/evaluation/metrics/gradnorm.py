@@ -21,7 +21,7 @@ import torch
 from obliviate.data.tokenize import IGNORE_INDEX, collate, encode, example_query
 from obliviate.evaluation.declarations import MetricResult, mean_of, metric
 from obliviate.evaluation.queries import SplitScores
-from obliviate.methods.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import forward_logits, mean_nll
 
 
 def gradient_norms(model: torch.nn.Module, batches: list) -> list[float]:

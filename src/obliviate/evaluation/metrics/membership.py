@@ -75,6 +75,6 @@ def min_k_plus_plus_score(scores: SplitScores) -> MetricResult:
         membership=True)
 def reference_score(scores: SplitScores) -> MetricResult:
     """Reference-model attack: NLL_ref − NLL_model per example, the retain model as the reference."""
-    reference = scores.reference_values("prob")
+    reference = scores.reference_values("prob", "any")
     return _scores([-math.log(max(p_ref, 1e-300)) - stats.mean_nll
                     for stats, p_ref in zip(scores.answer_tokens, reference)])

@@ -90,7 +90,7 @@ def truth_ratio(scores: SplitScores) -> MetricResult:
 def forget_quality(scores: SplitScores) -> MetricResult:
     """KS-test p-value between this model's and the retain model's per-example forget truth ratios."""
     ours = [r for r in scores.truth_ratios if r is not None]
-    reference = [r for r in scores.reference_values("truth_ratio") if r is not None]
+    reference = [r for r in scores.reference_values("truth_ratio", "qa") if r is not None]
     return MetricResult(float(ks_2samp(ours, reference).pvalue), [])
 
 

@@ -1,32 +1,38 @@
-"""Every config section as a typed dataclass, each key with its checker, description and default.
+"""Every fixed config section as a typed dataclass, each key with its checker, description and default.
 
 Section and key names follow the OPTML code line (WAGLE, SimNPO, ILU) where it has them
 (``overall.model_name``, ``overall.logger``, ``unlearn.unlearn_method``, ``unlearn.lr``,
-``dataset.forget_dataset_name``, ``logger.name`` = the run folder's name, ``logger.json.root``); method
-hyper-parameters live in ``unlearn.<Method>`` sections built from the method registry.
+``dataset.forget_dataset_name``, ``logger.name`` = the run folder's name, ``logger.json.root``). Method
+hyper-parameters live in ``unlearn.<Method>`` sections, which the composition root
+(:mod:`obliviate.experiment`) adds from the method registry; keys naming a component are
+:class:`~obliviate.config.checkers.RegisteredName` and bound there too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.config.checkers import BoolValue, ChoiceValue, FloatValue, IntValue, ListValue, StrValue
-from obliviate.config.spec import Schema, SectionSpec, option
-from obliviate.evaluation import DEFAULT_METRICS, METRICS
-from obliviate.evaluation.probes import PROBES
-from obliviate.loggers import LOGGERS
-from obliviate.masks.scores import MASK_SCORES
-from obliviate.methods import METHODS
-from obliviate.training.schedule import TrainingConfig
+from obliviate.config.checkers import (
+    BoolValue,
+    ChoiceValue,
+    FloatValue,
+    IntValue,
+    ListValue,
+    RegisteredName,
+    StrValue,
+)
+from obliviate.config.spec import option
+
+DEFAULT_METRICS = ["prob", "rouge_l_recall", "truth_ratio", "forget_quality", "mcq_acc"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Overall:
     """Model, seed, machine and results logger"""
 
     model_name: str = option(StrValue(), "embedded name (smollm2-135m-instruct, tiny-random-llama), a local model "
                              "folder or a hub id", "smollm2-135m-instruct")
-    logger: str = option(ChoiceValue(LOGGERS.names()), "results logger kind", "json")
+    logger: str = option(RegisteredName("logger"), "results logger kind", "json")
     seed: int = option(IntValue(low=0), "seed of every random choice of the run (same seed, same result on CPU); "
                        "the target's fine-tuning has its own, finetune.seed", 0)
     device: str = option(ChoiceValue(["auto", "cpu", "cuda", "mps"]), "auto = cuda if available, else cpu", "auto")
@@ -35,7 +41,7 @@ class Overall:
     cache_dir: str = option(StrValue(), "prepared models, fine-tuned targets and cached evaluations", "files/cache")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingKeys:
     """The optimisation keys shared by unlearning and fine-tuning"""
 
@@ -49,18 +55,12 @@ class TrainingKeys:
     max_grad_norm: float = option(FloatValue(low=0.0), "gradient clipping norm (0 disables)", 1.0)
     logging_steps: int = option(IntValue(low=1), "write train_log.jsonl every k optimiser steps", 1)
 
-    def training(self, batch_size: int) -> TrainingConfig:
-        """These keys with the micro-batch size, as the training loop takes them."""
-        return TrainingConfig(self.lr, self.num_epochs, self.max_steps, self.gradient_accumulation_steps,
-                              self.weight_decay, self.warmup_ratio, self.lr_scheduler, self.max_grad_norm,
-                              self.logging_steps, batch_size)
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Unlearn(TrainingKeys):
     """Unlearning run"""
 
-    unlearn_method: str = option(ChoiceValue(METHODS.names()), "registered method (case-insensitive)", "NPO")
+    unlearn_method: str = option(RegisteredName("unlearning method"), "registered method (case-insensitive)", "NPO")
     task_name: str = option(StrValue(), "benchmark name: results go to files/results/<task_name>/<method>/",
                             "synthetic")
     save_model: bool = option(BoolValue(), "save the unlearned model in the run folder", False)
@@ -81,7 +81,7 @@ class Unlearn(TrainingKeys):
                             "from the mask section and saved there; empty for no mask", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dataset:
     """Forget, retain, holdout and real-world knowledge data"""
 
@@ -104,7 +104,7 @@ class Dataset:
     data_dir: str = option(StrValue(), "where generated data (the synthetic benchmark) is written", "files/data")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Finetune(TrainingKeys):
     """Preparing the target and retain models by fine-tuning model_name (cached)"""
 
@@ -118,18 +118,18 @@ class Finetune(TrainingKeys):
                        "once and unlearns with several seeds (set it per run to vary the target too)", 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Eval:
     """Evaluation before and after unlearning"""
 
-    metrics: list[str] = option(ListValue(ChoiceValue(METRICS.names())), "metrics to compute", DEFAULT_METRICS)
+    metrics: list[str] = option(ListValue(RegisteredName("metric")), "metrics to compute", DEFAULT_METRICS)
     extra_splits: list[str] = option(ListValue(StrValue()), "more evaluated splits as 'name:role=dataset', role one "
                                      "of forget, retain, holdout, knowledge (e.g. MUSE's forget QA beside forget "
                                      "texts: 'forget_qa:forget=synthetic:forget10')", [])
     knowmem_shots: list[str] = option(ListValue(StrValue()), "KnowMem's in-context examples: a data set for every "
                                       "split, or 'split=dataset' entries (MUSE: forget_qa_icl / retain_qa_icl)",
                                       ["synthetic:knowmem_icl"])
-    probes: list[str] = option(ListValue(ChoiceValue(list(PROBES))), "prompt-level probes of the forget set, each "
+    probes: list[str] = option(ListValue(RegisteredName("probe")), "prompt-level probes of the forget set, each "
                                "evaluated as a split forget_<probe>: paraphrased questions, a few-shot context of "
                                "retain facts, an instruction to ignore restrictions", [])
     lm_eval_tasks: list[str] = option(ListValue(StrValue()), "lm-eval's own tasks by name (wmdp_bio, wmdp_cyber, "
@@ -149,11 +149,11 @@ class Eval:
                                     "a local folder or hub id; empty for none", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Mask:
     """Building a weight mask (make_mask.py, or a missing unlearn.mask_path)"""
 
-    score: str = option(ChoiceValue(MASK_SCORES.names()), "saliency score (wagle = |(θ − G_r/μ)⊙G_f|)", "wagle")
+    score: str = option(RegisteredName("mask score"), "saliency score (wagle = |(θ − G_r/μ)⊙G_f|)", "wagle")
     ratio: float = option(FloatValue(low=1e-6, high=1.0), "fraction of the selected weights kept trainable (> 0)", 0.8)
     granularity: str = option(ChoiceValue(["global", "tensor", "row"]), "top ratio over all selected weights, per "
                               "tensor, or per output row (Wanda)", "global")
@@ -165,7 +165,7 @@ class Mask:
                       "mask/<task>_<score>_<ratio>.safetensors)", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Lora:
     """LoRA adapters through peft, for any method (only adapters train; ULD/Offset always adapt their assistant)"""
 
@@ -179,7 +179,7 @@ class Lora:
                          "and the saved model then use the merged weights)", False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Attack:
     """Fine-tune attacks after unlearning (forget metrics along the way)"""
 
@@ -197,7 +197,7 @@ class Attack:
     eval_every: int = option(IntValue(low=1), "evaluate every k steps (and at 0 and the end)", 5)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Logger:
     """The run folder"""
 
@@ -210,7 +210,7 @@ class Logger:
                           "(unlearn.save_every); the config must be the same", False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class JsonLogger:
     """JSON results logger"""
 
@@ -221,19 +221,3 @@ SECTIONS: dict[str, type] = {"overall": Overall, "unlearn": Unlearn, "dataset": 
                              "eval": Eval, "mask": Mask, "lora": Lora, "attack": Attack, "logger": Logger,
                              "logger.json": JsonLogger}
 
-
-def method_sections() -> Schema:
-    return {
-        f"unlearn.{name}": SectionSpec(f"{name} hyper-parameters ({method.__doc__.splitlines()[0]})",
-                                       dict(method.params))
-        for name, method in METHODS if method.params
-    }
-
-
-def experiment_schema() -> Schema:
-    """The schema of an experiment (unlearn_model.py, evaluate.py, finetune.py, make_mask.py, study cells)."""
-    schema = {name: SectionSpec.of(section) for name, section in SECTIONS.items()}
-    methods = method_sections()
-    ordered = list(schema)
-    at = ordered.index("unlearn") + 1
-    return {name: schema.get(name) or methods[name] for name in [*ordered[:at], *methods, *ordered[at:]]}

@@ -14,12 +14,12 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from obliviate.config.sections import Finetune
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
@@ -27,9 +27,7 @@ from obliviate.io import write_json_atomic
 from obliviate.methods.terms import NLL
 from obliviate.models.loading import ModelSource, load_model, save_model
 from obliviate.training.loop import train
-
-if TYPE_CHECKING:
-    from obliviate.config.schema import Finetune
+from obliviate.training.schedule import TrainingConfig
 
 RECIPE_VERSION = 1
 
@@ -43,10 +41,10 @@ def canonical_examples(examples: list[Example]) -> list[Example]:
 class FinetuneRecipe:
     """How to make one fine-tuned model; ``source`` names it before (and whether or not) it is built."""
 
-    def __init__(self, base: ModelSource, examples: list[Example], finetune: "Finetune", fmt: PromptFormat,
+    def __init__(self, base: ModelSource, examples: list[Example], finetune: Finetune, fmt: PromptFormat,
                  max_length: int, cache_dir: Path) -> None:
         self.base, self.examples = base, canonical_examples(examples)
-        self.training = finetune.training(finetune.batch_size)
+        self.training = TrainingConfig.of(finetune, batch_size=finetune.batch_size)
         self.seed, self.fmt, self.max_length = finetune.seed, fmt, max_length
         training = {key: value for key, value in asdict(finetune).items() if key not in ("enabled", "seed")}
         self.description = {

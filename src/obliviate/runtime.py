@@ -1,0 +1,83 @@
+"""Where a run runs: its processes and its run folder.
+
+:meth:`Runtime.start` makes the accelerator (one process, or several under ``accelerate launch``/``torchrun``),
+checks that the plan runs on that many processes, and lets the main process claim the run folder (only it
+writes; the others learn where it is, to read checkpoints from it). The runtime also knows what a stop leaves
+behind (:meth:`Runtime.stopping`) and where a resumed run's training state is (:meth:`Runtime.checkpointing`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
+
+from obliviate.errors import Interrupted
+from obliviate.loggers import LOGGERS, RunFolder
+from obliviate.loggers.json_logger import CHECKPOINT
+from obliviate.plan import ExperimentPlan
+from obliviate.training.checkpoint import Checkpointing, saved_step
+
+logger = logging.getLogger(__name__)
+# How long processes wait for each other: the others wait while the main process evaluates (lm-eval on a 7B
+# model can take hours); a process that fails makes the launcher stop the others at once.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=6)
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+@dataclass
+class Runtime:
+    accelerator: Accelerator
+    folder: RunFolder | None  # the main process's; None on the others
+    work: Path  # the run folder being written (every process knows it)
+    resumed: bool  # the run continues a stopped one (logger.resume)
+
+    @property
+    def main(self) -> bool:
+        return self.folder is not None
+
+    @classmethod
+    def start(cls, plan: ExperimentPlan) -> "Runtime":
+        accelerator = Accelerator(cpu=plan.models.device.type == "cpu",
+                                  kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
+        plan.check_processes(accelerator.num_processes, accelerator.distributed_type in SHARDED)
+        folder = LOGGERS.get(plan.output.logger)(plan.output.folder) if accelerator.is_main_process else None
+        if folder is not None:
+            folder.start(plan.output.config)
+        shared = [(folder.work, folder.resumed) if folder else None]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(shared)
+        work, resumed = shared[0]
+        return cls(accelerator, folder, work, resumed)
+
+    @contextlib.contextmanager
+    def stopping(self) -> Iterator[None]:
+        """The main process marks a run that stops as failed (the run folder says how); the others only say so."""
+        if self.folder is not None:
+            with self.folder.marked_failed_on_stop(lambda: saved_step(self.work / CHECKPOINT)):
+                yield
+            return
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted (process {self.accelerator.process_index}; the main process says "
+                              "what is left on disk)") from None
+
+    def checkpointing(self, every: int, restarted_logs: tuple[str, ...]) -> Checkpointing | None:
+        """Checkpoints every ``every`` steps (none for 0); resuming, from the saved state, the logs cut back to its
+        step (the ``restarted_logs`` emptied: their stage starts again)."""
+        checkpoint = Checkpointing(self.work / CHECKPOINT, every, False) if every else None
+        if not self.resumed:
+            return checkpoint
+        saved = checkpoint.saved_step() if checkpoint is not None else None
+        if self.folder is not None:
+            self.folder.truncate_logs(saved, restarted=restarted_logs)
+            logger.info("resuming %s after step %s", self.work,
+                        saved if saved is not None else "0 (no saved state: from the start)")
+        return replace(checkpoint, resume=True) if saved is not None else checkpoint
