@@ -3,6 +3,7 @@ where their formulas say, PDU's dual variable moves as stated, every method runs
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,10 @@ def test_ascent_descent_is_the_mixed_batch_mean_of_signed_sequence_means(setup):
 
 def test_pdu_eps_and_dual_variable(setup):
     model, context, batch = setup
-    objective = build("PDU", context, alpha=2.0, dual_step_size=0.5, dual_warmup_steps=1, eps_ratio=1.1)
+    objective = build("PDU", replace(context, steps_per_epoch=2), alpha=2.0, dual_step_size=0.5,
+                      dual_warmup_epochs=0.5, eps_ratio=1.1)
     constraint = objective.terms[1][1]
+    assert constraint.warmup_steps == 1  # half an epoch of two steps
     retain = context.datasets["retain"]
     everything = retain.collate([retain[i] for i in range(len(retain))])
     assert constraint.eps == pytest.approx(1.1 * mean_nll(forward_logits(model, everything), everything.labels).item(),
@@ -189,3 +192,95 @@ def test_every_method_runs_from_its_config_on_a_tiny_model(name, tmp_path, cache
     log = [json.loads(line) for line in (run_folder / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(math.isfinite(record["loss"]) for record in log)
     assert json.loads((run_folder / "metrics.json").read_text())
+
+
+def answer_logits(model, data):
+    """(logits predicting each answer token, those tokens, mask), by hand: position t predicts token t+1."""
+    logits = model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits[:, :-1].float()
+    targets = data.labels[:, 1:]
+    return logits, targets, targets != IGNORE_INDEX
+
+
+def answer_nll(model, data) -> float:
+    logits, targets, mask = answer_logits(model, data)
+    nll = -logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return float(nll[mask].mean().detach())
+
+
+def test_satimp_builds_minus_gamma_weighted_nll_plus_alpha_retain(setup):
+    model, context, batch = setup
+    value = build("SatImp", context, beta1=2.0, beta2=1.0, gamma=2.0, alpha=0.5)(model, batch).loss.item()
+    logits, targets, mask = answer_logits(model, batch["forget"])
+    log_p = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    p = log_p.exp()
+    weighted = (p.pow(2.0) * (1 - p) * -log_p)[mask].mean().item()
+    assert value == pytest.approx(-2.0 * weighted + 0.5 * answer_nll(model, batch["retain"]), rel=1e-5)
+
+
+def test_random_label_builds_gamma_nll_of_the_random_targets_plus_alpha_retain(setup):
+    model, context, batch = setup
+    objective = build("RandomLabel", context, gamma=2.0, alpha=0.5, seed=7)
+    value = objective(model, batch).loss.item()
+    config = model.config
+    kept = {config.bos_token_id, config.eos_token_id, config.pad_token_id} - {None}
+    targets_by_row = random_targets(context.datasets["forget"], config.vocab_size, kept, 7).rows
+    logits, _, mask = answer_logits(model, batch["forget"])
+    targets = torch.stack([targets_by_row[row] for row in batch["forget"].index.tolist()])[:, :logits.shape[1]]
+    nll = -logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    assert value == pytest.approx(2.0 * nll[mask].mean().item() + 0.5 * answer_nll(model, batch["retain"]), rel=1e-5)
+
+
+def test_ceu_builds_gamma_cross_entropy_to_the_distribution_without_the_truth_plus_alpha_retain(setup):
+    model, context, batch = setup
+    value = build("CEU", context, ignore_first_n=1, gamma=2.0, alpha=0.5)(model, batch).loss.item()
+    logits, targets, mask = answer_logits(model, batch["forget"])
+    mask = mask & (mask.long().cumsum(-1) > 1)  # the first answer token of each row is skipped
+    without_truth = logits.scatter(-1, targets.clamp(min=0)[..., None], float("-inf")).softmax(-1)
+    cross_entropy = -(without_truth * logits.log_softmax(-1)).sum(-1)
+    expected = 2.0 * cross_entropy[mask].mean().item() + 0.5 * answer_nll(model, batch["retain"])
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.fixture
+def one_refusal(setup, tokenizer):
+    """The setup with a single refusal, so that every forget question's refusal partner is known."""
+    model, context, batch = setup
+
+    def encode(examples):
+        return encode_dataset(tokenizer, examples, PromptFormat(), 32)
+
+    examples = {**context.examples, "refusals": [Example("", "I don't know.")]}
+    forget = [context.examples["forget"][row] for row in batch["forget"].index.tolist()]
+    partners = encode([Example(e.question, "I don't know.") for e in forget])
+    return model, replace(context, examples=examples), batch, partners.collate([partners[0], partners[1]])
+
+
+def test_idk_is_tofus_one_token_mean_over_refusals_and_retain_answers(one_refusal):
+    model, context, batch, refusals = one_refusal
+    value = build("IDK", context, gamma=2.0, refusals="x")(model, batch).loss.item()
+    pooled = []
+    for data in (refusals, batch["retain"]):
+        logits, targets, mask = answer_logits(model, data)
+        pooled.append(-logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0][mask])
+    assert value == pytest.approx(2.0 * torch.cat(pooled).mean().item(), rel=1e-5)
+    separate = build("IDK", context, gamma=2.0, alpha=0.5, pooled=False, refusals="x")(model, batch).loss.item()
+    assert separate == pytest.approx(2.0 * answer_nll(model, refusals) + 0.5 * answer_nll(model, batch["retain"]),
+                                     rel=1e-5)
+
+
+def test_idk_ap_builds_gamma_refusal_nll_on_the_forget_questions(one_refusal):
+    model, context, batch, refusals = one_refusal
+    objective = build("IDK_AP", context, gamma=2.0, delta=0.0, alpha=0.5, refusals="x")
+    assert objective(model, batch).loss.item() == pytest.approx(
+        2.0 * answer_nll(model, refusals) + 0.5 * answer_nll(model, batch["retain"]), rel=1e-5)
+
+
+def test_pooled_idk_refuses_a_separate_retain_weight():
+    from obliviate.config.loader import parse_config
+    from obliviate.errors import UserError
+    from obliviate.experiment import experiment_schema
+    from obliviate.plan import configured_method
+
+    settings = parse_config(["--unlearn.unlearn_method", "IDK", "--unlearn.IDK.alpha", "3"], experiment_schema())
+    with pytest.raises(UserError, match="unlearn.IDK.pooled"):
+        configured_method(settings, "IDK").objective()

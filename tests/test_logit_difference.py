@@ -18,7 +18,7 @@ from obliviate.errors import UserError
 from obliviate.evaluation.scoring import greedy_answers, separate_statistics, shared_prompt_statistics
 from obliviate.experiment import run_evaluation, run_unlearning
 from obliviate.methods import METHODS
-from obliviate.methods.entropy import MaxEntropyForget
+from obliviate.methods.entropy import MaxEntropyForget, uniform_kl
 from obliviate.methods.logit_difference import augmented
 from obliviate.methods.objective import PrepareContext
 from obliviate.methods.terms import NLL, KLToReference
@@ -198,21 +198,33 @@ def test_lm_eval_scores_and_generates_with_the_combination(tokenizer):
     assert text == expected.split("\n\n")[0]
 
 
-def test_uld_objective_and_augmentation():
-    objective = METHODS.get("ULD").build(retain_weight=5.0, retain_divergence="uniform_to_model", num_layers=8,
-                                         weight=-0.8, relative_top=0.01, augment=True)
+def test_uld_objective_and_augmentation_as_the_public_data_mode():
+    objective = METHODS.get("ULD").build(retain_weight=5.0, retain_divergence="uniform_to_model",
+                                         retain_positions="all", num_layers=8, weight=-0.8, relative_top=0.01,
+                                         augment=True)
     (w_forget, forget), (w_retain, retain) = objective.terms
     assert (w_forget, type(forget), forget.split) == (1.0, NLL, "forget")
-    assert (w_retain, type(retain), retain.split, retain.divergence) == (5.0, MaxEntropyForget, "retain",
-                                                                         "uniform_to_model")
-    data = {"forget": [Example("Q1?", "A1.", "P1?", "PA1.", ("W1.", "W2.")), Example("Q2?", "A2.")],
-            "retain": [Example("R?", "RA.")]}
+    assert (w_retain, type(retain), retain.split, retain.divergence, retain.positions) == (
+        5.0, MaxEntropyForget, "retain", "uniform_to_model", "all")
+    data = {"forget": [Example("Q1?", "A1.", "P1?", "PA1.", ("W1.", "W2.", "W3.")), Example("Q2?", "A2.")],
+            "retain": [Example(f"R{i}?", f"RA{i}.") for i in range(5)]}
     more = augmented(data)
     assert [(e.question, e.answer) for e in more["forget"]] == [("Q1?", "A1."), ("Q2?", "A2."), ("Q1?", "PA1."),
                                                                ("P1?", "A1.")]
-    assert [(e.question, e.answer) for e in more["retain"]] == [("R?", "RA."), ("Q1?", "W1."), ("Q1?", "W2.")]
+    # forget_more_retain_perturb: the LAST min(400, |forget|) = 2 retain rows, two perturbed answers per question
+    assert [(e.question, e.answer) for e in more["retain"]] == [("R3?", "RA3."), ("R4?", "RA4."), ("Q1?", "W1."),
+                                                               ("Q1?", "W2.")]
     with pytest.raises(UserError, match="unlearn.ULD.augment"):
         augmented({"forget": [Example("Q?", "A.")]})
+
+
+def test_the_uniform_term_averages_over_every_position_as_the_public_code_or_over_answers():
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [2.0, 0.0, 0.0]]])  # B=1, T=3, V=3
+    labels = torch.tensor([[-100, -100, 1]])  # only the last token is an answer: predicted at position 1
+    per_position = [-(torch.log_softmax(row, -1).mean() + math.log(3)).item() for row in logits[0]]
+    assert uniform_kl(logits, labels, "uniform_to_model", "all").item() == pytest.approx(sum(per_position) / 3)
+    assert uniform_kl(logits, labels, "uniform_to_model", "answer").item() == pytest.approx(per_position[1])
+    assert per_position[1] == pytest.approx(0.0, abs=1e-7) and per_position[0] > 0
 
 
 def cli(*argv):

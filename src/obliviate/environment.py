@@ -56,7 +56,16 @@ def environment_record(device: torch.device, dtype: torch.dtype, world_size: int
 
 
 class Timings(dict[str, float]):
-    """Wall seconds per stage of a run (env.json's ``wall_time_seconds``); a stage timed twice adds up."""
+    """Wall seconds per stage of a run (env.json's ``wall_time_seconds``); a stage timed twice adds up, and
+    ``total`` counts from the moment these timings were made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = time.perf_counter()
+
+    def with_total(self) -> "Timings":
+        self["total"] = round(time.perf_counter() - self.start, 2)
+        return self
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -124,6 +124,7 @@ class TrainingPlan:
     eval_splits: list[str]
     save_every: int
     g_effect_every: int
+    g_effect_definition: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,7 +239,8 @@ def _training(s: Settings) -> TrainingPlan:
     u = s.unlearn
     return TrainingPlan(config=TrainingConfig.of(u, batch_size=s.dataset.batch_size), seed=s.overall.seed,
                         reference_batch_size=s.eval.batch_size, eval_every=u.eval_every,
-                        eval_splits=list(u.eval_splits), save_every=u.save_every, g_effect_every=u.g_effect_every)
+                        eval_splits=list(u.eval_splits), save_every=u.save_every, g_effect_every=u.g_effect_every,
+                        g_effect_definition=u.g_effect_definition)
 
 
 def _output(s: Settings, kind: str) -> OutputPlan:

@@ -1,21 +1,18 @@
-"""The Unlearner: runs one planned experiment (:func:`obliviate.plan.plan`) in stages.
+"""The Unlearner: runs one planned experiment (:func:`obliviate.plan.plan`) in stages, reading only the plan.
 
-``Unlearner(plan).run()``: setup (processes, the run folder claimed, the evaluation session) → prepare the models
-(target and retain, fine-tuned and cached when ``finetune.enabled``) → evaluate before → unlearn (the mask, the
-method's assembly of the model, training with its evaluation points, checkpoints and G-effect probe; then the best
-checkpoint) → evaluate after → attacks → finish (models saved, results written, the folder renamed).
-``evaluate_model()`` is setup → prepare → evaluate → finish (evaluate.py). It reads only the plan, and speaks to
-the model through the method's :class:`~obliviate.models.assembly.Assembly`.
+``run()``: setup (processes, run folder, evaluation session) → prepare the models (target and retain, fine-tuned
+and cached when ``finetune.enabled``) → evaluate before → unlearn (the mask, the method's
+:class:`~obliviate.models.assembly.Assembly` of the model, training with evaluation points, checkpoints and the
+G-effect probe; the best checkpoint) → evaluate after → attacks → finish (models saved, results written, the
+folder renamed). ``evaluate_model()``: setup → prepare → evaluate → finish (evaluate.py).
 
-Several processes (``accelerate launch`` or ``torchrun``; DDP through accelerate): every process loads the same
-model, mask and cached reference quantities, and takes part in every training (unlearning and attacks), each on
-its share of the batches. Everything else runs on the main process only: it claims and writes the run folder,
-evaluates (the others wait at the next training step), builds a missing mask (the others then read it), and saves.
+Several processes (``accelerate launch``/``torchrun``; DDP): every process loads the same model, mask and cached
+reference quantities and takes part in every training, each on its share of the batches. The main process alone
+writes the run folder, evaluates (the others wait at the next step), builds a missing mask and saves.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -53,7 +50,7 @@ class Unlearner:
 
     def run(self) -> Path | None:
         """Run the experiment; return the finished run folder (None on the other processes)."""
-        start, p = time.perf_counter(), self.plan
+        p = self.plan
         self._setup()
         with self.runtime.stopping():
             model, tokenizer = self._prepare_models(p.models.target or p.models.base, "target")
@@ -72,12 +69,12 @@ class Unlearner:
                 with self.timings.stage("save_model"):
                     assembly.save(self.folder.work, tokenizer)
             assembly.write_record(self.folder.work, saved=p.output.save_model)
-            return self._finish(start)
+            return self._finish()
 
     def evaluate_model(self) -> Path | None:
         """Evaluate one model (``eval.model``) on every split without training; return its results folder
         (``<root>/<task>/evaluations/<run>/``). Only the main process evaluates."""
-        start, p = time.perf_counter(), self.plan
+        p = self.plan
         self._setup()
         if not self.main:
             return None
@@ -85,7 +82,7 @@ class Unlearner:
             model, tokenizer = self._prepare_models(p.evaluated_model, p.evaluated_role)
             with self.timings.stage("evaluate"):
                 self.results[EVALUATED] = self.session.evaluate(model, tokenizer, self.source)
-            return self._finish(start)
+            return self._finish()
 
     def _setup(self) -> None:
         """Start the processes and claim the run folder; open the evaluation session."""
@@ -151,10 +148,13 @@ class Unlearner:
         set_seed(t.seed)
         splits = p.objective.splits | {"forget"} | ({"retain"} if t.g_effect_every else set())
         datasets = encode_splits(tokenizer, p.training_data, splits, p.fmt, p.max_length)
-        p.objective.prepare(PrepareContext(trained, datasets, t.reference_batch_size, p.models.device, p.training_data,
-                                           lambda examples: encode_dataset(tokenizer, examples, p.fmt, p.max_length)))
-        probe = (GEffectProbe(t.g_effect_every, datasets, t.config.batch_size, t.seed, self.folder.path(G_EFFECT_LOG))
-                 if t.g_effect_every else None)  # one process only
+        p.objective.prepare(PrepareContext(
+            trained, datasets, t.reference_batch_size, p.models.device, p.training_data,
+            lambda examples: encode_dataset(tokenizer, examples, p.fmt, p.max_length),
+            t.config.steps_per_epoch(len(datasets["forget"]), self.accelerator.num_processes)))
+        probe = (GEffectProbe(t.g_effect_every, self.folder.path(G_EFFECT_LOG), assembly.evaluated,
+                              definition=t.g_effect_definition, datasets=datasets, batch_size=t.config.batch_size,
+                              seed=t.seed) if t.g_effect_every else None)  # one process only
         checkpoint = self.runtime.checkpointing(t.save_every, restarted_logs=(ATTACK_LOG,))
         points = None
         if self.main and t.eval_every:
@@ -191,9 +191,8 @@ class Unlearner:
             self.folder.write_json("attacks.json", curves)
             self.folder.track_curves("attacks", curves)
 
-    def _finish(self, start: float) -> Path:
-        self.timings["total"] = round(time.perf_counter() - start, 2)
+    def _finish(self) -> Path:
         models = self.plan.models
         environment = {**environment_record(models.device, models.dtype, self.accelerator.num_processes),
                        "trainable_parameters": self.trained_parameters}
-        return write_results(self.folder, self.plan.description, self.results, self.timings, environment)
+        return write_results(self.folder, self.plan.description, self.results, self.timings.with_total(), environment)

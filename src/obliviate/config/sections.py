@@ -77,6 +77,9 @@ class Unlearn(TrainingKeys):
                              "--logger.resume (0 = never)", 0)
     g_effect_every: int = option(IntValue(low=0), "every k steps, the G-effect of the step on forget and retain NLL "
                                  "per block to g_effect.jsonl/png (0 = off)", 0)
+    g_effect_definition: str = option(ChoiceValue(["seed", "probe"]), "G-effect as the seed: the raw step gradient "
+                                      "against the risks on the step's own batches; or probe: the applied "
+                                      "(clipped, masked) gradient against the risks on drawn probe batches", "seed")
     mask_path: str = option(StrValue(), "weight mask (.safetensors, or WAGLE .pt): loaded if it exists, else built "
                             "from the mask section and saved there; empty for no mask", "")
 

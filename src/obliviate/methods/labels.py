@@ -1,14 +1,15 @@
-"""Yao et al.'s label methods and their normalised ascent+descent ("Large Language Model Unlearning", ACL 2024
-findings / NeurIPS 2024, arXiv 2310.10683; seed 003; public code yaojin17/Unlearning_LLM ``utils.py``,
-``unlearn.py``).
+"""Yao et al.'s label methods and their normalised ascent+descent (Jin Yao et al., "Machine Unlearning of
+Pre-trained Large Language Models", ACL 2024, arXiv 2402.15159; seed 003; public code yaojin17/Unlearning_LLM
+``utils/save_tokenized_dataset.py``, ``run_unlearn.py``).
 
 With ℓ(y | x) = −log p_θ(y | x) on the answer tokens:
 
 * RandomLabel: forget questions trained (gradient DESCENT) toward random answers: every answer token's target
   is replaced by a token id drawn uniformly from the vocabulary (bos/eos/pad ids excluded; a true special
-  token keeps its place), L = γ·mean_t ℓ(ỹ_t | x, y_<t) + α·NLL(r). The public code draws new random tokens
-  at every step; we draw them once per example with ``seed`` (reproducible, and the target does not move
-  under the optimiser).
+  token keeps its place), L = γ·mean_t ℓ(ỹ_t | x, y_<t) + α·NLL(r). Drawn once per example, as the public
+  code draws them once when it tokenises the data set (``np.random.choice`` after ``set_seed(42)``, saved to
+  disk); ours with ``seed``. (Redrawing at every step is the "random mismatch" of Yuanshun Yao et al., arXiv
+  2310.10683, a different method.)
 * AdversarialLabel: the target of each answer token is the STARTING model's most likely token other than the
   true one, ỹ_t = argmax_{v ≠ y_t} p_ref(v | x, y_<t): a nearby wrong answer rather than noise. Computed
   once for the whole forget set before training (one token id per answer token; no reference model kept).
@@ -19,8 +20,10 @@ With ℓ(y | x) = −log p_θ(y | x) on the answer tokens:
   sequences: L = (−Σ_i ℓ̄_i(f) + Σ_j ℓ̄_j(r)) / 2B = −½·mean ℓ̄(f) + ½·mean ℓ̄(r). Per-sequence means make a
   long answer count as much as a short one.
 
-Ascent+KL, the paper's third form, is ``GA_KL`` (gradient ascent + KL(π_ref ‖ π_θ) on retain; the
-KL direction corrected: the reference distribution first, as in TOFU's code).
+Ascent+KL, the paper's third form, is ``GA_KL`` (gradient ascent + KL(π_ref ‖ π_θ) on retain). Its code's
+``compute_kl`` (copied from Yuanshun Yao et al.'s kevinyaobytedance/llm_unlearn) is the cross-entropy
+−Σ_v p_ref log p_θ, reference-first already, with the gradient of KL(π_ref ‖ π_θ); ours differs only in the
+positions it averages over (answer tokens, where that code takes every position).
 """
 
 from __future__ import annotations

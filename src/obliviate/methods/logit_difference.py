@@ -10,12 +10,18 @@ never change.
       L = NLL_A(forget) + λ · KL(U ‖ p_A)(retain),     λ = 5
 
   so the assistant knows the forget set and nothing else; subtracting its logits (w < 0) removes exactly
-  that knowledge. The public ``UniformLossFunc`` is KL(U ‖ p_A) averaged over every position (prompt and
-  padding too); here over answer tokens, as every term of the engine; ``retain_divergence
-  model_to_uniform`` gives KL(p_A ‖ U), the form the reference notes gave. With ``augment`` (the public
-  ``forget_more_retain_perturb`` data mode) the forget set also holds each question with its paraphrased
-  answer and its paraphrased question with the answer, and the retain set each forget question with each
-  perturbed (wrong) answer, to be uniform on.
+  that knowledge. The public ``UniformLossFunc`` (``uld/model/forget_losses.py``) is KL(U ‖ p_A) averaged over
+  every position of the padded batch (prompt, answer and padding; ``batchmean`` over B·T rows), and λ = 5
+  (``configs/unlearn_loss/remember+uniform.yaml``) was set for that averaging: ``retain_positions all``, our
+  default, averages the same way (over our batch's padded length, the longest sequence in it, where the public
+  code pads every sequence to 256 tokens); ``answer`` averages over answer tokens as the engine's other terms,
+  which pushes each answer token several times harder at the same λ. ``retain_divergence model_to_uniform``
+  gives KL(p_A ‖ U), the form the reference notes gave. With ``augment`` (the public
+  ``forget_more_retain_perturb`` data mode, ``uld/data/tofu.py``) the forget set also holds each question with
+  its paraphrased answer and its paraphrased question with the answer (the public code takes two LLM-written
+  paraphrase pairs per question; TOFU records carry one paraphrased question and one paraphrased answer), and
+  the retain set is the LAST min(400, |forget|) retain rows plus each forget question with its first two
+  perturbed (wrong) answers, to be uniform on.
   Setting: lr 1e-3 for the adapters (``uld_train.sh``), w −0.8 and τ 1e-2 (its TOFU evaluation).
 * Offset unlearning (Huang et al. 2024, arXiv 2404.11045): any registered forget objective
   (``objective``, configured by its own section) is minimised on the COMBINED model's logits
@@ -58,17 +64,22 @@ from obliviate.models.logit_difference import LogitDifferenceModel, LogitDiffere
 NOT_OFFSET_OBJECTIVES = ("ULD", "Offset", "RMU")
 
 
+RETAIN_ROWS, PERTURBED_PER_QUESTION = 400, 2  # forget_more_retain_perturb: retain_num 400, expand_qanum 2
+
+
 def augmented(data: dict[str, list[Example]]) -> dict[str, list[Example]]:
-    """ULD's data augmentation: paraphrases of the forget examples join the forget set, their perturbed answers
-    the retain set (see the module docstring)."""
+    """ULD's data augmentation: paraphrases of the forget examples join the forget set; the retain set is the last
+    min(400, |forget|) retain rows and two perturbed answers to each forget question (module docstring)."""
     forget = data["forget"]
     paraphrases = [Example(e.question, e.paraphrased_answer) for e in forget if e.paraphrased_answer] + \
                   [Example(e.paraphrased_question, e.answer) for e in forget if e.paraphrased_question]
-    wrong = [Example(e.question, wrong) for e in forget for wrong in e.perturbed_answers]
+    wrong = [Example(e.question, wrong) for e in forget for wrong in e.perturbed_answers[:PERTURBED_PER_QUESTION]]
     if not paraphrases and not wrong:
         raise UserError("unlearn.ULD.augment: the forget data has no paraphrased_question, paraphrased_answer or "
                         "perturbed_answer to augment with; set --unlearn.ULD.augment false")
-    return {**data, "forget": forget + paraphrases, "retain": data.get("retain", []) + wrong}
+    retain = data.get("retain", [])
+    kept = retain[len(retain) - min(RETAIN_ROWS, len(forget), len(retain)):]
+    return {**data, "forget": forget + paraphrases, "retain": kept + wrong}
 
 
 class LogitDifferenceMethod(Method):
@@ -136,13 +147,18 @@ class ULD(LogitDifferenceMethod):
                                default=5.0),
         "retain_divergence": Param(ChoiceValue(["uniform_to_model", "model_to_uniform"]), "KL(U‖p) as the "
                                    "public code, or KL(p‖U)", default="uniform_to_model"),
+        "retain_positions": Param(ChoiceValue(["all", "answer"]), "the uniform term's mean: every position of the "
+                                  "padded batch as the public code (λ = 5 was set for it), or answer tokens",
+                                  default="all"),
         "augment": Param(BoolValue(), "add paraphrased forget QA to forget and perturbed answers to retain",
                          default=True),
     }
 
     @staticmethod
-    def build(retain_weight: float, retain_divergence: str, **combination: object) -> Objective:
-        return NLL("forget") * 1.0 + MaxEntropyForget(retain_divergence, "retain", "retain_uniform") * retain_weight
+    def build(retain_weight: float, retain_divergence: str, retain_positions: str, **combination: object
+              ) -> Objective:
+        uniform = MaxEntropyForget(retain_divergence, "retain", "retain_uniform", retain_positions)
+        return NLL("forget") * 1.0 + uniform * retain_weight
 
     def training_data(self, data: dict[str, list[Example]]) -> dict[str, list[Example]]:
         return augmented(data) if self.values["augment"] else data

@@ -33,8 +33,9 @@ class LossOutput:
 @dataclass
 class PrepareContext:
     """What a term may use once, before training, to cache reference quantities: the model, the encoded
-    splits it reads, and (to build derived data such as refusal answers to the forget questions) every
-    loaded split's examples and the experiment's encoder."""
+    splits it reads, (to build derived data such as refusal answers to the forget questions) every
+    loaded split's examples and the experiment's encoder, and how many optimiser steps one pass over the
+    forget set takes (for schedules counted in epochs, as PDU's warm-up)."""
 
     model: torch.nn.Module
     datasets: dict[str, EncodedDataset]
@@ -42,6 +43,7 @@ class PrepareContext:
     device: torch.device
     examples: dict[str, list[Example]] = field(default_factory=dict)
     encode: Callable[[list[Example]], EncodedDataset] | None = None
+    steps_per_epoch: int = 1
 
 
 class Term(ABC):

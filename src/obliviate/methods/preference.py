@@ -17,7 +17,9 @@ training (no second model, as for NPO).
   a refusal ("I don't know", from ``refusals``, the project's hundred by default). open-unlearning draws a new
   refusal each time an example is read; we draw one per question once, so S_ref(w) can be cached.
 * IDK (TOFU's "idk" / preference optimisation, Maini et al. 2024): the NLL of a refusal after each forget
-  question, L = γ·NLL(refusal | f) + α·L_retain.
+  question. TOFU (``dataloader.py``, ``idk``) takes ONE token mean over the refusal and retain answers together
+  (``pooled``, the default: L = γ·(Σ_idk ℓ + Σ_retain ℓ)/(N_idk + N_retain)); ``pooled false`` adds two means,
+  L = γ·NLL(refusal | f) + α·L_retain (seed 001's variant has no retain term: α = 0).
 
 All three: L = γ·L_forget + α·L_retain, L_retain = NLL(r) or KL(π_ref‖π_θ)(r) (``retain_loss``).
 Defaults from open-unlearning's ``configs/trainer/DPO.yaml``: β 0.1, γ 1, α 1, NLL.
@@ -29,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from fastargs import Param
 
-from obliviate.config.checkers import FloatValue, IntValue
+from obliviate.config.checkers import BoolValue, FloatValue, IntValue
+from obliviate.errors import UserError
 from obliviate.likelihood import forward_logits, reference_sequence_nll, sequence_nll
 from obliviate.methods.alternatives import AlternativeAnswers
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
-from obliviate.methods.refusal import RefusalMethod, RefusalNLL, refusal_params
+from obliviate.methods.refusal import PooledRefusalNLL, RefusalMethod, RefusalNLL, refusal_params
 from obliviate.methods.terms import retain_term, weight_params
 
 
@@ -104,10 +107,21 @@ class IdkDPO(RefusalMethod):
 
 @METHODS.register("IDK")
 class IDK(RefusalMethod):
-    """IDK: NLL of a refusal after each forget question + retain term."""
+    """IDK: NLL of a refusal after each forget question, pooled with the retain answers' NLL (or + retain term)."""
 
-    params = _params(**refusal_params())
+    params = _params(**refusal_params(),
+                     pooled=Param(BoolValue(), "TOFU's one token mean over refusal and retain answers (false: "
+                                  "γ·refusal NLL + α·retain term)", default=True))
+
+    def objective(self) -> Objective:
+        if self.values["pooled"] and (self.values["alpha"] != 1.0 or self.values["retain_loss"] != "nll"):
+            raise UserError("unlearn.IDK.pooled takes one NLL mean over refusal and retain answers, with no separate "
+                            "retain term to weigh (alpha) or choose (retain_loss); set pooled false, or alpha 1 and "
+                            "retain_loss nll")
+        return super().objective()
 
     @staticmethod
-    def build(gamma: float, alpha: float, retain_loss: str, seed: int, refusals: str) -> Objective:
+    def build(gamma: float, alpha: float, retain_loss: str, seed: int, refusals: str, pooled: bool) -> Objective:
+        if pooled:
+            return PooledRefusalNLL(seed) * gamma
         return RefusalNLL(seed) * gamma + retain_term(retain_loss) * alpha

@@ -8,15 +8,16 @@ Unlearning as a constrained problem, min L_f(θ) subject to L_r(θ) ≤ ε, solv
 * forget: logit-margin flattening, L_f = mean over answer positions of (max_v z_v − mean_v z_v)², which is 0
   exactly when the logits are flat (the uniform distribution);
 * retain: L_r = NLL on the retain batch; the dual variable λ starts at ``alpha`` and, after
-  ``dual_warmup_steps`` optimiser steps, rises while the constraint is violated and falls (to 0 at least)
-  while it holds. λ is logged at every step (``dual``) and saved with the run (``pdu_dual``).
+  ``dual_warmup_epochs`` passes over the forget set (open-unlearning's ``dual_warmup_epochs``, 5 in its
+  ``configs/trainer/PDU.yaml`` and TOFU script), rises while the constraint is violated and falls (to 0 at
+  least) while it holds. λ is logged at every step (``dual``) and saved with the run (``pdu_dual``).
 
 Differences from open-unlearning, each deliberate: its forget mask is the UNSHIFTED label mask (the logits
 AT answer tokens, which predict the token after each one); ours is the shifted mask every loss here uses (the
 logits that predict the answer tokens). It updates λ once per micro-batch with that micro-batch's L_r; we
 update once per optimiser step with the mean L_r of its micro-batches and processes (the same with no
-accumulation on one process), so every process holds the same λ. Its
-warm-up is counted in epochs; ours in optimiser steps (our runs are set by ``max_steps``). It has no default
+accumulation on one process), so every process holds the same λ. Both count the warm-up in epochs (ours turned
+into optimiser steps: epochs × the steps of one pass over the forget set). It has no default
 ε (its scripts use 0.3 on TOFU, 1.5/0.1 on MUSE); with ``eps`` 0 we set ε = ``eps_ratio`` × the starting
 model's mean retain NLL (computed once in prepare), a constraint that means "retain NLL may grow by 10 %"
 whatever the model's scale.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import torch
 from fastargs import Param
 
-from obliviate.config.checkers import FloatValue, IntValue
+from obliviate.config.checkers import FloatValue
 from obliviate.data.tokenize import IGNORE_INDEX
 from obliviate.likelihood import forward_logits, mean_nll, reference_sequence_nll, shifted
 from obliviate.methods.base import METHODS, Method
@@ -64,14 +65,16 @@ class DualRetainConstraint(Term):
     name = "retain_constraint"
     split = "retain"
 
-    def __init__(self, initial_dual: float, step_size: float, warmup_steps: int, eps: float, eps_ratio: float
+    def __init__(self, initial_dual: float, step_size: float, warmup_epochs: float, eps: float, eps_ratio: float
                  ) -> None:
-        self.dual, self.step_size, self.warmup_steps = initial_dual, step_size, warmup_steps
+        self.dual, self.step_size, self.warmup_epochs = initial_dual, step_size, warmup_epochs
+        self.warmup_steps = 0  # set in prepare, from the steps of one epoch
         self.eps, self.eps_ratio = eps, eps_ratio
         self.steps = 0
         self.last_retain_nll = 0.0
 
     def prepare(self, context: PrepareContext) -> None:
+        self.warmup_steps = round(self.warmup_epochs * context.steps_per_epoch)
         if self.eps == 0.0:
             retain = context.datasets[self.split]
             sums = reference_sequence_nll(context.model, retain, context.batch_size, context.device)
@@ -111,7 +114,8 @@ class PDU(Method):
         "gamma": Param(FloatValue(low=0.0), "weight of the logit-margin forget term", default=1.0),
         "alpha": Param(FloatValue(low=0.0), "starting value of the dual variable λ", default=1.0),
         "dual_step_size": Param(FloatValue(low=0.0), "η: step of the dual ascent on λ", default=1.0),
-        "dual_warmup_steps": Param(IntValue(low=0), "optimiser steps before λ starts to move", default=0),
+        "dual_warmup_epochs": Param(FloatValue(low=0.0), "passes over the forget set before λ starts to move "
+                                    "(open-unlearning: 5)", default=5.0),
         "eps": Param(FloatValue(low=0.0), "retain constraint ε on the retain NLL (0: eps_ratio × the starting "
                      "model's mean retain NLL)", default=0.0),
         "eps_ratio": Param(FloatValue(low=0.0), "ε relative to the starting retain NLL, used when eps is 0",
@@ -119,7 +123,7 @@ class PDU(Method):
     }
 
     @staticmethod
-    def build(gamma: float, alpha: float, dual_step_size: float, dual_warmup_steps: int, eps: float,
+    def build(gamma: float, alpha: float, dual_step_size: float, dual_warmup_epochs: float, eps: float,
               eps_ratio: float) -> Objective:
-        constraint = DualRetainConstraint(alpha, dual_step_size, dual_warmup_steps, eps, eps_ratio)
+        constraint = DualRetainConstraint(alpha, dual_step_size, dual_warmup_epochs, eps, eps_ratio)
         return LogitMarginForget() * gamma + constraint * 1.0

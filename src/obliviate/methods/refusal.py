@@ -26,7 +26,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue, StrValue
 from obliviate.errors import UserError
-from obliviate.likelihood import forward_logits, mean_nll, sequence_nll
+from obliviate.likelihood import forward_logits, mean_nll, sequence_nll, token_nll
 from obliviate.methods.alternatives import REFUSALS, AlternativeAnswers
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
@@ -53,6 +53,33 @@ class RefusalNLL(Term):
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         idk = self.refusals.batch_for(batch[self.split])
         return mean_nll(forward_logits(model, idk), idk.labels)
+
+
+class PooledRefusalNLL(Term):
+    """TOFU's ``idk`` loss: ONE token mean of NLL over the refusal answers to the forget questions and the retain
+    answers together, (Σ_{t∈idk} ℓ_t + Σ_{t∈retain} ℓ_t) / (N_idk + N_retain), as its single ``model(...).loss``
+    over the concatenated batch (locuslab/tofu ``dataloader.py``, ``idk`` branch)."""
+
+    name = "idk_pooled"
+    split = "forget"
+
+    def __init__(self, seed: int) -> None:
+        self.refusals = AlternativeAnswers(self.split, "refusal", seed)
+
+    @property
+    def reads(self) -> set[str]:
+        return {"forget", "retain"}
+
+    def prepare(self, context: PrepareContext) -> None:
+        self.refusals.prepare(context)
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        totals, counts = [], []
+        for data in (self.refusals.batch_for(batch[self.split]), batch["retain"]):
+            nll, mask = token_nll(forward_logits(model, data), data.labels)
+            totals.append(nll.sum())
+            counts.append(mask.sum())
+        return sum(totals) / sum(counts).clamp(min=1.0)
 
 
 class AnswerPreservation(Term):

@@ -21,10 +21,12 @@ forgets).
   (w_t = 1 at the start, where p = p^ref: plain gradient ascent, slowing per token as p_t falls below
   p_t^ref). p_t^ref depends only on the starting model and the example, so it is computed once for the
   whole forget set and cached (one scalar per answer token; no reference model kept).
-  Defaults: the code takes TNPO's β from its command line (``--hyper``, an integer, no default) and fixes
-  WTNPO's β at 0.1 with a = ``--hyper``; secondary write-ups give β 4 and a 1.5, which we
-  could not find in the paper or the code. We use NPO's β 0.1 for both and a = 1 (a value the code's
-  integer option can take), and, as the code, no retain term (α 0). (The code's G-effect variant
+  Defaults: the code takes TNPO's β from its command line (``--hyper``, an integer, no default; its
+  ``config/forget.yaml`` has ``hyper_param: 0``, under which every weight is ≈ 1 and TNPO is plain gradient
+  ascent) and fixes WTNPO's β at 0.1 with a = ``--hyper``; secondary write-ups give β 4 and a 1.5, which we
+  could not find in the paper or the code. TNPO's β 0.1 is therefore our own choice (NPO's β; the seed's code
+  cannot run it, its option being an integer); WTNPO's is the code's 0.1, with a = 1 (a value the code's
+  integer option can take); as the code, no retain term (α 0). (The code's G-effect variant
   ``dataloader_ge.py`` sets WTNPO's β = a, a slip we do not copy.)
 """
 

@@ -11,21 +11,30 @@ changes R by about −η·e, so **a negative e_u means the step forgets** (forge
 e_r means it damages retained knowledge** (retain NLL rises); the paper wants e_u notably negative and e_r
 not negative.
 
-Where our numbers come from:
+Two definitions (``unlearn.g_effect_definition``), differing in which gradients are multiplied:
 
-* ∇L is the gradient the optimiser step receives (accumulated over its micro-batches, clipped, masked), read
-  from ``.grad`` just before the step: no extra pass. With LoRA or a mask, only the trained tensors (or
-  elements) count, so the G-effect is that of the update actually applied.
-* ∇R is taken on probe batches of the forget and retain sets that the probe draws itself (its own seeded
-  generator: switching the diagnostic on does not change training), with ``torch.autograd.grad`` (the
-  training ``.grad`` is left untouched).
-* Smoothing as the seed: each gradient (∇L, ∇R_forget, ∇R_retain) is an exponential moving average,
-  g ← 0.6·g_old + 0.4·g_new, updated at every logged step (the seed averages over the micro-batches of a
-  frozen checkpoint; here the checkpoints are the live run's). ``smoothing`` 0 logs the raw products.
+* ``seed`` (the default, as the seed's code): ∇L is the step's gradient as accumulated, BEFORE clipping and
+  before a mask restricts it, and ∇R is taken on the step's OWN micro-batches (the forget risk on the forget
+  batches the step trained on, so the self-term is included; the retain risk on its retain batches, or, for an
+  objective that reads no retain data, on a retain batch the probe draws). The seed computes this after
+  training, on frozen checkpoints, for its forget-only objectives; here it is read from the live run, with the
+  whole objective (retain terms too) as the step applies it.
+* ``probe``: ∇L is the gradient the optimiser applies (clipped, masked; with LoRA only the adapters), and ∇R
+  is taken on probe batches of the forget and retain sets that the probe draws itself: an estimate of the
+  step's effect on the risks in general rather than on the data it just saw.
+
+In both, ∇R is the gradient of the mean answer-token NLL of the EVALUATED model (for ULD and Offset the
+combined model z_T + w·z_A, whose forgetting the metrics measure, not the assistant alone) with respect to the
+trained parameters, taken with ``torch.autograd.grad`` (the training ``.grad`` is left untouched), with the
+random state (CPU and CUDA) forked so that dropout in the probe's passes does not change training.
+Smoothing as the seed: each gradient (∇L, ∇R_forget, ∇R_retain) is an exponential moving average,
+g ← 0.6·g_old + 0.4·g_new, updated at every logged step (the seed updates it at every micro-batch of a frozen
+checkpoint; here the checkpoints are the live run's). ``smoothing`` 0 logs the raw products. The seed's
+blocks are groups of ten layers; ours are single layers.
 
 Resumable: the averages and the probe stream's position are part of a checkpoint (``unlearn.save_every``).
-Cost per logged step: two forward+backward passes (one forget, one retain probe batch) and, with smoothing,
-three float32 copies of the trainable parameters kept between logged steps.
+Cost per logged step: a forward+backward pass per risk batch (with ``seed`` and gradient accumulation, one per
+micro-batch) and, with smoothing, three float32 copies of the trainable parameters kept between logged steps.
 Output: ``g_effect.jsonl`` (one record per logged step) and ``g_effect.png`` (blocks × steps).
 """
 
@@ -39,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from obliviate.data.tokenize import EncodedDataset
+from obliviate.data.tokenize import EncodedDataset, TokenBatch
 from obliviate.likelihood import forward_logits, mean_nll
 from obliviate.methods.objective import Batch
 from obliviate.training.loop import micro_batches
@@ -49,6 +58,7 @@ SMOOTHING = 0.6  # weight of the old gradient in the seed's moving average
 LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
 EMBEDDING = re.compile(r"embed|wte|wpe")
 RISKS = ("forget", "retain")
+DEFINITIONS = ("seed", "probe")
 
 
 def block_of(name: str) -> str:
@@ -74,11 +84,14 @@ def blockwise_products(first: list[torch.Tensor], second: list[torch.Tensor], bl
 
 class GEffectProbe:
     """Every ``every`` optimiser steps, the blockwise G-effects of the step's gradient on the forget and retain
-    NLL, appended to ``path`` (jsonl)."""
+    NLL of ``evaluated``, appended to ``path`` (jsonl); ``definition`` ``seed`` or ``probe`` (module docstring).
+    The training loop calls it with the step's micro-batches, before clipping when :attr:`before_clipping`."""
 
-    def __init__(self, every: int, datasets: dict[str, EncodedDataset], batch_size: int, seed: int, path: Path,
-                 smoothing: float = SMOOTHING) -> None:
-        self.every, self.path, self.smoothing = every, path, smoothing
+    def __init__(self, every: int, path: Path, evaluated: torch.nn.Module, *, definition: str,
+                 datasets: dict[str, EncodedDataset], batch_size: int, seed: int, smoothing: float = SMOOTHING) -> None:
+        self.every, self.path, self.evaluated, self.smoothing = every, path, evaluated, smoothing
+        self.own_batches = definition == "seed"
+        self.before_clipping = definition == "seed"
         self.probes: Iterator[Batch] = micro_batches({k: datasets[k] for k in RISKS}, "forget", batch_size,
                                                      seed + 1)
         self.drawn = 0  # probe batches taken from the stream (replayed on resume)
@@ -103,30 +116,48 @@ class GEffectProbe:
                 average.mul_(self.smoothing).add_(g.detach().float(), alpha=1.0 - self.smoothing)
         return self.averages[key]
 
-    def __call__(self, step: int, model: torch.nn.Module) -> None:
+    def __call__(self, step: int, model: torch.nn.Module, batches: list[Batch]) -> None:
         if step % self.every:
             return
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):  # dropout in the probe's passes must not shift training's
-            record = self._record(step, model)
+        device = next(model.parameters()).device
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" \
+            else []
+        with torch.random.fork_rng(devices=cuda):  # dropout in the probe's passes must not shift training's
+            record = self._record(step, model, batches)
         record["seconds"] = round(time.perf_counter() - start, 3)
         with self.path.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
 
-    def _record(self, step: int, model: torch.nn.Module) -> dict:
+    def _risk_batches(self, batches: list[Batch], device: torch.device) -> dict[str, list[TokenBatch]]:
+        """Per risk, the batches its gradient is taken on: the step's own (``seed``) or the probe's."""
+        drawn = next(self.probes)
+        self.drawn += 1
+        chosen = {}
+        for risk in RISKS:
+            own = [batch[risk] for batch in batches if risk in batch] if self.own_batches else []
+            chosen[risk] = [part.to(device) for part in own or [drawn[risk]]]
+        return chosen
+
+    def _risk_gradient(self, parameters: list[torch.nn.Parameter], batches: list[TokenBatch]) -> list[torch.Tensor]:
+        """∇ of the mean over ``batches`` of the evaluated model's mean answer-token NLL."""
+        total = [torch.zeros_like(p) for p in parameters]
+        for data in batches:
+            risk = mean_nll(forward_logits(self.evaluated, data), data.labels) / len(batches)
+            for accumulated, g in zip(total, torch.autograd.grad(risk, parameters, allow_unused=True)):
+                if g is not None:
+                    accumulated.add_(g)
+        return total
+
+    def _record(self, step: int, model: torch.nn.Module, batches: list[Batch]) -> dict:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
         parameters = [p for _, p in named]
         blocks = [block_of(n) for n, _ in named]
         objective = self._smoothed("objective", [p.grad for p in parameters])
-        batch = {name: part.to(parameters[0].device) for name, part in next(self.probes).items()}
-        self.drawn += 1
         record: dict = {"step": step}
-        for risk in RISKS:
-            data = batch[risk]
-            gradients = torch.autograd.grad(mean_nll(forward_logits(model, data), data.labels), parameters,
-                                            allow_unused=True)
-            gradients = [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, gradients)]
-            per_block = blockwise_products(objective, self._smoothed(risk, gradients), blocks)
+        for risk, risk_batches in self._risk_batches(batches, parameters[0].device).items():
+            per_block = blockwise_products(objective, self._smoothed(risk, self._risk_gradient(parameters,
+                                                                                               risk_batches)), blocks)
             record[risk] = {block: per_block[block] for block in block_order(set(per_block))}
             record[f"{risk}_total"] = sum(per_block.values())
         return record

@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator
@@ -42,6 +43,15 @@ from obliviate.training.checkpoint import Checkpointing
 from obliviate.training.schedule import TrainingConfig, build_optimizer
 
 logger = logging.getLogger(__name__)
+
+
+class StepInspector(Protocol):
+    """Sees each optimiser step's model with its gradient and the step's micro-batches (G-effect): before clipping
+    (the raw accumulated gradient) when ``before_clipping``, else just before the optimiser applies it."""
+
+    before_clipping: bool
+
+    def __call__(self, step: int, model: torch.nn.Module, batches: list[Batch]) -> None: ...
 
 
 @dataclass
@@ -79,10 +89,10 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
           config: TrainingConfig, accelerator: Accelerator, seed: int, *,
           on_log: Callable[[dict[str, float]], None] = lambda record: None,
           mask: ParameterMask | None = None, after_step: Callable[[int], None] | None = None,
-          inspect: Callable[[int, torch.nn.Module], None] | None = None,
+          inspect: StepInspector | None = None,
           checkpoint: Checkpointing | None = None, description: str = "train") -> TrainingResult:
     """Minimise ``objective`` for ``config.total_steps(len(datasets[primary]))`` optimiser steps; ``inspect``
-    sees the model with each step's final gradient just before the optimiser applies it (G-effect);
+    sees the model with each step's gradient and micro-batches (:class:`StepInspector`);
     ``checkpoint`` saves the training state every few steps and, resuming, starts from the saved one."""
     total = config.total_steps(len(datasets[primary]))
     if mask is not None:
@@ -115,8 +125,10 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
         for step in progress:
             step_start = time.perf_counter()
             sums: dict[str, float] = {}
+            batches: list[Batch] = []
             for micro in range(accumulation):
                 batch = {name: part.to(accelerator.device) for name, part in next(stream).items()}
+                batches.append(batch)
                 syncing = micro == accumulation - 1
                 with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
                     output = objective(model, batch)
@@ -124,6 +136,8 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
                 for key, value in output.logs.items():
                     sums[key] = sums.get(key, 0.0) + value / accumulation
             sums = mean_over_processes(accelerator, sums)
+            if inspect is not None and inspect.before_clipping:
+                inspect(step, model, batches)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
             if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
@@ -136,8 +150,8 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             lr = scheduler.get_last_lr()[0]
             if mask is not None:
                 mask.before_step(lr, config.weight_decay)
-            if inspect is not None:
-                inspect(step, model)
+            if inspect is not None and not inspect.before_clipping:
+                inspect(step, model, batches)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -33,6 +33,11 @@ class TrainingConfig:
         names = {field.name for field in dataclasses.fields(cls)} - {"batch_size"}
         return cls(**{name: getattr(keys, name) for name in names}, batch_size=batch_size)
 
+    def steps_per_epoch(self, num_examples: int, num_processes: int = 1) -> int:
+        """Optimiser steps of one pass over ``num_examples`` (each step takes accumulation × processes batches)."""
+        batches = math.ceil(num_examples / self.batch_size)
+        return max(1, math.ceil(batches / (self.gradient_accumulation_steps * num_processes)))
+
     def total_steps(self, num_examples: int) -> int:
         """max_steps, or enough optimiser steps for num_epochs passes over ``num_examples``."""
         if self.max_steps > 0:
