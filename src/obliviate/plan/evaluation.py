@@ -1,0 +1,105 @@
+"""The evaluation an experiment runs: its prompt format, its splits (primary, extra and probes) with their roles,
+metrics and options, what the metrics need from the retain model, and the best-checkpoint rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from obliviate.config.settings import Settings
+from obliviate.data.examples import Example
+from obliviate.data.sources import load_examples
+from obliviate.data.tokenize import PromptFormat
+from obliviate.errors import UserError
+from obliviate.evaluation import METRICS
+from obliviate.evaluation.declarations import reference_requirements
+from obliviate.evaluation.during_training import BestRule
+from obliviate.evaluation.lm_eval_tasks import check_tasks
+from obliviate.evaluation.probes import probe_splits
+from obliviate.evaluation.queries import EvalOptions
+from obliviate.evaluation.reference import read_reference_run
+from obliviate.evaluation.session import EvaluationPlan
+from obliviate.evaluation.splits import PRIMARY_SPLITS, Split, parse_extra_split
+from obliviate.plan.records import ModelPlan
+
+
+def prompt_format(template: str, chat: bool) -> PromptFormat:
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError):
+        raise UserError(f"dataset.question_template {template!r} may only use the field {{question}}; "
+                        "escape other braces as {{ }}") from None
+    if "{question}" not in template:
+        raise UserError(f"dataset.question_template {template!r} must contain {{question}}")
+    return PromptFormat(template, chat)
+
+
+def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path, models: ModelPlan) -> EvaluationPlan:
+    e, d = s.eval, s.dataset
+    names = {"forget": d.forget_dataset_name, "retain": d.retain_dataset_name, "holdout": d.holdout_dataset_name,
+             "real_authors": d.real_authors_dataset_name, "world_facts": d.world_facts_dataset_name}
+    splits = [Split(name, PRIMARY_SPLITS[name], tuple(data.get(name) or load_examples(dataset, data_dir)), True)
+              for name, dataset in names.items() if dataset]
+    extra = [parse_extra_split(entry) for entry in e.extra_splits]
+    if len({name for name, _, _ in extra}) != len(extra):
+        raise UserError("eval.extra_splits names a split twice; give each extra split its own name")
+    splits += [Split(name, role, tuple(load_examples(dataset, data_dir))) for name, role, dataset in extra]
+    splits = [split.limited(e.max_examples) for split in splits]
+    if e.probes:
+        by_name = {split.name: split for split in splits}
+        if "forget" not in by_name:
+            raise UserError("eval.probes rephrase the forget split, and none is evaluated; set "
+                            "dataset.forget_dataset_name or drop eval.probes")
+        splits += probe_splits(by_name["forget"], by_name.get("retain"), list(e.probes))
+    for name in e.metrics:
+        if check := METRICS.get(name).setup_check:
+            check()
+    if e.lm_eval_tasks:
+        check_tasks(e.lm_eval_tasks)
+    options = EvalOptions(batch_size=e.batch_size, max_length=d.max_length, max_new_tokens=e.max_new_tokens,
+                          work_dir=models.cache_dir, lm_eval_tasks=tuple(e.lm_eval_tasks), task_limit=e.max_examples,
+                          knowmem_shots=knowmem_shots(e.knowmem_shots, {split.name for split in splits}, data_dir))
+    needs = reference_requirements(splits, e.metrics)
+    retain_logs = read_reference_run(Path(e.retain_logs_path), needs) if e.retain_logs_path else None
+    if needs.required_by and models.retain is None and retain_logs is None:
+        raise UserError(f"eval.metrics {', '.join(sorted(needs.required_by))} need the retain model, and there is "
+                        "none: set --finetune.enabled true, --eval.retain_model_name or --eval.retain_logs_path, "
+                        "or drop those metrics")
+    return EvaluationPlan(splits=splits, metrics=list(e.metrics), options=options, reference_needs=needs,
+                          retain_logs=retain_logs)
+
+
+def knowmem_shots(entries: list[str], split_names: set[str], data_dir: Path) -> dict[str, tuple[Example, ...]]:
+    """``eval.knowmem_shots`` as split ('' = every split) -> in-context examples."""
+    shots: dict[str, tuple[Example, ...]] = {}
+    for entry in entries:
+        split, _, dataset = entry.rpartition("=")
+        if split and split not in split_names:
+            raise UserError(f"eval.knowmem_shots entry {entry!r} names split '{split}', which is not evaluated; "
+                            f"splits: {', '.join(sorted(split_names))}")
+        examples = load_examples(dataset.strip(), data_dir)
+        if any(example.is_text for example in examples):
+            raise UserError(f"eval.knowmem_shots: '{dataset}' holds texts; KnowMem's examples are questions with "
+                            "answers")
+        shots[split.strip()] = tuple(examples)
+    return shots
+
+
+def best_rule(s: Settings, evaluation: EvaluationPlan) -> BestRule | None:
+    """Check the evaluation-during-unlearning keys; the best-checkpoint rule if one is declared."""
+    u = s.unlearn
+    if not u.eval_every:
+        if u.best_metric or u.best_constraint:
+            raise UserError("unlearn.best_metric/best_constraint select among evaluations during unlearning; set "
+                            "unlearn.eval_every (e.g. 5)")
+        return None
+    evaluated = [split.name for split in evaluation.splits]
+    if unknown := [name for name in u.eval_splits if name not in evaluated]:
+        raise UserError(f"unlearn.eval_splits names '{unknown[0]}', which is not evaluated; use some of "
+                        f"{', '.join(evaluated)}")
+    if not u.eval_splits:
+        raise UserError("unlearn.eval_splits is empty; name the splits to evaluate during unlearning (e.g. forget)")
+    if not u.best_metric:
+        if u.best_constraint:
+            raise UserError("unlearn.best_constraint needs unlearn.best_metric (what to optimise)")
+        return None
+    return BestRule.parse(u.best_metric, u.best_goal, u.best_constraint, list(u.eval_splits), evaluation.metrics)

@@ -1,0 +1,134 @@
+"""The records of a plan: where the models come from, the mask, how unlearning trains, what the run writes, and
+the :class:`ExperimentPlan` that holds them (the Unlearner's only input)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from obliviate.attacks import AttackPlan
+from obliviate.config.sections import Lora
+from obliviate.data.examples import Example
+from obliviate.data.tokenize import PromptFormat
+from obliviate.errors import UserError
+from obliviate.evaluation.during_training import BestRule
+from obliviate.evaluation.session import EvaluationPlan, RetainModel
+from obliviate.loggers import RunOptions
+from obliviate.masks.build import MaskRecipe
+from obliviate.masks.mask import ParameterMask
+from obliviate.methods.base import Method
+from obliviate.methods.objective import Objective
+from obliviate.models.loading import ModelSource, load_model
+from obliviate.report import RunDescription
+from obliviate.training.finetune import FinetuneRecipe
+from obliviate.training.schedule import TrainingConfig
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Where the models come from: the base, the target (fine-tuned from the base, or the base itself) and
+    the retain model (the oracle of forget quality and the other reference metrics), on which device."""
+
+    base: ModelSource
+    target: FinetuneRecipe | None
+    retain: FinetuneRecipe | ModelSource | None
+    device: torch.device
+    dtype: torch.dtype
+    cache_dir: Path
+
+    @property
+    def target_source(self) -> ModelSource:
+        return self.target.source if self.target is not None else self.base
+
+    @property
+    def retain_source(self) -> ModelSource | None:
+        return self.retain.source if isinstance(self.retain, FinetuneRecipe) else self.retain
+
+    def build(self, model: FinetuneRecipe | ModelSource, role: str, accelerator: Accelerator) -> ModelSource:
+        """The model's source, fine-tuning it first when it is a recipe not yet in the cache."""
+        if isinstance(model, FinetuneRecipe):
+            return model.build(self.cache_dir, self.device, self.dtype, accelerator, role)
+        return model
+
+    def load(self, source: ModelSource) -> tuple[torch.nn.Module, Any]:
+        """The model and tokenizer of ``source`` on the plan's device and dtype."""
+        return load_model(source, self.cache_dir, self.device, self.dtype)
+
+    def retain_model(self, accelerator: Accelerator) -> RetainModel | None:
+        """The retain model as the evaluation session reads it (fine-tuned and loaded only when needed)."""
+        if self.retain is None:
+            return None
+        retain = self.retain
+        return RetainModel(source=self.retain_source, load=lambda: self.load(self.build(retain, "retain", accelerator)))
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    path: Path
+    existing: ParameterMask | None  # loaded and checked against the model; None = build it with the recipe
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingPlan:
+    """How unlearning trains: the loop's keys, the seed, the batch size of reference quantities cached before
+    training, and what happens along the way (evaluation points, checkpoints, the G-effect probe)."""
+
+    config: TrainingConfig
+    seed: int
+    reference_batch_size: int
+    eval_every: int
+    eval_splits: list[str]
+    save_every: int
+    g_effect_every: int
+    g_effect_definition: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputPlan:
+    """What the run writes: its folder, the resolved config (config.json), and which models it saves."""
+
+    logger: str  # the registered kind of run folder (overall.logger)
+    folder: RunOptions
+    config: dict[str, Any]
+    save_model: bool  # the unlearned model (unlearn.save_model, or a merged LoRA adapter)
+    save_best: bool  # the best checkpoint's weights (unlearn.save_model)
+    merge: bool  # LoRA adapters merged into the weights after unlearning
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentPlan:
+    method: Method | None  # None when only evaluating
+    objective: Objective | None
+    fmt: PromptFormat
+    max_length: int
+    data: dict[str, list[Example]]  # loaded data by split: forget, retain and the method's own
+    training_data: dict[str, list[Example]]  # what the method trains on (ULD adds paraphrases)
+    models: ModelPlan
+    lora: Lora
+    mask: MaskPlan | None
+    mask_recipe: MaskRecipe
+    attacks: AttackPlan | None
+    evaluation: EvaluationPlan
+    evaluate_before: bool
+    evaluate_after: bool
+    evaluated_model: FinetuneRecipe | ModelSource  # what an evaluation-only run evaluates (eval.model)
+    evaluated_role: str  # its role: model_name, target or retain
+    best: BestRule | None  # the best-checkpoint rule (unlearn.best_metric), if any
+    training: TrainingPlan | None
+    output: OutputPlan
+    description: RunDescription
+
+    def check_processes(self, num_processes: int, sharded: bool) -> None:
+        """Refuse what does not run on ``num_processes`` processes (or sharded weights), before any work."""
+        if self.models.target is not None:
+            self.models.target.check_buildable(num_processes, "target")
+        if sharded:
+            raise UserError("FSDP/DeepSpeed shard the weights, and evaluation runs on the main process with the full "
+                            "model; launch with configs/accelerate/ddp.yaml (one model per GPU)")
+        if num_processes > 1 and self.training is not None and self.training.g_effect_every:
+            raise UserError("unlearn.g_effect_every needs one process (its probe gradients are not synchronised); "
+                            "launch without --num_processes or set it to 0")
