@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
 
@@ -25,9 +27,10 @@ from obliviate.plan import ExperimentPlan
 from obliviate.training.checkpoint import Checkpointing, saved_step
 
 logger = logging.getLogger(__name__)
-# How long processes wait for each other: the others wait while the main process evaluates (lm-eval on a 7B
-# model can take hours); a process that fails makes the launcher stop the others at once.
-PROCESS_GROUP_TIMEOUT = timedelta(hours=6)
+# How long a process waits for the others at a collective (a step's gradient reduction, a gathered evaluation): a
+# process that fails makes the launcher stop the others at once; a desync fails after this long instead of hanging.
+# OBLIVIATE_PROCESS_TIMEOUT (seconds) sets it (the tests use minutes).
+PROCESS_GROUP_TIMEOUT = timedelta(seconds=float(os.environ.get("OBLIVIATE_PROCESS_TIMEOUT", 6 * 3600)))
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
@@ -42,6 +45,11 @@ class Runtime:
     def main(self) -> bool:
         return self.folder is not None
 
+    @property
+    def writes(self) -> Path | None:
+        """The run folder this process writes into: the main process's; None on the others."""
+        return self.folder.work if self.folder is not None else None
+
     @classmethod
     def start(cls, plan: ExperimentPlan) -> "Runtime":
         accelerator = Accelerator(cpu=plan.models.device.type == "cpu",
@@ -55,6 +63,14 @@ class Runtime:
             broadcast_object_list(shared)
         work, resumed = shared[0]
         return cls(accelerator, folder, work, resumed)
+
+    def per_process(self, **values: float) -> list[dict[str, float]]:
+        """``values`` of every process, in rank order (every process calls it): e.g. each one's peak memory."""
+        everyone = [dict(values)]
+        if self.accelerator.num_processes > 1:
+            everyone = [{} for _ in range(self.accelerator.num_processes)]
+            dist.all_gather_object(everyone, dict(values))
+        return everyone
 
     @contextlib.contextmanager
     def stopping(self) -> Iterator[None]:

@@ -1,14 +1,13 @@
 """The Unlearner: runs one planned experiment (:func:`obliviate.plan.plan`) in stages, reading only the plan.
 
 ``run()``: setup (processes, run folder, evaluation session) → prepare the models (target and retain, fine-tuned
-and cached when ``finetune.enabled``) → evaluate before → unlearn (the mask, the method's
-:class:`~obliviate.models.assembly.Assembly` of the model, training with evaluation points, checkpoints and the
-G-effect probe; the best checkpoint) → evaluate after → attacks → finish (models saved, results written, the
-folder renamed). ``evaluate_model()``: setup → prepare → evaluate → finish (evaluate.py).
+and cached when ``finetune.enabled``) → the mask and the method's :class:`~obliviate.models.assembly.Assembly` of
+the model (sharded with FSDP) → evaluate before → unlearn (evaluation points, checkpoints, G-effect probe; the best
+checkpoint) → evaluate after → attacks → finish (models saved, results written, the folder renamed).
+``evaluate_model()``: setup → prepare → evaluate → finish (evaluate.py).
 
-Several processes (``accelerate launch``/``torchrun``; DDP): every process loads the same model, mask and cached
-reference quantities and takes part in every training, each on its share of the batches. The main process alone
-writes the run folder, evaluates (the others wait at the next step), builds a missing mask and saves.
+Several processes (``accelerate launch``/``torchrun``; DDP, or FSDP with ``overall.sharding fsdp``): every process
+takes part in every training and evaluation, each on its share of the batches; the main process alone writes.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from obliviate.attacks import AttackPoints, run_attacks
 from obliviate.data.tokenize import encode_dataset, encode_splits
-from obliviate.environment import Timings, environment_record
+from obliviate.environment import Timings, environment_record, peak_memory_mb
 from obliviate.evaluation.during_training import EvaluationPoints
 from obliviate.evaluation.reference import EVALUATED
 from obliviate.evaluation.results import Evaluation
@@ -46,7 +45,7 @@ class Unlearner:
         self.plan = plan
         self.timings = Timings()
         self.results: dict[str, Evaluation] = {}
-        self.trained_parameters = 0  # parameters the unlearning updated (adapters only, with LoRA)
+        self.trained_parameters, self.state_mb = 0, 0.0  # what the unlearning trained, and its memory here
 
     def run(self) -> Path | None:
         """Run the experiment; return the finished run folder (None on the other processes)."""
@@ -54,34 +53,26 @@ class Unlearner:
         self._setup()
         with self.runtime.stopping():
             model, tokenizer = self._prepare_models(p.models.target or p.models.base, "target")
-            if p.evaluate_before and self.main:
-                with self.timings.stage("evaluate_before"):
-                    self.results["before"] = self.session.evaluate(model, tokenizer, self.source)
             assembly = self._unlearn(model, tokenizer)
-            if p.evaluate_after and self.main:
+            if p.evaluate_after:
                 with self.timings.stage("evaluate_after"):
                     self.results["after"] = self.session.evaluate(assembly.evaluated, tokenizer)
             if p.attacks.attacks:
                 self._attack(assembly, tokenizer)
-            if not self.main:
-                return None
             if p.output.save_model:
                 with self.timings.stage("save_model"):
-                    assembly.save(self.folder.work, tokenizer)
-            assembly.write_record(self.folder.work, saved=p.output.save_model)
+                    assembly.save(self.runtime.writes, tokenizer)
+            assembly.write_record(self.runtime.writes, saved=p.output.save_model)
             return self._finish()
 
     def evaluate_model(self) -> Path | None:
-        """Evaluate one model (``eval.model``) on every split without training; return its results folder
-        (``<root>/<task>/evaluations/<run>/``). Only the main process evaluates."""
+        """Evaluate ``eval.model`` without training; its results folder (``<root>/<task>/evaluations/<run>/``)."""
         p = self.plan
         self._setup()
-        if not self.main:
-            return None
         with self.runtime.stopping():
             model, tokenizer = self._prepare_models(p.evaluated_model, p.evaluated_role)
             with self.timings.stage("evaluate"):
-                self.results[EVALUATED] = self.session.evaluate(model, tokenizer, self.source)
+                self.results[EVALUATED] = self.session.evaluate(p.models.ready(model), tokenizer, self.source)
             return self._finish()
 
     def _setup(self) -> None:
@@ -98,8 +89,7 @@ class Unlearner:
         p = self.plan
         with self.timings.stage("prepare_models"):
             self.source = p.models.build(which, role, self.accelerator)
-            if self.main:
-                self.session.reference()  # evaluated (or read from the cache) before training
+            self.session.reference()  # evaluated (or read from the cache) before training
         with self.timings.stage("load_model"):
             return p.models.load(self.source)
 
@@ -109,17 +99,23 @@ class Unlearner:
         set_seed(p.training.seed)  # fresh adapters start alike whether or not an evaluation above was cached
         assembly = p.method.assemble(model, name=self.source.name, lora=p.lora,
                                      load=lambda name: p.models.load(resolve_model(name))[0])
+        if p.models.sharded:
+            assembly.shard()
+        if p.evaluate_before:
+            with self.timings.stage("evaluate_before"):
+                self.results["before"] = self.session.evaluate(assembly.starting, tokenizer, self.source)
         with self.timings.stage("unlearn"):
             points = self._train(assembly, tokenizer, mask)
         if points is not None and p.best is not None:
             with self.timings.stage("evaluate_best"):
-                self.folder.write_json("best_checkpoint.json", points.best_record())
+                if self.main:
+                    self.folder.write_json("best_checkpoint.json", points.best_record())
                 if points.best is not None:
                     with points.best_weights():
                         self.results["best"] = self.session.evaluate(assembly.evaluated, tokenizer)
                         if p.output.save_best:
-                            assembly.save_best(self.folder.work, tokenizer)
-        assembly.finish_unlearning(self.folder.work if self.main else None, p.output.merge)
+                            assembly.save_best(self.runtime.writes, tokenizer)
+        assembly.finish_unlearning(self.runtime.writes, p.output.merge)
         return assembly
 
     def _mask(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> ParameterMask | None:
@@ -137,8 +133,7 @@ class Unlearner:
                 if mask is None:
                     mask = ParameterMask.load(p.mask.path)
         if self.main:
-            self.folder.write_json("mask_stats.json", {"path": str(p.mask.path), "metadata": mask.metadata,
-                                                       **mask.statistics(shapes_of(model))})
+            self.folder.write_json("mask_stats.json", mask.record(p.mask.path, shapes_of(model)))
         return mask
 
     def _train(self, assembly: Assembly, tokenizer: PreTrainedTokenizerBase, mask: ParameterMask | None
@@ -157,22 +152,24 @@ class Unlearner:
                               seed=t.seed) if t.g_effect_every else None)  # one process only
         checkpoint = self.runtime.checkpointing(t.save_every, restarted_logs=(ATTACK_LOG,))
         points = None
-        if self.main and t.eval_every:
+        if t.eval_every:  # every process evaluates (each its share), the main one records
             def evaluate() -> dict:
                 assembly.evaluated.eval()
                 return self.session.during_training(assembly.evaluated, tokenizer, t.eval_splits)
 
-            points = EvaluationPoints(evaluate, lambda point: self.folder.append_jsonl(EVAL_LOG, point), trained,
-                                      t.eval_every, t.config.total_steps(len(datasets["forget"])), p.best)
+            record = (lambda point: self.folder.append_jsonl(EVAL_LOG, point)) if self.main else (lambda point: None)
+            points = EvaluationPoints(evaluate, record, trained, t.eval_every,
+                                      t.config.total_steps(len(datasets["forget"])), p.best)
             if checkpoint is None or not checkpoint.resume:
                 points(0)  # a resumed state brings the points so far
         parts = {name: part for name, part in (("evaluation_points", points), ("g_effect", probe)) if part is not None}
-        train(trained, p.objective, datasets, "forget", t.config, self.accelerator, t.seed,
-              on_log=self.folder.log_step if self.folder else lambda record: None, mask=mask, inspect=probe,
-              after_step=points, checkpoint=checkpoint.with_parts(parts) if checkpoint else None,
-              description=f"unlearn ({p.method.name})")
+        self.state_mb = train(trained, p.objective, datasets, "forget", t.config, self.accelerator, t.seed,
+                              on_log=self.folder.log_step if self.folder else lambda record: None, mask=mask,
+                              inspect=probe, after_step=points,
+                              checkpoint=checkpoint.with_parts(parts) if checkpoint else None,
+                              description=f"unlearn ({p.method.name})").state_mb
         self.trained_parameters = adapters.trainable_parameters(trained)
-        if points is not None:
+        if points is not None and self.main:
             points.plot(self.folder.path("eval_curves.png"), f"{p.method.name}: evaluation during unlearning")
         if probe is not None:
             plot_g_effect(self.folder.path(G_EFFECT_LOG), self.folder.path("g_effect.png"), p.method.name)
@@ -185,14 +182,18 @@ class Unlearner:
         model, points = assembly.attacked(), AttackPoints(self.session, tokenizer)
         with self.timings.stage("attacks"):
             curves = run_attacks(model, tokenizer, self.plan.attacks, self.accelerator,
-                                 evaluate_point=lambda attack, step: points(model, attack, step) if self.main else {},
+                                 evaluate_point=lambda attack, step: points(model, attack, step),
                                  log_step=lambda record: self.folder.append_jsonl(ATTACK_LOG, record))
         if self.main:
             self.folder.write_json("attacks.json", curves)
             self.folder.track_curves("attacks", curves)
 
-    def _finish(self) -> Path:
+    def _finish(self) -> Path | None:
+        """Every process reports its memory; the main one writes the results and finishes the folder."""
         models = self.plan.models
+        processes = self.runtime.per_process(peak_memory_mb=round(peak_memory_mb(), 1), training_state_mb=self.state_mb)
+        if not self.main:
+            return None
         environment = {**environment_record(models.device, models.dtype, self.accelerator.num_processes),
-                       "trainable_parameters": self.trained_parameters}
+                       "trainable_parameters": self.trained_parameters, "processes": processes}
         return write_results(self.folder, self.plan.description, self.results, self.timings.with_total(), environment)

@@ -39,6 +39,9 @@ class Overall:
     dtype: str = option(ChoiceValue(["auto", "float32", "bfloat16", "float16"]),
                         "weights dtype; auto = bfloat16 on CUDA, float32 on CPU", "auto")
     cache_dir: str = option(StrValue(), "prepared models, fine-tuned targets and cached evaluations", "files/cache")
+    sharding: str = option(ChoiceValue(["none", "fsdp"]), "fsdp: shard weights, gradients and optimiser state over "
+                           "the processes (torch's FSDP2; launch with torchrun or accelerate launch); none: each "
+                           "process holds the whole model (DDP)", "none")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,8 @@ registered with :func:`metric` and what the rest of the engine needs to know abo
   ``<name>_auc`` (forget against holdout) is registered with it;
 * ``version``: bumped when its numbers change (part of the evaluation cache key);
 * ``setup_check``: a cheap check run when the experiment is planned, before any long work (e.g. that a
-  scoring model's files are intact).
+  scoring model's files are intact);
+* ``runs_sharded``: it works on weights sharded over processes (``overall.sharding fsdp``).
 
 A model-level metric (:func:`model_metric`) is computed from the per-split results after them, when
 every metric of its ``triggered_by`` was asked for. Whichever metric cannot be computed raises
@@ -48,6 +49,7 @@ class Metric:
     membership: bool = False
     version: int = 1
     setup_check: Callable[[], Any] | None = None
+    runs_sharded: bool = True  # works on weights sharded over processes (FSDP)
 
     @property
     def description(self) -> str:
@@ -118,12 +120,13 @@ MODEL_METRICS: Registry[ModelMetric] = Registry("model-level metric")
 
 def metric(name: str, *, reads: Reads = "qa", roles: frozenset[Role] = ALL_ROLES, reference: tuple[str, ...] = (),
            generates: bool = False, knowledge_up: frozenset[Role] = ALL_ROLES, membership: bool = False,
-           version: int = 1, setup_check: Callable[[], Any] | None = None) -> Callable[[Callable], Callable]:
+           version: int = 1, setup_check: Callable[[], Any] | None = None, runs_sharded: bool = True
+           ) -> Callable[[Callable], Callable]:
     """Register the decorated ``compute(scores) -> MetricResult`` as the per-split metric ``name``."""
 
     def decorate(compute: Callable[[SplitScores], MetricResult]) -> Callable:
         METRICS.register(name)(Metric(name, compute, reads, frozenset(roles), tuple(reference), generates,
-                                      frozenset(knowledge_up), membership, version, setup_check))
+                                      frozenset(knowledge_up), membership, version, setup_check, runs_sharded))
         if membership:
             MODEL_METRICS.register(f"{name}_auc")(ModelMetric(
                 f"{name}_auc", _forget_vs_holdout_auc(name), frozenset({name}), version=version))

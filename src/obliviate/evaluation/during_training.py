@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from obliviate.errors import UserError
+from obliviate.models.sharding import local_like
 
 logger = logging.getLogger(__name__)
 CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\s*(>=|<=)\s*([0-9.eE+-]+)\s*$")
@@ -114,10 +115,11 @@ class BestWeights:
         return cls({name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad})
 
     def load_into(self, model: torch.nn.Module) -> None:
+        """Copy the tensors back (whole ones read from a checkpoint into their shard when weights are sharded)."""
         parameters = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in self.tensors.items():
-                parameters[name].copy_(tensor)
+                parameters[name].copy_(local_like(tensor, parameters[name]))
 
 
 class EvaluationPoints:

@@ -18,6 +18,7 @@ from obliviate.evaluation.lm_eval_tasks import task_accuracies
 from obliviate.evaluation.queries import EvalOptions, SplitScores
 from obliviate.evaluation.results import Evaluation
 from obliviate.evaluation.splits import Split
+from obliviate.evaluation.spread import agreed, is_main
 from obliviate.io import write_json_atomic
 
 SCORING_VERSION = 2  # 2: truth ratio after the original question; no EOS after texts; EOS dropped in EM/ES/Min-K
@@ -80,8 +81,9 @@ def cached_evaluation(cache_dir: Path, key: dict[str, Any], compute: Callable[[]
     """Return the evaluation stored under ``key`` (see :func:`evaluation_key`), computing and storing it on a miss."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     file = cache_dir / "evaluations" / f"{digest}.json"
-    if file.is_file():
+    if agreed(file.is_file()):  # every process reads it, or every process computes it (divided between them)
         return Evaluation.from_dict(json.loads(file.read_text())["evaluation"])
     evaluation = compute()
-    write_json_atomic(file, {"key": key, "evaluation": evaluation.to_dict()})
+    if is_main():
+        write_json_atomic(file, {"key": key, "evaluation": evaluation.to_dict()})
     return evaluation

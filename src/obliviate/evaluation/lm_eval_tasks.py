@@ -14,6 +14,7 @@ from functools import lru_cache
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.errors import UserError
+from obliviate.evaluation.spread import agreed
 from obliviate.hub import hub_offline
 
 ACCURACY = "acc,none"
@@ -42,14 +43,22 @@ def check_tasks(names: list[str]) -> None:
                         "data split with mcq_acc") from None
 
 
-def task_accuracies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, names: list[str], batch_size: int,
-                    limit: int) -> dict[str, float]:
-    """Zero-shot accuracy of each named task (or group), on at most ``limit`` questions per task (0 = all)."""
+def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int, **options) -> dict:
+    """``lm_eval.simple_evaluate`` of the in-process model with ``options`` (tasks, task_manager, ...); its output on
+    every process. lm-eval divides requests over processes only for models it loads itself (through its own
+    accelerate launcher); a model passed in is evaluated whole by each process (the same forwards on every process,
+    as sharded weights need), and lm-eval returns the output on the main process, which shares it."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    output = lm_eval.simple_evaluate(model=lm, tasks=list(names), task_manager=_all_tasks_manager(),
-                                     limit=limit or None, bootstrap_iters=0, verbosity="ERROR")
+    return agreed(lm_eval.simple_evaluate(model=lm, bootstrap_iters=0, verbosity="ERROR", **options))
+
+
+def task_accuracies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, names: list[str], batch_size: int,
+                    limit: int) -> dict[str, float]:
+    """Zero-shot accuracy of each named task (or group), on at most ``limit`` questions per task (0 = all)."""
+    output = run_lm_eval(model, tokenizer, batch_size, tasks=list(names), task_manager=_all_tasks_manager(),
+                         limit=limit or None)
     return {name: output["results"][name][ACCURACY] for name in names if ACCURACY in output["results"].get(name, {})}

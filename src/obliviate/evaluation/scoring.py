@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.tokenize import Query, collate, encode
 from obliviate.errors import UserError
+from obliviate.evaluation.spread import map_batches
 from obliviate.likelihood import forward_logits, shifted
 
 MIN_VARIANCE = 1e-6  # σ_t² floor of Min-K%++ (open-unlearning src/evals/metrics/mia/min_k_plus_plus.py)
@@ -93,11 +93,13 @@ def answer_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pa
     alone = [position for prompt, rows in by_prompt.items() if prompt not in shared for position in rows]
     result: list[AnswerTokens | None] = [None] * len(pairs)
     groups = list(shared.items())
-    for start in tqdm(range(0, len(groups), batch_size), desc="scoring answers (shared prompts)", leave=False,
-                      disable=not groups):
-        chunk = groups[start:start + batch_size]
+    chunks = [groups[start:start + batch_size] for start in range(0, len(groups), batch_size)]
+
+    def score(chunk: list[tuple[str, list[int]]]) -> list[list[AnswerTokens]]:
         answers = [[pairs[row] for row in rows] for _, rows in chunk]
-        statistics = shared_prompt_statistics(model, tokenizer, [prompt for prompt, _ in chunk], answers, max_length)
+        return shared_prompt_statistics(model, tokenizer, [prompt for prompt, _ in chunk], answers, max_length)
+
+    for chunk, statistics in zip(chunks, map_batches(chunks, score, "scoring answers (shared prompts)")):
         for (_, rows), group in zip(chunk, statistics):
             for row, stats in zip(rows, group):
                 result[row] = stats
@@ -113,12 +115,15 @@ def separate_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     device = next(model.parameters()).device
     encoded = [encode(tokenizer, query, max_length) for query in pairs]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    result: list[AnswerTokens | None] = [None] * len(encoded)
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring answers", leave=False, disable=not order):
-        rows = order[start:start + batch_size]
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def score(rows: list[int]) -> list[AnswerTokens]:
         batch = collate([encoded[i] for i in rows], rows, tokenizer.pad_token_id).to(device)
-        closing = [encoded[i].closing_eos for i in rows]
-        for row, stats in zip(rows, token_statistics(forward_logits(model, batch), batch.labels, closing)):
+        return token_statistics(forward_logits(model, batch), batch.labels, [encoded[i].closing_eos for i in rows])
+
+    result: list[AnswerTokens | None] = [None] * len(encoded)
+    for rows, statistics in zip(chunks, map_batches(chunks, score, "scoring answers")):
+        for row, stats in zip(rows, statistics):
             result[row] = stats
     return result
 
@@ -167,16 +172,18 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     """Greedy continuations of each prompt (left-padded batches), special tokens removed, stripped."""
     model.eval()
     device = next(model.parameters()).device
-    answers: list[str] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+
+    def generate(chunk: list[str]) -> list[str]:
+        inputs = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="generating answers", leave=False):
-            inputs = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        chunks = [prompts[start:start + batch_size] for start in range(0, len(prompts), batch_size)]
+        return [answer for answers in map_batches(chunks, generate, "generating answers") for answer in answers]
     finally:
         tokenizer.padding_side = side
-    return answers

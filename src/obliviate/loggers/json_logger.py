@@ -41,7 +41,9 @@ from obliviate.registry import Registry
 LOGGERS: Registry[type] = Registry("logger")
 OWNER_FILE = "owner.json"
 CHECKPOINT = "checkpoint"  # the resumable training state (unlearn.save_every), removed when the run finishes
-RESUME_FREE = {"logger.resume", "logger.tensorboard", "logger.wandb"}  # may differ between a run and its resumption
+# keys that may differ on resuming (the checkpoint itself refuses an accumulation that changes the examples per step)
+RESUME_FREE = {"logger.resume", "logger.tensorboard", "logger.wandb", "overall.sharding",
+               "unlearn.gradient_accumulation_steps"}
 
 
 

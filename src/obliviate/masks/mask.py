@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from obliviate.errors import UserError
 from obliviate.models.anatomy import without_weight_decay
+from obliviate.models.sharding import local_like
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -90,14 +91,16 @@ class ParameterMask:
 
     # ------------------------------------------------------------------ training
     def attach(self, model: torch.nn.Module) -> None:
-        """Freeze parameters with no trainable element; remember the others with their masks on device."""
+        """Freeze parameters with no trainable element; remember the others with their masks on device (with
+        sharded weights, each process keeps the mask's shard of its own part of the parameter)."""
         self._attached = []
         for name, parameter in model.named_parameters():
             mask = self.masks.get(name)
             if mask is None or not mask.any():
                 parameter.requires_grad_(False)
             elif not mask.all():
-                self._attached.append((parameter, mask.to(parameter.device), not without_weight_decay(name, parameter)))
+                self._attached.append((parameter, local_like(mask, parameter),
+                                       not without_weight_decay(name, parameter)))
 
     def partially_masked(self) -> set[int]:
         """ids of parameters whose weight decay the mask applies itself."""
@@ -114,6 +117,10 @@ class ParameterMask:
                 parameter.sub_(parameter * mask * (lr * weight_decay))
 
     # ------------------------------------------------------------------ reporting
+    def record(self, path: Path, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """A run's ``mask_stats.json``: where the mask is, what made it, and its :meth:`statistics`."""
+        return {"path": str(path), "metadata": self.metadata, **self.statistics(shapes)}
+
     def statistics(self, shapes: dict[str, tuple[int, ...]]) -> dict:
         """Trainable fraction overall, per layer and per module type (over all model parameters)."""
         totals: dict[str, dict[str, list[int]]] = {"layer": defaultdict(lambda: [0, 0]),

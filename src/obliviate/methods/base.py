@@ -25,14 +25,15 @@ from obliviate.registry import Registry
 @dataclass(frozen=True, kw_only=True)
 class ModelFacts:
     """What a method may check before any weights load (:meth:`Method.check`): the starting model's name, depth
-    and parameter names, whether a weight mask or LoRA is used, and whether another model (an assistant) shares
-    its tokenizer."""
+    and parameter names, whether a weight mask, LoRA or sharded weights are used, and whether another model (an
+    assistant) shares its tokenizer."""
 
     model_name: str
     depth: int
     parameter_names: list[str]
     masked: bool
     lora: Lora
+    sharded: bool  # overall.sharding fsdp
     same_tokenizer: Callable[[str], bool]
 
 

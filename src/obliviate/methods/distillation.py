@@ -71,6 +71,9 @@ class UNDIALForget(Term):
     def prepare(self, context: PrepareContext) -> None:
         self.reference.prepare(context)
 
+    def sharding_limit(self, adapters: bool) -> str | None:
+        return self.reference.sharding_limit(adapters)
+
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
         logits, targets, mask = shifted(forward_logits(model, data), data.labels)

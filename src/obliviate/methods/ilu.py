@@ -66,6 +66,10 @@ class InvariancePenalty(CallCountingTerm):
     def reads(self) -> set[str]:
         return set(self.environments)
 
+    def sharding_limit(self, adapters: bool) -> str | None:
+        return None if self.w_form == "logits" else ("takes a double backward through the weights, which FSDP2 "
+                                                     "does not support; use unlearn.ILU.w_form logits")
+
     def prepare(self, context: PrepareContext) -> None:
         if self.w_form != "logits":  # the double backward needs second derivatives of attention; SDPA has none
             context.model.set_attn_implementation("eager")

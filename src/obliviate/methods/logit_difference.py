@@ -91,6 +91,9 @@ class LogitDifferenceMethod(Method):
     def check(self, model: ModelFacts) -> None:
         """The assistant fits the target (tokenizer, or depth), and no option asks to train the target."""
         name = self.name
+        if model.sharded:
+            raise UserError(f"{name} combines the target with an assistant model, and overall.sharding fsdp shards "
+                            "one model; its assistant is small: use --overall.sharding none (one model per process)")
         if model.masked:
             raise UserError(f"{name} trains an assistant, never the target's weights that unlearn.mask_path selects; "
                             "drop the mask")

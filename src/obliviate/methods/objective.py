@@ -60,6 +60,11 @@ class Term(ABC):
     def prepare(self, context: PrepareContext) -> None:
         """Cache what the term needs from the starting model (default: nothing)."""
 
+    def sharding_limit(self, adapters: bool) -> str | None:
+        """Why this term cannot train sharded weights (FSDP), or None when it can (the default); ``adapters``:
+        LoRA adapters train on the model."""
+        return None
+
     def after_step(self, logs: dict[str, float]) -> None:
         """Update the term's own state once per optimiser step from the step's logs (averaged over its micro-batches
         and processes, so every process updates alike), e.g. PDU's dual variable (default: nothing)."""
@@ -125,6 +130,10 @@ class Objective:
     def prepare(self, context: PrepareContext) -> None:
         for _, term in self.terms:
             term.prepare(context)
+
+    def sharding_limits(self, adapters: bool) -> list[str]:
+        """Why each term that cannot train sharded weights cannot (empty: every term can)."""
+        return [f"{term.name} {reason}" for _, term in self.terms if (reason := term.sharding_limit(adapters))]
 
     def after_step(self, logs: dict[str, float]) -> None:
         for _, term in self.terms:

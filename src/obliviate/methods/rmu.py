@@ -116,6 +116,10 @@ class RMULoss(CallCountingTerm):
     def reads(self) -> set[str]:
         return {*self.topics, "retain"} if self.alpha else set(self.topics)
 
+    def sharding_limit(self, adapters: bool) -> str | None:
+        return ("stops the forward pass at layer ℓ and swaps the trained weights for their starting values, which "
+                "sharded (gathered-per-layer) weights do not allow")
+
     def trained_names(self, names: list[str]) -> list[str]:
         """The parameters that train: those matching the pattern in the trained layers or, with LoRA, the
         adapters of the modules whose weights match (their starting values give the starting model)."""

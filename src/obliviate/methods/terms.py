@@ -40,6 +40,13 @@ class StartingModel:
         if not is_adapted(context.model):
             self.copy = copy.deepcopy(context.model).eval().requires_grad_(False)
 
+    @staticmethod
+    def sharding_limit(adapters: bool) -> str | None:
+        """A frozen copy of sharded weights is not made; with adapters the starting model needs none."""
+        return None if adapters else ("needs a frozen copy of the starting model, which is not made of sharded "
+                                      "weights; set lora.enabled true (the model with its adapters off is then the "
+                                      "starting model)")
+
     @torch.no_grad()
     def logits(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
         """The starting model's logits on ``batch`` (no graph)."""
@@ -64,6 +71,9 @@ class KLToReference(Term):
 
     def prepare(self, context: PrepareContext) -> None:
         self.reference.prepare(context)
+
+    def sharding_limit(self, adapters: bool) -> str | None:
+        return self.reference.sharding_limit(adapters)
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]

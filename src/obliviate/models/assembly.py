@@ -1,5 +1,8 @@
 """The model of an unlearning run in its roles: what the metrics see, what the optimiser updates, what is saved.
 
+Every process of a run calls every method (weights sharded over the processes are gathered for saving, which
+needs them all); only the main process writes, and the others get ``folder`` None.
+
 A method assembles it from the target (:meth:`obliviate.methods.base.Method.assemble`); the Unlearner then only
 speaks to this interface, whatever the method changes about the model:
 
@@ -24,6 +27,7 @@ from obliviate.io import write_json_atomic
 from obliviate.models import adapters
 from obliviate.models.loading import save_model
 from obliviate.models.logit_difference import SPEC_FILE, LogitDifferenceModel
+from obliviate.models.sharding import full_state, is_sharded, shard
 
 ADAPTER, ADAPTER_BEST, MODEL, MODEL_BEST = "adapter", "adapter_best", "model", "model_best"
 
@@ -34,6 +38,16 @@ class Assembly(ABC):
     evaluated: torch.nn.Module
     trained: torch.nn.Module
 
+    @property
+    def starting(self) -> torch.nn.Module:
+        """What computes the starting model before training (evaluated "before"): by default the evaluated
+        model, which starts as the target (a fresh LoRA adapter adds exact zeros)."""
+        return self.evaluated
+
+    def shard(self) -> None:
+        """Shard the model's weights over the processes (``overall.sharding fsdp``)."""
+        shard(self.evaluated)
+
     def finish_unlearning(self, folder: Path | None, merge: bool) -> None:
         """After unlearning: save what only this form has (an adapter) into the run ``folder`` (None on the
         processes that write nothing); merge adapters into the weights when ``merge`` (default: nothing to do)."""
@@ -43,27 +57,34 @@ class Assembly(ABC):
         return self.evaluated
 
     @abstractmethod
-    def save(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    def save(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
         """Write the unlearned model into the run ``folder`` as ``model/`` (a save_pretrained folder)."""
 
-    def write_record(self, folder: Path, saved: bool) -> None:
+    def write_record(self, folder: Path | None, saved: bool) -> None:
         """Write what is needed to load the unlearned model again from the run ``folder`` (``saved``: whether
         :meth:`save` wrote ``model/``); default: nothing beyond ``model/`` itself."""
 
     @abstractmethod
-    def save_best(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    def save_best(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
         """Write the best checkpoint's weights (now loaded) into the run ``folder``, if this form can."""
+
+
+def save_whole(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path | None) -> None:
+    """``model`` as a save_pretrained ``folder``, its weights gathered whole first when they are sharded."""
+    state = full_state(model) if is_sharded(model) else None
+    if folder is not None:
+        save_model(model, tokenizer, folder, state)
 
 
 class WholeModel(Assembly):
     def __init__(self, model: torch.nn.Module) -> None:
         self.evaluated = self.trained = model
 
-    def save(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-        save_model(self.evaluated, tokenizer, folder / MODEL)
+    def save(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
+        save_whole(self.evaluated, tokenizer, folder and folder / MODEL)
 
-    def save_best(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-        save_model(self.evaluated, tokenizer, folder / MODEL_BEST)
+    def save_best(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
+        save_whole(self.evaluated, tokenizer, folder and folder / MODEL_BEST)
 
 
 class AdaptedModel(Assembly):
@@ -72,9 +93,14 @@ class AdaptedModel(Assembly):
     def __init__(self, model: torch.nn.Module) -> None:
         self.evaluated = self.trained = model
 
-    def finish_unlearning(self, folder: Path | None, merge: bool) -> None:
+    def _save_adapter(self, folder: Path | None) -> None:
+        """peft's adapter folder (safetensors + adapter config), its weights gathered first when sharded."""
+        state = full_state(self.evaluated) if is_sharded(self.evaluated) else None
         if folder is not None:
-            self.evaluated.save_pretrained(folder / ADAPTER)  # safetensors + peft's adapter config
+            self.evaluated.save_pretrained(folder, state_dict=state)
+
+    def finish_unlearning(self, folder: Path | None, merge: bool) -> None:
+        self._save_adapter(folder and folder / ADAPTER)
         if merge:
             self.evaluated = self.trained = adapters.merged(self.evaluated)
 
@@ -82,11 +108,11 @@ class AdaptedModel(Assembly):
         self.evaluated = self.trained = adapters.merged(self.evaluated)
         return self.evaluated
 
-    def save(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-        save_model(adapters.merged(self.evaluated), tokenizer, folder / MODEL)
+    def save(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
+        save_whole(adapters.merged(self.evaluated), tokenizer, folder and folder / MODEL)
 
-    def save_best(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.evaluated.save_pretrained(folder / ADAPTER_BEST)
+    def save_best(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._save_adapter(folder and folder / ADAPTER_BEST)
 
 
 class CombinedModel(Assembly):
@@ -96,19 +122,28 @@ class CombinedModel(Assembly):
         self.evaluated: LogitDifferenceModel = model
         self.trained = trained
 
+    @property
+    def starting(self) -> torch.nn.Module:
+        return self.evaluated.target
+
+    def shard(self) -> None:
+        raise RuntimeError("a logit-difference model is not sharded (refused when the experiment is planned)")
+
     def finish_unlearning(self, folder: Path | None, merge: bool) -> None:
         if folder is not None:
             self.evaluated.assistant.save_pretrained(folder / ADAPTER)
 
-    def save(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    def save(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
         """The (unchanged) target as ``model/``."""
-        save_model(self.evaluated.target, tokenizer, folder / MODEL)
+        if folder is not None:
+            save_model(self.evaluated.target, tokenizer, folder / MODEL)
 
-    def write_record(self, folder: Path, saved: bool) -> None:
+    def write_record(self, folder: Path | None, saved: bool) -> None:
         """The spec beside the assistant's adapter, naming the target: the saved ``model/``, or where it came
         from."""
         spec = replace(self.evaluated.spec, target=MODEL if saved else self.evaluated.spec.target)
-        write_json_atomic(folder / SPEC_FILE, spec.record())
+        if folder is not None:
+            write_json_atomic(folder / SPEC_FILE, spec.record())
 
-    def save_best(self, folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    def save_best(self, folder: Path | None, tokenizer: PreTrainedTokenizerBase) -> None:
         """Only the assistant's adapter trains; a best checkpoint of it is kept in the evaluation, not saved."""

@@ -192,9 +192,11 @@ def tokenizers_match(first: ModelSource, second: ModelSource, cache_dir: Path) -
             == load_tokenizer(_weights_location(second, cache_dir)).get_vocab())
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path,
+               state: dict[str, torch.Tensor] | None = None) -> None:
+    """A save_pretrained folder of ``model`` (with ``state``, those weights: a sharded model's, gathered whole)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict=state)
     tokenizer.save_pretrained(folder)
 
 

@@ -25,7 +25,15 @@ from obliviate.methods.base import Method
 from obliviate.models.loading import ModelSource
 from obliviate.plan.evaluation import best_rule, evaluation_plan, prompt_format
 from obliviate.plan.records import ExperimentPlan, ModelPlan, OutputPlan, TrainingPlan
-from obliviate.plan.sources import check_lora, mask_plan, mask_recipe, model_facts, model_plan, training_data
+from obliviate.plan.sources import (
+    check_lora,
+    check_sharding,
+    mask_plan,
+    mask_recipe,
+    model_facts,
+    model_plan,
+    training_data,
+)
 from obliviate.report import RunDescription
 from obliviate.training.finetune import FinetuneRecipe
 from obliviate.training.schedule import TrainingConfig
@@ -77,11 +85,12 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     if unused := sorted(s.given_method_sections() - method.sections()):
         logger.warning("unlearn.%s: set but not used by %s (it has no effect on this run)",
                        ", unlearn.".join(unused), method.name)
+    attacks = plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir), fmt=fmt,
+                           max_length=s.dataset.max_length, seed=s.overall.seed)
+    check_sharding(s, objective, attacks)
     return ExperimentPlan(
         method=method, objective=objective, training_data=method.training_data(data), mask=mask_plan(s, models, data),
-        attacks=plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir), fmt=fmt,
-                             max_length=s.dataset.max_length, seed=s.overall.seed),
-        best=best_rule(s, evaluation), training=_training(s), output=_output(s, method.name),
+        attacks=attacks, best=best_rule(s, evaluation), training=_training(s), output=_output(s, method.name),
         description=_description(s, evaluation, f"{method.name} unlearning of {models.target_source.name}"), **common)
 
 

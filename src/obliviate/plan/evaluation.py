@@ -53,6 +53,9 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
     for name in e.metrics:
         if check := METRICS.get(name).setup_check:
             check()
+        if models.sharded and not METRICS.get(name).runs_sharded:
+            raise UserError(f"eval.metrics {name} does not run on sharded weights (overall.sharding fsdp); drop it, "
+                            "or evaluate the saved model with --overall.sharding none")
     if e.lm_eval_tasks:
         check_tasks(e.lm_eval_tasks)
     options = EvalOptions(batch_size=e.batch_size, max_length=d.max_length, max_new_tokens=e.max_new_tokens,

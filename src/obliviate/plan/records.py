@@ -23,6 +23,7 @@ from obliviate.masks.mask import ParameterMask
 from obliviate.methods.base import Method
 from obliviate.methods.objective import Objective
 from obliviate.models.loading import ModelSource, load_model
+from obliviate.models.sharding import shard
 from obliviate.report import RunDescription
 from obliviate.training.finetune import FinetuneRecipe
 from obliviate.training.schedule import TrainingConfig
@@ -39,6 +40,7 @@ class ModelPlan:
     device: torch.device
     dtype: torch.dtype
     cache_dir: Path
+    sharded: bool = False  # overall.sharding fsdp: every model evaluated or trained is sharded over the processes
 
     @property
     def target_source(self) -> ModelSource:
@@ -55,15 +57,24 @@ class ModelPlan:
         return model
 
     def load(self, source: ModelSource) -> tuple[torch.nn.Module, Any]:
-        """The model and tokenizer of ``source`` on the plan's device and dtype."""
+        """The model and tokenizer of ``source`` on the plan's device and dtype (whole weights)."""
         return load_model(source, self.cache_dir, self.device, self.dtype)
+
+    def ready(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as the run uses it: sharded over the processes with ``overall.sharding fsdp``."""
+        return shard(model) if self.sharded else model
 
     def retain_model(self, accelerator: Accelerator) -> RetainModel | None:
         """The retain model as the evaluation session reads it (fine-tuned and loaded only when needed)."""
         if self.retain is None:
             return None
         retain = self.retain
-        return RetainModel(source=self.retain_source, load=lambda: self.load(self.build(retain, "retain", accelerator)))
+
+        def load() -> tuple[torch.nn.Module, Any]:
+            model, tokenizer = self.load(self.build(retain, "retain", accelerator))
+            return self.ready(model), tokenizer
+
+        return RetainModel(source=self.retain_source, load=load)
 
 
 @dataclass(frozen=True)
@@ -127,8 +138,9 @@ class ExperimentPlan:
         if self.models.target is not None:
             self.models.target.check_buildable(num_processes, "target")
         if sharded:
-            raise UserError("FSDP/DeepSpeed shard the weights, and evaluation runs on the main process with the full "
-                            "model; launch with configs/accelerate/ddp.yaml (one model per GPU)")
+            raise UserError("accelerate's FSDP/DeepSpeed plugins are not used here: launch with configs/accelerate/"
+                            "ddp.yaml (or torchrun) and pass --overall.sharding fsdp for sharded weights (torch's "
+                            "FSDP2); DeepSpeed is not supported")
         if num_processes > 1 and self.training is not None and self.training.g_effect_every:
             raise UserError("unlearn.g_effect_every needs one process (its probe gradients are not synchronised); "
                             "launch without --num_processes or set it to 0")

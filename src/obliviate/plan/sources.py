@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from obliviate.attacks import AttackPlan
 from obliviate.config.settings import Settings
 from obliviate.data.examples import Example
 from obliviate.data.sources import load_examples
@@ -13,6 +14,7 @@ from obliviate.errors import UserError
 from obliviate.masks.build import MaskRecipe, select_names
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods.base import Method, ModelFacts
+from obliviate.methods.objective import Objective
 from obliviate.models.adapters import check_target_modules
 from obliviate.models.loading import (
     ModelSource,
@@ -53,13 +55,16 @@ def model_plan(s: Settings, fmt: PromptFormat, data: dict[str, list[Example]]) -
         retain: FinetuneRecipe | ModelSource | None = recipe(data["retain"])
     else:
         retain = resolve_model(s.eval.retain_model_name) if s.eval.retain_model_name else None
-    return ModelPlan(base, target, retain, device, resolve_dtype(s.overall.dtype, device), cache_dir)
+    sharded = s.overall.sharding == "fsdp"
+    # sharded weights keep fp32 master weights; on CUDA they compute in bf16 (models.sharding)
+    dtype = resolve_dtype("float32" if sharded and s.overall.dtype == "auto" else s.overall.dtype, device)
+    return ModelPlan(base, target, retain, device, dtype, cache_dir, sharded)
 
 
 def model_facts(s: Settings, models: ModelPlan) -> ModelFacts:
     return ModelFacts(model_name=models.base.name, depth=model_depth(models.base, models.cache_dir),
                       parameter_names=list(parameter_shapes(models.base, models.cache_dir)),
-                      masked=bool(s.unlearn.mask_path), lora=s.lora,
+                      masked=bool(s.unlearn.mask_path), lora=s.lora, sharded=models.sharded,
                       same_tokenizer=lambda name: tokenizers_match(resolve_model(name), models.base, models.cache_dir))
 
 
@@ -96,3 +101,20 @@ def mask_recipe(s: Settings, models: ModelPlan) -> MaskRecipe:
     description = {"model": models.target_source.identity, "forget": s.dataset.forget_dataset_name,
                    "retain": s.dataset.retain_dataset_name}
     return MaskRecipe(options=s.mask, batch_size=s.dataset.batch_size, seed=s.overall.seed, description=description)
+
+
+def check_sharding(s: Settings, objective: Objective, attacks: AttackPlan) -> None:
+    """With overall.sharding fsdp: refuse, in one line each, what does not train sharded weights."""
+    if s.overall.sharding != "fsdp":
+        return
+    if limits := objective.sharding_limits(s.lora.enabled):
+        raise UserError(f"overall.sharding fsdp: {s.unlearn.unlearn_method}'s term {limits[0]}")
+    if s.unlearn.g_effect_every:
+        raise UserError("unlearn.g_effect_every takes gradients with torch.autograd.grad, which crashes under FSDP2; "
+                        "set it to 0, or use --overall.sharding none")
+    if s.lora.enabled and (s.lora.merge or attacks.attacks):
+        raise UserError("lora.merge and attacks merge the adapters into sharded weights, which is not supported; "
+                        "merge the saved adapter/ afterwards, or use --overall.sharding none")
+    if quantized := [a.name for a in attacks.attacks if a.quantization_bits is not None]:
+        raise UserError(f"attack {quantized[0]} rounds whole weight matrices, which sharded weights are not; run it "
+                        "with --overall.sharding none on the saved model")

@@ -39,6 +39,7 @@ from obliviate.data.tokenize import EncodedDataset
 from obliviate.errors import NonFiniteStep
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods.objective import Batch, Objective
+from obliviate.models.sharding import gradient_sync, is_sharded, whole
 from obliviate.training.checkpoint import Checkpointing
 from obliviate.training.schedule import TrainingConfig, build_optimizer
 
@@ -59,6 +60,20 @@ class TrainingResult:
     steps: int
     seconds: float
     last_logs: dict[str, float] = field(default_factory=dict)
+    state_mb: float = 0.0  # this process's parameters, gradients and optimiser state (its shards when sharded)
+
+
+def local_megabytes(tensors: list[torch.Tensor]) -> float:
+    """The memory of ``tensors`` held by this process (a sharded tensor's local shard)."""
+    return sum(t.to_local().nbytes if hasattr(t, "to_local") else t.nbytes for t in tensors) / 2**20
+
+
+def training_state_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """Parameters + one gradient per trainable parameter + the optimiser's state, as held by this process."""
+    parameters = list(model.parameters())
+    state = [v for values in optimizer.state.values() for v in values.values() if isinstance(v, torch.Tensor)]
+    return local_megabytes(parameters) + local_megabytes([p for p in parameters if p.requires_grad]) + \
+        local_megabytes(state)
 
 
 def micro_batches(datasets: dict[str, EncodedDataset], primary: str, batch_size: int, seed: int
@@ -73,6 +88,11 @@ def micro_batches(datasets: dict[str, EncodedDataset], primary: str, batch_size:
                 rows = torch.randint(len(data), (batch_size,), generator=generator).tolist()
                 paired[name] = data.collate([data[row] for row in rows])
             yield paired
+
+
+def unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimiser inside accelerate's wrapper (the checkpoint reads its state by parameter name)."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
@@ -99,8 +119,11 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
         mask.attach(model)
     optimizer, scheduler = build_optimizer(model, config, total, mask.partially_masked() if mask else set())
     # The scheduler is stepped here, once per optimiser step: accelerate's wrapper would step it once per
-    # process, assuming accelerate-sharded dataloaders, which this loop does not use.
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # process, assuming accelerate-sharded dataloaders, which this loop does not use. A sharded model (FSDP2)
+    # is left out of accelerate: it reduces its own gradients.
+    sharded = is_sharded(model)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     parameters = [p for p in model.parameters() if p.requires_grad]
     stream = itertools.islice(  # this process's share: every num_processes-th micro-batch
         micro_batches({k: v for k, v in datasets.items() if k in objective.splits | {primary}}, primary,
@@ -110,7 +133,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     if checkpoint is not None:
         checkpoint = checkpoint.with_parts({"scheduler": scheduler, "objective": objective})
         if checkpoint.resume and checkpoint.saved_step() is not None:
-            first = checkpoint.load(accelerator) + 1
+            first = checkpoint.load(model, unwrapped(optimizer), accumulation * accelerator.num_processes) + 1
             for _ in range((first - 1) * accumulation):  # replay the seeded stream to the saved position
                 next(stream)
             if accelerator.is_main_process:
@@ -130,7 +153,8 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
                 batch = {name: part.to(accelerator.device) for name, part in next(stream).items()}
                 batches.append(batch)
                 syncing = micro == accumulation - 1
-                with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
+                gradient_sync(model, syncing)
+                with contextlib.nullcontext() if syncing or sharded else accelerator.no_sync(model):
                     output = objective(model, batch)
                     accelerator.backward(output.loss / accumulation)
                 for key, value in output.logs.items():
@@ -139,7 +163,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             if inspect is not None and inspect.before_clipping:
                 inspect(step, model, batches)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-            grad_norm = accelerator.clip_grad_norm_(parameters, max_norm)
+            grad_norm = whole(accelerator.clip_grad_norm_(parameters, max_norm))
             if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
                 optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteStep(step, {**sums, "grad_norm": float(grad_norm)}, description)
@@ -166,9 +190,10 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
                 after_step(step)
                 model.train()
             if checkpoint is not None and (step % checkpoint.every == 0 or step == total):
-                checkpoint.save(accelerator, step)
+                checkpoint.save(model, unwrapped(optimizer), step, accumulation * accelerator.num_processes)
+        state_mb = training_state_mb(model, unwrapped(optimizer))
     finally:
         progress.close()
         accelerator.free_memory()  # accelerate's references to the model and optimiser
         del optimizer, scheduler
-    return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs)
+    return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs, state_mb=state_mb)

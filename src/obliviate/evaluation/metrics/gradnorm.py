@@ -21,6 +21,7 @@ import torch
 from obliviate.data.tokenize import IGNORE_INDEX, collate, encode, example_query
 from obliviate.evaluation.declarations import MetricResult, mean_of, metric
 from obliviate.evaluation.queries import SplitScores
+from obliviate.evaluation.spread import map_batches
 from obliviate.likelihood import forward_logits, mean_nll
 
 
@@ -30,16 +31,16 @@ def gradient_norms(model: torch.nn.Module, batches: list) -> list[float]:
     trainable = [parameter.requires_grad for parameter in parameters]
     was_training = model.training
     model.eval()
-    norms = []
+    def norm(batch) -> float:
+        loss = mean_nll(forward_logits(model, batch), batch.labels)
+        gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+        return float(torch.stack([g.float().norm(2) for g in gradients if g is not None]).mean())
+
     try:
         for parameter in parameters:
             parameter.requires_grad_(True)
         with torch.enable_grad():
-            for batch in batches:
-                loss = mean_nll(forward_logits(model, batch), batch.labels)
-                gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
-                tensor_norms = [g.float().norm(2) for g in gradients if g is not None]
-                norms.append(float(torch.stack(tensor_norms).mean()))
+            norms = map_batches(batches, norm, "gradient norms")
     finally:
         for parameter, flag in zip(parameters, trainable):
             parameter.requires_grad_(flag)
@@ -47,7 +48,7 @@ def gradient_norms(model: torch.nn.Module, batches: list) -> list[float]:
     return norms
 
 
-@metric("mia_gradnorm", reads="any", membership=True)
+@metric("mia_gradnorm", reads="any", membership=True, runs_sharded=False)  # autograd.grad crashes under FSDP2
 def gradient_norm_score(scores: SplitScores) -> MetricResult:
     """Gradient-norm attack: −mean per-tensor ‖∇ NLL‖₂ of each example (higher = more member-like)."""
     device = next(scores.model.parameters()).device

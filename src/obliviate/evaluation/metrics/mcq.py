@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from obliviate.evaluation.declarations import MetricResult, NotComputed, metric
+from obliviate.evaluation.lm_eval_tasks import run_lm_eval
 from obliviate.evaluation.queries import SplitScores
 from obliviate.evaluation.splits import base_answer
 
@@ -54,9 +54,6 @@ def mcq_accuracy(scores: SplitScores) -> MetricResult:
     rows = mcq_rows(scores)
     if not rows:
         raise NotComputed(f"no record of {scores.split.name} has perturbed_answer (the wrong choices)")
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
     content = "".join(json.dumps(row) + "\n" for row in rows)
     folder = scores.options.work_dir / "mcq"
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,10 +63,8 @@ def mcq_accuracy(scores: SplitScores) -> MetricResult:
     task = yaml.safe_load(TEMPLATE.read_text())
     task["task"] = f"{task['task']}_{scores.split.name}"
     task["dataset_kwargs"]["data_files"]["test"] = str(data_file.resolve())
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = HFLM(pretrained=scores.model, tokenizer=scores.tokenizer, batch_size=scores.options.batch_size)
-    output = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=_task_manager(), log_samples=True,
-                                     bootstrap_iters=0, verbosity="ERROR")
+    output = run_lm_eval(scores.model, scores.tokenizer, scores.options.batch_size, tasks=[task],
+                         task_manager=_task_manager(), log_samples=True)
     samples = iter(sorted(output["samples"][task["task"]], key=lambda sample: sample["doc_id"]))
     per_example = [float(next(samples)["acc"]) if e.perturbed_answers else None for e in scores.split.questions]
     return MetricResult(output["results"][task["task"]]["acc,none"], per_example)
