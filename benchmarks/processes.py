@@ -16,6 +16,11 @@ only training is timed), batch 4 per micro-batch, effective batch 8:
 Reported per run: seconds per optimiser step (mean of the ``step_seconds`` of steps 2..N: the first pays warm-up),
 each process's parameter + gradient + optimiser memory (``training_state_mb`` of env.json: the tensors it holds)
 and peak resident memory, and the largest relative difference of the loss and gradient-norm curves from ``one``.
+
+Then evaluation divided over processes: ``evaluate.py`` of the base model on ``--examples`` examples per split
+(``--metrics``: scoring, greedy generation, and mcq_acc through lm-eval), with one thread per process, as each
+process of a GPU run has its own device: 1 process, 2 processes (DDP) and 2 processes (FSDP); the seconds of the
+``evaluate`` stage.
 """
 
 from __future__ import annotations
@@ -74,11 +79,37 @@ def stop_after_checkpoint(arguments: list[str], threads: int, root: Path) -> Non
     process.wait()
 
 
+def evaluation_seconds(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    """The ``evaluate`` stage's seconds of evaluate.py on 1 process and on 2 (whole and sharded), 1 thread each."""
+    seconds = {}
+    for name, processes, extra in (("1 process", 1, []), ("2 processes (DDP)", 2, []),
+                                   ("2 processes (FSDP)", 2, ["--overall.sharding", "fsdp"])):
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                    if processes > 1 else [sys.executable])
+        run_name = f"evaluate{len(seconds)}"
+        cache = root / f"cache_{run_name}"  # a cache of its own: nothing evaluated is read from another run
+        (cache / "models").mkdir(parents=True)
+        prepared = ROOT / "files" / "cache" / "models" / args.model
+        if prepared.is_dir():  # the prepared embedded model, shared
+            (cache / "models" / args.model).symlink_to(prepared)
+        subprocess.run([*launcher, str(ROOT / "src" / "exec" / "evaluate.py"), "--config_file",
+                        str(ROOT / "configs" / "synthetic" / f"{args.method}.json"), "--overall.model_name", args.model,
+                        "--finetune.enabled", "false", "--eval.metrics", args.metrics,
+                        "--eval.max_examples", str(args.examples), "--logger.json.root", str(root),
+                        "--overall.cache_dir", str(cache), "--logger.name", run_name, *extra],
+                       env=environment(1), check=True, capture_output=True)
+        record = json.loads(next(root.glob(f"*/evaluations/{run_name}/env.json")).read_text())
+        seconds[name] = record["wall_time_seconds"]["evaluate"]
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--method", default="npo")
+    parser.add_argument("--examples", type=int, default=40)
+    parser.add_argument("--metrics", default="prob,rouge_l_recall,truth_ratio,mcq_acc", help="evaluated metrics")
     args = parser.parse_args()
     cores = os.cpu_count() or 2
     with tempfile.TemporaryDirectory() as folder:
@@ -93,6 +124,7 @@ def main() -> None:
                        capture_output=True)
         logs = {name: train_log(root, name) for name in ("one", "ddp", "fsdp", "stopped")}
         memory = {name: per_process(root, name) for name in ("one", "ddp", "fsdp")}
+        evaluation = evaluation_seconds(args, root)
     print(f"{args.method} on {args.model}, {args.steps} steps, effective batch 8, {cores} cores")
     print("| run | processes × accumulation | s/step | parameters + gradients + optimiser per process (MB) | "
           "peak resident memory per process (MB) | max rel. diff. loss | max rel. diff. grad norm |")
@@ -106,6 +138,10 @@ def main() -> None:
         print(f"| {name} | {shape} | {per_step} | {state} | {peak} | "
               f"{largest_difference(logs['one'], logs[name], 'loss'):.2g} | "
               f"{largest_difference(logs['one'], logs[name], 'grad_norm'):.2g} |")
+    print(f"\nevaluate.py, {args.examples} examples per split, one thread per process")
+    print("| processes | seconds of evaluation | × of 1 process |\n|---|---|---|")
+    for name, value in evaluation.items():
+        print(f"| {name} | {value:.1f} | {value / evaluation['1 process']:.2f} |")
 
 
 if __name__ == "__main__":
