@@ -185,8 +185,9 @@ def test_every_method_runs_from_its_config_on_a_tiny_model(name, tmp_path, cache
     layers = [f"--unlearn.{name}.num_layers", "1"] if name in ("ULD", "Offset") else []
     argv = ["--config_file", str(CONFIGS[name]), "--overall.model_name", "tiny-random-llama",
             "--overall.cache_dir", str(cache_dir), "--dataset.data_dir", str(tmp_path / "data"),
-            "--logger.json.root", str(tmp_path / "results"), "--unlearn.max_steps", "2", "--finetune.max_steps", "2",
-            "--eval.max_examples", "4", "--eval.metrics", "prob", "--logger.name", "run", *depth, *layers]
+            "--logger.json.root", str(tmp_path / "results"), "--unlearn.max_steps", "2", "--finetune.enabled", "false",
+            "--eval.before", "false", "--eval.max_examples", "2", "--eval.metrics", "prob", "--logger.name", "run",
+            *depth, *layers]
     assert run(run_unlearning, "unlearn_model.py", argv) == 0
     run_folder = next((tmp_path / "results").rglob("run/train_log.jsonl")).parent
     log = [json.loads(line) for line in (run_folder / "train_log.jsonl").read_text().splitlines()]
