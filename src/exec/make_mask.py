@@ -7,6 +7,7 @@ The model is the experiment's target (fine-tuned first when finetune.enabled; ca
 written as safetensors with a statistics plot (.png) beside it.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,13 @@ def build(settings: Settings) -> None:
     out = Path(s.mask.out or s.unlearn.mask_path or default)
     if out.is_dir() or out.parent.is_file():
         raise UserError(f"mask output '{out}' is a folder or inside a file; name a .safetensors file (mask.out)")
+    if out.exists() and not s.mask.overwrite:
+        raise UserError(f"mask '{out}' exists; name another file (--mask.out) or pass --mask.overwrite true to "
+                        "replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write the mask into '{out.parent}' (not writable); name a writable place with "
+                        "--mask.out")
     target = models.build(models.target or models.base, "target", Accelerator(cpu=models.device.type == "cpu"))
     model, tokenizer = models.load(target)
     start = time.perf_counter()

@@ -73,8 +73,9 @@ def _one_line(text: str, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
-def run_summary(run: RunDescription, results: dict[str, Evaluation], seconds: dict[str, float]) -> str:
-    """The run's one-page markdown summary: what ran, every metric, examples, and where the time went."""
+def run_summary(run: RunDescription, results: dict[str, Evaluation], seconds: dict[str, float],
+                warnings: list[str]) -> str:
+    """The run's one-page markdown summary: what ran, what to know, every metric, examples, where the time went."""
     metrics = {stage: evaluation.metrics_record() for stage, evaluation in results.items()}
     data = [f"{split.name} ({split.role.value}, {len(split.examples)} examples)" for split in run.splits]
     missing = not_computed_lines(results)
@@ -83,6 +84,7 @@ def run_summary(run: RunDescription, results: dict[str, Evaluation], seconds: di
              f"- model: `{run.model_name}` (fine-tuned target: {run.finetuned}), seed {run.seed}",
              f"- evaluated splits: {', '.join(data)}",
              f"- metrics: {', '.join(run.metrics)}", "",
+             *(["## Warnings", "", *(f"- {line}" for line in warnings), ""] if warnings else []),
              "## Metrics", "",
              "Higher = more knowledge, except forget_quality and model.forget_quality_log10 (higher = closer to "
              "the retain model) and the truth ratio on forget/holdout (closer to 1 = cannot tell true from "
@@ -97,15 +99,17 @@ def run_summary(run: RunDescription, results: dict[str, Evaluation], seconds: di
 
 
 def write_results(folder: RunFolder, run: RunDescription, results: dict[str, Evaluation], seconds: dict[str, float],
-                  environment: dict[str, Any]) -> Path:
-    """metrics.json, per_example.json, env.json and summary.md; then the run folder is finished (renamed to its
-    final name) and the metrics table printed."""
-    folder.write_json("metrics.json", {stage: e.metrics_record() for stage, e in results.items()})
+                  environment: dict[str, Any], warnings: list[str]) -> Path:
+    """metrics.json (each stage's metrics, and the run's ``warnings`` when there are any), per_example.json,
+    env.json and summary.md; then the run folder is finished (renamed to its final name) and the metrics table
+    printed."""
+    folder.write_json("metrics.json", {**{stage: e.metrics_record() for stage, e in results.items()},
+                                       **({"warnings": warnings} if warnings else {})})
     folder.write_json("per_example.json", {stage: e.per_example_record() for stage, e in results.items()})
     folder.write_json("env.json", {**environment, "wall_time_seconds": seconds})
-    write_text_atomic(folder.path("summary.md"), run_summary(run, results, seconds))
+    write_text_atomic(folder.path("summary.md"), run_summary(run, results, seconds, warnings))
     finished = folder.finish()
     if results:
         print(metrics_table({stage: e.metrics_record() for stage, e in results.items()}))
-    print(f"results: {finished}")
+    print(f"results: {finished.resolve()}")
     return finished

@@ -22,9 +22,9 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_
 
 from obliviate.errors import Interrupted
 from obliviate.loggers import LOGGERS, RunFolder
-from obliviate.loggers.json_logger import CHECKPOINT
+from obliviate.loggers.json_logger import CHECKPOINT, saved_step
 from obliviate.plan import ExperimentPlan
-from obliviate.training.checkpoint import Checkpointing, saved_step
+from obliviate.training.checkpoint import Checkpointing, check_folder
 
 logger = logging.getLogger(__name__)
 # How long a process waits for the others at a collective (a step's gradient reduction, a gathered evaluation): a
@@ -40,6 +40,7 @@ class Runtime:
     folder: RunFolder | None  # the main process's; None on the others
     work: Path  # the run folder being written (every process knows it)
     resumed: bool  # the run continues a stopped one (logger.resume)
+    advice: str  # what to change when a training step is not finite
 
     @property
     def main(self) -> bool:
@@ -62,7 +63,9 @@ class Runtime:
         if accelerator.num_processes > 1:
             broadcast_object_list(shared)
         work, resumed = shared[0]
-        return cls(accelerator, folder, work, resumed)
+        if resumed and (checkpoint := work / CHECKPOINT).is_dir():
+            check_folder(checkpoint)  # before any model loads: a foreign file is refused, nothing of it read
+        return cls(accelerator, folder, work, resumed, plan.nonfinite_advice)
 
     def per_process(self, **values: float) -> list[dict[str, float]]:
         """``values`` of every process, in rank order (every process calls it): e.g. each one's peak memory."""
@@ -76,7 +79,7 @@ class Runtime:
     def stopping(self) -> Iterator[None]:
         """The main process marks a run that stops as failed (the run folder says how); the others only say so."""
         if self.folder is not None:
-            with self.folder.marked_failed_on_stop(lambda: saved_step(self.work / CHECKPOINT)):
+            with self.folder.marked_failed_on_stop(lambda: saved_step(self.work / CHECKPOINT), self.advice):
                 yield
             return
         try:

@@ -13,6 +13,7 @@ takes part in every training and evaluation, each on its share of the batches; t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate.utils import set_seed
@@ -23,7 +24,6 @@ from obliviate.data.tokenize import encode_dataset, encode_splits
 from obliviate.environment import Timings, environment_record, peak_memory_mb
 from obliviate.evaluation.during_training import EvaluationPoints
 from obliviate.evaluation.reference import EVALUATED
-from obliviate.evaluation.results import Evaluation
 from obliviate.evaluation.session import EvaluationSession
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods.objective import PrepareContext
@@ -42,9 +42,7 @@ EVAL_LOG, ATTACK_LOG = "eval_log.jsonl", "attack_train_log.jsonl"
 
 class Unlearner:
     def __init__(self, plan: ExperimentPlan) -> None:
-        self.plan = plan
-        self.timings = Timings()
-        self.results: dict[str, Evaluation] = {}
+        self.plan, self.timings, self.results, self.warnings = plan, Timings(), {}, list(plan.warnings)
         self.trained_parameters, self.state_mb = 0, 0.0  # what the unlearning trained, and its memory here
 
     def run(self) -> Path | None:
@@ -83,8 +81,7 @@ class Unlearner:
         self.session = EvaluationSession(p.evaluation, p.fmt, p.models.cache_dir,
                                          p.models.retain_model(self.accelerator))
 
-    def _prepare_models(self, which: FinetuneRecipe | ModelSource, role: str
-                        ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    def _prepare_models(self, which: FinetuneRecipe | ModelSource, role: str) -> tuple[torch.nn.Module, Any]:
         """Build (fine-tune when not cached) the model to work on and the retain model's reference evaluation."""
         p = self.plan
         with self.timings.stage("prepare_models"):
@@ -163,11 +160,11 @@ class Unlearner:
             if checkpoint is None or not checkpoint.resume:
                 points(0)  # a resumed state brings the points so far
         parts = {name: part for name, part in (("evaluation_points", points), ("g_effect", probe)) if part is not None}
-        self.state_mb = train(trained, p.objective, datasets, "forget", t.config, self.accelerator, t.seed,
-                              on_log=self.folder.log_step if self.folder else lambda record: None, mask=mask,
-                              inspect=probe, after_step=points,
-                              checkpoint=checkpoint.with_parts(parts) if checkpoint else None,
-                              description=f"unlearn ({p.method.name})").state_mb
+        result = train(trained, p.objective, datasets, "forget", t.config, self.accelerator, t.seed,
+                       on_log=self.folder.log_step if self.folder else lambda record: None, mask=mask, inspect=probe,
+                       after_step=points, checkpoint=checkpoint.with_parts(parts) if checkpoint else None,
+                       description=f"unlearn ({p.method.name})")
+        self.state_mb, self.warnings = result.state_mb, self.warnings + result.warnings
         self.trained_parameters = adapters.trainable_parameters(trained)
         if points is not None and self.main:
             points.plot(self.folder.path("eval_curves.png"), f"{p.method.name}: evaluation during unlearning")
@@ -196,4 +193,5 @@ class Unlearner:
             return None
         environment = {**environment_record(models.device, models.dtype, self.accelerator.num_processes),
                        "trainable_parameters": self.trained_parameters, "processes": processes}
-        return write_results(self.folder, self.plan.description, self.results, self.timings.with_total(), environment)
+        return write_results(self.folder, self.plan.description, self.results, self.timings.with_total(), environment,
+                             self.warnings)

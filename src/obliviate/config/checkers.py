@@ -108,6 +108,53 @@ class StrValue(Checker):
         return "a string"
 
 
+MAX_NAME = 200  # characters of a folder name we make (file systems allow 255 bytes; ours add suffixes)
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain folder name (one path component inside its parent), or None."""
+    if not name.strip():
+        return "is empty"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if name.startswith("."):
+        return "starts with '.' (a hidden folder, or '..' leaving the parent)"
+    if len(name.encode()) > MAX_NAME:
+        return f"is longer than {MAX_NAME} bytes"
+    return None
+
+
+class FolderName(StrValue):
+    """A plain folder name inside the results tree (one path component); empty only when ``optional``."""
+
+    def __init__(self, optional: bool = False) -> None:
+        self.optional = optional
+
+    def check(self, value: Any) -> str:
+        value = super().check(value)
+        if self.optional and value == "":
+            return value
+        if problem := folder_name_problem(value):
+            raise ValueError(f"{problem}; must be {self.help()}")
+        return value
+
+    def help(self) -> str:
+        return "a plain folder name (no '/', not starting with '.'" + (", or empty)" if self.optional else ")")
+
+
+class FolderPath(StrValue):
+    """A folder: any path, but not empty (an empty path would write into the working directory)."""
+
+    def check(self, value: Any) -> str:
+        value = super().check(value)
+        if not value.strip():
+            raise ValueError(f"is empty; must be {self.help()}")
+        return value
+
+    def help(self) -> str:
+        return "a folder path (not empty)"
+
+
 class ChoiceValue(Checker):
     """One of a set of strings, matched case-insensitively, returned in canonical spelling. The set may be given
     as a function (e.g. a registry's ``names``), read when a value is checked."""

@@ -42,7 +42,10 @@ class HelpRequested(Exception):
 
 def _read_config_file(path: str) -> dict[str, Any]:
     content = read_json_object(Path(path), "config file", "pass an existing JSON file to --config_file", ConfigError)
-    return flatten(content)  # keys starting with "_" are comments (JSON has none of its own)
+    try:  # keys starting with "_" are comments (JSON has none of its own)
+        return flatten(content, error=ValueError)
+    except ValueError as twice:
+        raise ConfigError(f"config file '{path}': {twice}") from None
 
 
 def split_argv(argv: list[str], schema: Schema) -> tuple[list[str], dict[str, str], bool]:

@@ -97,6 +97,16 @@ def import_optml(content: dict[str, Any]) -> dict[str, Any]:
     return ours
 
 
+def their_names(content: dict[str, Any]) -> dict[str, str]:
+    """Our dotted key -> theirs, for the values copied from their file (so that an error can name their key)."""
+    theirs = flatten(content)
+    names = {ours: key for key, ours in DIRECT.items() if key in theirs}
+    if (name := theirs.get("unlearn.unlearn_method")) in METHODS:
+        method, renamed, _ = METHODS[name]
+        names.update({f"unlearn.{method}.{ours}": f"unlearn.{name}.{param}" for param, ours in renamed.items()})
+    return names
+
+
 def _overall(theirs: dict[str, Any], ours: dict[str, Any]) -> set[str]:
     kind = theirs.get("overall.logger", "json")
     if kind != "json":

@@ -16,6 +16,8 @@ from obliviate.config.checkers import (
     BoolValue,
     ChoiceValue,
     FloatValue,
+    FolderName,
+    FolderPath,
     IntValue,
     ListValue,
     RegisteredName,
@@ -38,7 +40,7 @@ class Overall:
     device: str = option(ChoiceValue(["auto", "cpu", "cuda", "mps"]), "auto = cuda if available, else cpu", "auto")
     dtype: str = option(ChoiceValue(["auto", "float32", "bfloat16", "float16"]),
                         "weights dtype; auto = bfloat16 on CUDA, float32 on CPU", "auto")
-    cache_dir: str = option(StrValue(), "prepared models, fine-tuned targets and cached evaluations", "files/cache")
+    cache_dir: str = option(FolderPath(), "prepared models, fine-tuned targets and cached evaluations", "files/cache")
     sharding: str = option(ChoiceValue(["none", "fsdp"]), "fsdp: shard weights, gradients and optimiser state over "
                            "the processes (torch's FSDP2; launch with torchrun or accelerate launch); none: each "
                            "process holds the whole model (DDP)", "none")
@@ -64,7 +66,7 @@ class Unlearn(TrainingKeys):
     """Unlearning run"""
 
     unlearn_method: str = option(RegisteredName("unlearning method"), "registered method (case-insensitive)", "NPO")
-    task_name: str = option(StrValue(), "benchmark name: results go to files/results/<task_name>/<method>/",
+    task_name: str = option(FolderName(), "benchmark name: results go to files/results/<task_name>/<method>/",
                             "synthetic")
     save_model: bool = option(BoolValue(), "save the unlearned model in the run folder", False)
     eval_every: int = option(IntValue(low=0), "evaluate unlearn.eval_splits every k steps and at step 0 to "
@@ -107,7 +109,7 @@ class Dataset:
                                     "Question: {question}\nAnswer:")
     chat_template: bool = option(BoolValue(), "use the tokenizer's chat template instead of question_template",
                                  False)
-    data_dir: str = option(StrValue(), "where generated data (the synthetic benchmark) is written", "files/data")
+    data_dir: str = option(FolderPath(), "where generated data (the synthetic benchmark) is written", "files/data")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +171,7 @@ class Mask:
     mu: float = option(FloatValue(low=1e-12), "WAGLE's μ (published configs: 1e-6)", 1e-6)
     out: str = option(StrValue(), "make_mask.py output (default: unlearn.mask_path, else "
                       "mask/<task>_<score>_<ratio>.safetensors)", "")
+    overwrite: bool = option(BoolValue(), "make_mask.py: replace an existing mask file at the output path", False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,7 +210,7 @@ class Attack:
 class Logger:
     """The run folder"""
 
-    name: str = option(StrValue(), "run folder name (default: a UTC timestamp)", "")
+    name: str = option(FolderName(optional=True), "run folder name (default: a UTC timestamp)", "")
     overwrite: bool = option(BoolValue(), "replace an existing run folder of the same name", False)
     tensorboard: bool = option(BoolValue(), "also log training, evaluation and attack curves to TensorBoard "
                                "(<run folder>/tensorboard)", False)
@@ -220,7 +223,7 @@ class Logger:
 class JsonLogger:
     """JSON results logger"""
 
-    root: str = option(StrValue(), "results root folder", "files/results")
+    root: str = option(FolderPath(), "results root folder", "files/results")
 
 
 SECTIONS: dict[str, type] = {"overall": Overall, "unlearn": Unlearn, "dataset": Dataset, "finetune": Finetune,

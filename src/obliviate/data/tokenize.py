@@ -49,6 +49,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     closing_eos: bool = False  # the last label is the appended EOS (False for text, or when truncated away)
+    truncated: bool = False  # prompt + answer were longer than max_length and were cut
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, query: Query, max_length: int) -> Encoded:
@@ -70,7 +71,8 @@ def encode(tokenizer: PreTrainedTokenizerBase, query: Query, max_length: int) ->
         answer_ids = answer_ids + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
-    return Encoded(input_ids, labels, closing and len(prompt_ids) + len(answer_ids) <= max_length)
+    whole = len(prompt_ids) + len(answer_ids) <= max_length
+    return Encoded(input_ids, labels, closing and whole, not whole)
 
 
 def example_query(tokenizer: PreTrainedTokenizerBase, example: Example, fmt: PromptFormat) -> Query:
@@ -147,3 +149,10 @@ def encode_splits(tokenizer: PreTrainedTokenizerBase, data: dict[str, list[Examp
                   fmt: PromptFormat, max_length: int) -> dict[str, EncodedDataset]:
     """The training encoding of the named splits of ``data`` (those present)."""
     return {split: encode_dataset(tokenizer, data[split], fmt, max_length) for split in splits if split in data}
+
+
+def truncated_answers(tokenizer: PreTrainedTokenizerBase, examples: list[Example], fmt: PromptFormat,
+                      max_length: int) -> int:
+    """How many question-answer examples do not fit ``max_length`` (their answers are cut when trained or scored;
+    plain texts are cut by design and not counted)."""
+    return sum(encode_example(tokenizer, e, fmt, max_length).truncated for e in examples if not e.is_text)

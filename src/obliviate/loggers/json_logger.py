@@ -18,8 +18,8 @@ Files: ``config.json`` (the resolved config; ``--config_file`` on it reproduces 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -33,29 +33,31 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from obliviate.config.checkers import folder_name_problem
 from obliviate.errors import Interrupted, NonFiniteStep, RunFailed, UserError
-from obliviate.io import finite_or_null, flatten, write_json_atomic, write_text_atomic
+from obliviate.io import exclusive_lock, finite_or_null, flatten, write_json_atomic, write_text_atomic
 from obliviate.loggers.trackers import TensorBoardTracker, Tracker, WandbTracker, check_trackers, scalars
 from obliviate.registry import Registry
 
+logger = logging.getLogger(__name__)
 LOGGERS: Registry[type] = Registry("logger")
 OWNER_FILE = "owner.json"
 CHECKPOINT = "checkpoint"  # the resumable training state (unlearn.save_every), removed when the run finishes
+PROGRESS = "progress.json"  # in the checkpoint: the step it was saved at
+RESULT_FILES = ("metrics.json", "per_example.json", "summary.md", "env.json")  # what only a finished run has
 # keys that may differ on resuming (the checkpoint itself refuses an accumulation that changes the examples per step)
 RESUME_FREE = {"logger.resume", "logger.tensorboard", "logger.wandb", "overall.sharding",
                "unlearn.gradient_accumulation_steps"}
 
 
 
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``folder`` (held by this process until the block ends)."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
+def saved_step(checkpoint: Path) -> int | None:
+    """The step of the training state saved in a run's ``checkpoint`` folder, if there is one (a save interrupted
+    while swapping counts from its old copy)."""
+    for candidate in (checkpoint, checkpoint.with_name(checkpoint.name + ".old")):
+        if (candidate / PROGRESS).is_file():
+            return int(json.loads((candidate / PROGRESS).read_text())["step"])
+    return None
 
 
 def owner_alive(work: Path) -> int | None:
@@ -122,8 +124,9 @@ class RunFolder:
         check_trackers(options.tensorboard, options.wandb)
         self.wanted = (options.tensorboard, options.wandb)
         self.trackers: list[Tracker] = []
-        if "/" in name or name.startswith("."):
-            raise UserError(f"logger.name '{name}' must be a plain folder name (no '/', not starting with '.')")
+        for key, value in (("unlearn.task_name", options.task), ("logger.name", name)):
+            if problem := folder_name_problem(value):
+                raise UserError(f"{key} '{value}' {problem}; it names a folder of the results: give a plain name")
         writable_folder(options.root, "logger.json.root")
         self.final = self.location(options.root, options.task, options.kind, name)
         self.overwrite = options.overwrite
@@ -144,7 +147,7 @@ class RunFolder:
     def start(self, config: dict[str, Any]) -> None:
         """Claim the work folder (see the module docstring) and write the config."""
         self.work.parent.mkdir(parents=True, exist_ok=True)
-        with folder_lock(self.work.parent):
+        with exclusive_lock(self.work.parent):
             self._check_final()
             if self.work.exists() and (pid := owner_alive(self.work)) is not None:
                 raise UserError(f"run '{self.final.name}' is running now (process {pid} owns '{self.work}'); "
@@ -153,9 +156,7 @@ class RunFolder:
             if self.resume and stopped is not None:
                 self._continue(stopped, config)
             else:
-                for folder in (self.work, self.failed):  # a dead run's work, an earlier attempt's record
-                    shutil.rmtree(folder, ignore_errors=True)
-                self.work.mkdir()
+                self._start_afresh(stopped)
             write_json_atomic(self.work / OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
         self.write_json("config.json", config)
         tensorboard, use_wandb = self.wanted
@@ -163,6 +164,21 @@ class RunFolder:
             self.trackers.append(TensorBoardTracker(self.work / "tensorboard", config))
         if use_wandb:
             self.trackers.append(WandbTracker(self.work, config, self.final.parent.parent.name, self.final.name))
+
+    def _start_afresh(self, stopped: Path | None) -> None:
+        """A new work folder, after an earlier attempt's (a dead run's work, a failed run's record) unless it saved
+        training state that would be lost: that needs --logger.resume true, or --logger.overwrite true to drop it."""
+        step = saved_step(stopped / CHECKPOINT) if stopped is not None else None
+        if step is not None and not self.overwrite:
+            raise UserError(f"run '{self.final.name}' stopped after step {step} with its training state saved in "
+                            f"'{stopped}'; continue it with --logger.resume true, or start it again with "
+                            "--logger.overwrite true (the saved state is then deleted)")
+        if self.resume:
+            logger.warning("logger.resume: there is no stopped run named '%s' in '%s'; it starts from the beginning",
+                           self.final.name, self.final.parent)
+        for folder in (self.work, self.failed):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.work.mkdir()
 
     def _continue(self, stopped: Path, config: dict[str, Any]) -> None:
         """Reuse a stopped run's folder (logger.resume) if its config is this one."""
@@ -221,7 +237,7 @@ class RunFolder:
         for tracker in self.trackers:
             tracker.close()
         self.trackers = []
-        with folder_lock(self.work.parent):
+        with exclusive_lock(self.work.parent):
             (self.work / OWNER_FILE).unlink(missing_ok=True)
             if destination.exists():
                 shutil.rmtree(destination)  # a finished folder only with overwrite (checked in start)
@@ -234,22 +250,28 @@ class RunFolder:
         return self._release(self.final)
 
     def fail(self, reason: str, details: dict[str, Any]) -> Path:
-        """Mark the run failed: ``failure.json`` and the folder renamed to ``<name>.failed``."""
-        self.write_json("failure.json", {"reason": reason, **details})
+        """Mark the run failed: ``failure.json`` (unless the disk refuses even that) and the folder renamed to
+        ``<name>.failed``; results written before the failure are removed (a failed run has no metrics.json)."""
+        for name in RESULT_FILES:
+            self.path(name).unlink(missing_ok=True)
+        try:
+            self.write_json("failure.json", {"reason": reason, **details})
+        except OSError as error:
+            logger.warning("could not write failure.json in '%s': %s", self.work, error)
         return self._release(self.failed)
 
     @contextlib.contextmanager
-    def marked_failed_on_stop(self, saved_step: Callable[[], int | None]) -> Iterator[None]:
+    def marked_failed_on_stop(self, saved_step: Callable[[], int | None], advice: str) -> Iterator[None]:
         """A run that stops (non-finite step, Ctrl-C/SIGTERM, any error) leaves ``<name>.failed/`` with
         ``failure.json``, never a folder that looks finished; the error is re-raised as one line saying how to go
-        on (``saved_step``: the step of the resumable state saved so far, if any)."""
+        on (``saved_step``: the step of the resumable state saved so far, if any; ``advice``: what to change after
+        a non-finite step)."""
         try:
             yield
         except NonFiniteStep as failure:
             folder = self.fail(str(failure), {"step": failure.step, "logs": failure.logs})
             raise RunFailed(f"{failure}; the run stopped and its logs are in '{folder}' (no metrics.json); "
-                            "lower that stage's learning rate (unlearn.lr, finetune.lr or attack.lr) or check the "
-                            "data, then rerun") from None
+                            f"{advice}, then rerun") from None
         except KeyboardInterrupt:
             saved = saved_step()
             folder = self.fail("interrupted", {"saved_step": saved})

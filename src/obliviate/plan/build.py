@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from obliviate.attacks import plan_attacks
 from obliviate.config.settings import Settings
 from obliviate.data.sources import load_examples
@@ -34,6 +36,7 @@ from obliviate.plan.sources import (
     model_plan,
     training_data,
 )
+from obliviate.plan.warnings import announced, foreign_mask, truncation, working_directory
 from obliviate.report import RunDescription
 from obliviate.training.finetune import FinetuneRecipe
 from obliviate.training.schedule import TrainingConfig
@@ -66,17 +69,21 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
         raise UserError(f"{name} (or finetune.enabled, or unlearn.g_effect_every) needs {', '.join(missing)} data; "
                         f"set dataset.{missing[0]}_dataset_name")
     models = model_plan(s, fmt, data)
-    evaluation = evaluation_plan(s, data, data_dir, models)
+    evaluation = evaluation_plan(s, data, data_dir, models, unlearning)
+    splits = {**{split.name: list(split.examples) for split in evaluation.splits}, **data}  # all that trains
     common = {"fmt": fmt, "max_length": s.dataset.max_length, "data": data, "models": models, "lora": s.lora,
               "mask_recipe": mask_recipe(s, models), "evaluation": evaluation, "evaluate_before": s.eval.before,
               "evaluate_after": s.eval.after, "evaluated_model": _evaluated_model(s, models),
-              "evaluated_role": s.eval.model}
+              "evaluated_role": s.eval.model, "nonfinite_advice": _nonfinite_advice(s, models),
+              "warnings": truncation(models, fmt, s.dataset.max_length, splits)
+              + working_directory(s)}
     if method is None:
         evaluated = common["evaluated_model"]
         name = (evaluated.source if isinstance(evaluated, FinetuneRecipe) else evaluated).name
         return ExperimentPlan(method=None, objective=None, training_data=data, mask=None, attacks=None, best=None,
-                              training=None, output=_output(s, EVALUATIONS),
-                              description=_description(s, evaluation, f"{s.eval.model}: {name}"), **common)
+                              training=None, output=_output(s, EVALUATIONS, set()),
+                              description=_description(s, evaluation, f"{s.eval.model}: {name}"),
+                              **{**common, "warnings": announced(common["warnings"])})
     if models.base.kind == "logit_difference":
         raise UserError(f"overall.model_name '{models.base.name}' is a ULD/Offset run folder, which evaluate.py "
                         "evaluates but cannot be unlearned again; unlearn its target model")
@@ -88,9 +95,12 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     attacks = plan_attacks(s.attack, data["forget"], lambda name: load_examples(name, data_dir), fmt=fmt,
                            max_length=s.dataset.max_length, seed=s.overall.seed)
     check_sharding(s, objective, attacks)
+    mask = mask_plan(s, models, data)
+    common["warnings"] = announced(
+        common["warnings"] + foreign_mask(mask and mask.existing, models, Path(s.unlearn.mask_path)))
     return ExperimentPlan(
-        method=method, objective=objective, training_data=method.training_data(data), mask=mask_plan(s, models, data),
-        attacks=attacks, best=best_rule(s, evaluation), training=_training(s), output=_output(s, method.name),
+        method=method, objective=objective, training_data=method.training_data(data), mask=mask, attacks=attacks,
+        best=best_rule(s, evaluation), training=_training(s), output=_output(s, method.name, method.sections()),
         description=_description(s, evaluation, f"{method.name} unlearning of {models.target_source.name}"), **common)
 
 
@@ -102,11 +112,28 @@ def _training(s: Settings) -> TrainingPlan:
                         g_effect_definition=u.g_effect_definition)
 
 
-def _output(s: Settings, kind: str) -> OutputPlan:
+def _nonfinite_advice(s: Settings, models: ModelPlan) -> str:
+    """What to change when a training step's loss or gradient is not finite."""
+    if models.dtype == torch.float16 and models.device.type == "cpu":
+        return ("overall.dtype float16 on CPU trains without loss scaling and overflows, whatever the learning rate: "
+                "use --overall.dtype float32 (or bfloat16)")
+    return "lower that stage's learning rate (unlearn.lr, finetune.lr or attack.lr) or check the data"
+
+
+def _recorded_config(s: Settings, used_sections: set[str]) -> dict:
+    """config.json: every key, but of the method sections only those the run reads (the others change nothing,
+    and ``-C <run>/config.json`` should not warn about them)."""
+    config = s.to_dict()
+    unused = {name for name in config.get("unlearn", {}) if isinstance(config["unlearn"][name], dict)} - used_sections
+    config["unlearn"] = {key: value for key, value in config["unlearn"].items() if key not in unused}
+    return config
+
+
+def _output(s: Settings, kind: str, used_sections: set[str]) -> OutputPlan:
     folder = RunOptions(root=Path(s.logger_json.root), task=s.unlearn.task_name, kind=kind, name=s.logger.name,
                         overwrite=s.logger.overwrite, tensorboard=s.logger.tensorboard, wandb=s.logger.wandb,
                         resume=s.logger.resume)
-    return OutputPlan(logger=s.overall.logger, folder=folder, config=s.to_dict(),
+    return OutputPlan(logger=s.overall.logger, folder=folder, config=_recorded_config(s, used_sections),
                       save_model=s.unlearn.save_model or s.lora.merge, save_best=s.unlearn.save_model,
                       merge=s.lora.merge)
 

@@ -33,8 +33,13 @@ def prompt_format(template: str, chat: bool) -> PromptFormat:
     return PromptFormat(template, chat)
 
 
-def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path, models: ModelPlan) -> EvaluationPlan:
+def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path, models: ModelPlan,
+                    unlearning: bool) -> EvaluationPlan:
     e, d = s.eval, s.dataset
+    evaluates = not unlearning or e.before or e.after or s.unlearn.eval_every or s.attack.datasets
+    if evaluates and not e.metrics and not e.lm_eval_tasks:
+        raise UserError("eval.metrics is empty, so every evaluation would compute nothing; name metrics (e.g. "
+                        "prob,rouge_l_recall), or turn the evaluations off (--eval.before false --eval.after false)")
     names = {"forget": d.forget_dataset_name, "retain": d.retain_dataset_name, "holdout": d.holdout_dataset_name,
              "real_authors": d.real_authors_dataset_name, "world_facts": d.world_facts_dataset_name}
     splits = [Split(name, PRIMARY_SPLITS[name], tuple(data.get(name) or load_examples(dataset, data_dir)), True)

@@ -3,6 +3,8 @@ the :class:`ExperimentPlan` that holds them (the Unlearner's only input)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,12 @@ from accelerate import Accelerator
 
 from obliviate.attacks import AttackPlan
 from obliviate.config.sections import Lora
-from obliviate.data.examples import Example
+from obliviate.data.examples import Example, content_hash
 from obliviate.data.tokenize import PromptFormat
 from obliviate.errors import UserError
 from obliviate.evaluation.during_training import BestRule
 from obliviate.evaluation.session import EvaluationPlan, RetainModel
+from obliviate.io import file_digest
 from obliviate.loggers import RunOptions
 from obliviate.masks.build import MaskRecipe
 from obliviate.masks.mask import ParameterMask
@@ -132,6 +135,22 @@ class ExperimentPlan:
     training: TrainingPlan | None
     output: OutputPlan
     description: RunDescription
+    nonfinite_advice: str  # what to change when a training step's loss or gradient is not finite
+    warnings: list[str]  # what the user should know before the run (also written to summary.md and metrics.json)
+
+    def inputs_digest(self) -> str:
+        """A hash of the content of everything the run reads: its data (trained, evaluated, attacked), a mask
+        file, and the models (an embedded name, a hub id, or a folder's files): a study cell whose inputs changed
+        since it ran is run again (its config alone would not show it)."""
+        parts = {"data": {name: content_hash(examples) for name, examples in self.data.items()},
+                 "training_data": {name: content_hash(examples) for name, examples in self.training_data.items()},
+                 "evaluated": {split.name: content_hash(list(split.examples)) for split in self.evaluation.splits},
+                 "attacks": [[a.name, content_hash(a.train), content_hash(a.test)]
+                             for a in (self.attacks.attacks if self.attacks else [])],
+                 "mask": file_digest(self.mask.path) if self.mask is not None and self.mask.path.is_file() else None,
+                 "models": [self.models.base.identity, self.models.target_source.identity,
+                            self.models.retain_source.identity if self.models.retain_source else None]}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def check_processes(self, num_processes: int, sharded: bool) -> None:
         """Refuse what does not run on ``num_processes`` processes (or sharded weights), before any work."""

@@ -68,7 +68,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from obliviate.config.checkers import ListValue
+from obliviate.config.checkers import ListValue, folder_name_problem
 from obliviate.config.loader import dotted_params, resolve_config, split_argv
 from obliviate.config.settings import Settings
 from obliviate.errors import UserError
@@ -239,6 +239,10 @@ def load_study(path: Path, extra_argv: list[str]) -> Study:
     selected = selected_grid_values(content["selected_in"], list(methods)) if "selected_in" in content else {}
     if len({slug(label) for label in methods}) != len(methods):
         raise UserError("study method labels must differ in their letters and digits (they name run folders)")
+    for label in methods:
+        if problem := folder_name_problem(slug(label)) or (len(label) > 60 and "is longer than 60 characters"):
+            raise UserError(f"study method label {label!r} names its run folders and {problem}; give a short name "
+                            "such as NPO or ILU(NPO)")
     cells, attack_names = [], {}
     for label, spec in methods.items():
         spec = dict(spec or {})

@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -51,9 +52,10 @@ from torch.distributed.checkpoint.state_dict import (
 
 from obliviate.errors import UserError
 from obliviate.io import write_json_atomic
+from obliviate.loggers.json_logger import PROGRESS, saved_step
 from obliviate.models.sharding import whole
 
-PROGRESS, STATE, OPTIMIZER = "progress.json", "state", "optimizer.json"
+STATE, OPTIMIZER = "state", "optimizer.json"
 TENSOR = "__tensor__"  # a tensor's place in a part's JSON: {"__tensor__": "<key in the part's safetensors>"}
 TRAINED = StateDictOptions(ignore_frozen_params=True)
 OPTIMISER = StateDictOptions(ignore_frozen_params=True, flatten_optimizer_state_dict=True)
@@ -65,14 +67,6 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def saved_step(folder: Path) -> int | None:
-    """The step of the state saved in ``folder``, if there is one (a half-swapped save counts from its old copy)."""
-    for candidate in (folder, folder.with_name(folder.name + ".old")):
-        if (candidate / PROGRESS).is_file():
-            return int(json.loads((candidate / PROGRESS).read_text())["step"])
-    return None
 
 
 def main_process() -> bool:
@@ -239,7 +233,7 @@ class Checkpointing:
             parts = {name: read_state(folder, name) for name in self.parts}
             rank_file = f"rng_{dist.get_rank() if dist.is_initialized() else 0}"
             rng = read_state(folder, rank_file) if (folder / f"{rank_file}.json").is_file() else None
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, CheckpointException) as error:
             raise UserError(f"the checkpoint '{folder}' cannot be read ({type(error).__name__}: "
                             f"{str(error).splitlines()[0][:200]}); delete it to start again") from None
         set_model_state_dict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},

@@ -23,7 +23,7 @@ from obliviate.config.sections import Finetune
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
-from obliviate.io import write_json_atomic
+from obliviate.io import exclusive_lock, write_json_atomic
 from obliviate.methods.terms import NLL
 from obliviate.models.loading import ModelSource, load_model, save_model
 from obliviate.training.loop import train
@@ -68,10 +68,20 @@ class FinetuneRecipe:
 
     def build(self, cache_dir: Path, device: torch.device, dtype: torch.dtype, accelerator: Accelerator,
               role: str) -> ModelSource:
-        """Fine-tune and save (atomically) unless already cached; return the model's source."""
+        """Fine-tune and save (atomically) unless already cached; return the model's source. Two runs that need
+        the same uncached model at once: one fine-tunes it, the other waits for it and reuses it."""
         if self.is_built:
             return self.source
         self.check_buildable(accelerator.num_processes, role)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.folder.with_name(self.folder.name + ".lock")
+        with exclusive_lock(lock, f"waiting for another run that fine-tunes the same {role} model ({lock})"):
+            if not self.is_built:  # built by another run while this one waited
+                self._build(device, dtype, accelerator, role, cache_dir)
+        return self.source
+
+    def _build(self, device: torch.device, dtype: torch.dtype, accelerator: Accelerator, role: str,
+               cache_dir: Path) -> None:
         set_seed(self.seed)
         model, tokenizer = load_model(self.base, cache_dir, device, dtype)
         dataset = encode_dataset(tokenizer, self.examples, self.fmt, self.max_length)
@@ -85,4 +95,3 @@ class FinetuneRecipe:
         write_json_atomic(work / "recipe.json", {"role": role, **self.description})
         (work / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         work.rename(self.folder)
-        return self.source

@@ -61,6 +61,7 @@ class TrainingResult:
     seconds: float
     last_logs: dict[str, float] = field(default_factory=dict)
     state_mb: float = 0.0  # this process's parameters, gradients and optimiser state (its shards when sharded)
+    warnings: list[str] = field(default_factory=list)  # what went wrong without stopping the run
 
 
 def local_megabytes(tensors: list[torch.Tensor]) -> float:
@@ -141,7 +142,7 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
     model.train()
     start = time.perf_counter()
     logs: dict[str, float] = {}
-    warned_zero_gradient = False
+    warnings: list[str] = []
     progress = tqdm(range(first, total + 1), desc=description, initial=first - 1, total=total,
                     disable=not accelerator.is_local_main_process)
     try:
@@ -167,10 +168,10 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
             if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
                 optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteStep(step, {**sums, "grad_norm": float(grad_norm)}, description)
-            if float(grad_norm) == 0.0 and not warned_zero_gradient:
-                warned_zero_gradient = True
-                logger.warning("%s step %d: the gradient is exactly zero (a collapsed model, e.g. after too large a "
-                               "learning rate, or nothing trainable reached by the loss)", description, step)
+            if float(grad_norm) == 0.0 and not warnings:
+                warnings.append(f"{description} step {step}: the gradient is exactly zero (a collapsed model, e.g. "
+                                "after too large a learning rate, or nothing trainable reached by the loss)")
+                logger.warning("%s", warnings[-1])
             lr = scheduler.get_last_lr()[0]
             if mask is not None:
                 mask.before_step(lr, config.weight_decay)
@@ -196,4 +197,5 @@ def train(model: torch.nn.Module, objective: Objective, datasets: dict[str, Enco
         progress.close()
         accelerator.free_memory()  # accelerate's references to the model and optimiser
         del optimizer, scheduler
-    return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs, state_mb=state_mb)
+    return TrainingResult(steps=total, seconds=time.perf_counter() - start, last_logs=logs, state_mb=state_mb,
+                          warnings=warnings)
