@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HOME := $(CURDIR)/files/hf_home
 
-.PHONY: setup demo test evaluate-forms
+.PHONY: setup demo test test-fast evaluate-forms
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -19,7 +19,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadgroup
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 evaluate-forms: setup
 	PY=$(PY) bash benchmarks/evaluation_forms.sh

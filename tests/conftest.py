@@ -8,6 +8,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", str(ROOT / "files" / "hf_home"))
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: workers share the cores, none oversubscribes them
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 

@@ -176,7 +176,8 @@ def test_every_method_has_a_config_with_all_its_keys(name):
     assert set(config.get(f"unlearn.{name}", {})) == set(METHODS.get(name).params)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", [name if name == "NPO" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in METHODS.names()])  # the fast tier runs the default method's
 def test_every_method_runs_from_its_config_on_a_tiny_model(name, tmp_path, cache_dir):
     from obliviate.cli import run
     from obliviate.experiment import run_unlearning

@@ -47,6 +47,7 @@ def argv(tmp_path, cache_dir, *extra):
             *extra]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_evaluated_and_saved_beside_the_last(tmp_path, cache_dir):
     assert run(run_unlearning, "unlearn_model.py", argv(
         tmp_path, cache_dir, "--unlearn.eval_every", "2", "--unlearn.best_metric", "forget.prob",
@@ -72,6 +73,7 @@ def test_a_rule_without_evaluation_during_unlearning_fails_before_any_work(tmp_p
     assert not (tmp_path / "results" / "synthetic").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_training_evaluation_and_attack_curves(tmp_path, cache_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

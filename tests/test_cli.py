@@ -13,6 +13,8 @@ from obliviate.evaluation.session import EvaluationSession
 from obliviate.experiment import experiment_schema, run_evaluation, run_unlearning
 from obliviate.methods import METHODS
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NPO_CONFIG = str(ROOT / "configs" / "synthetic" / "npo.json")
 

@@ -200,6 +200,7 @@ def test_every_shipped_config_validates(tmp_path):
         assert load_study(study, []).cells
 
 
+@pytest.mark.slow
 def test_every_synthetic_config_plans(smollm2_dir, tmp_path):
     """Beyond the schema: data, prompt, metrics, mask section and attacks of the configs that run here."""
     from pathlib import Path

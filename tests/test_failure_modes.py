@@ -24,6 +24,8 @@ from obliviate.models.loading import resolve_model
 from obliviate.plan import plan
 from obliviate.training.finetune import FinetuneRecipe
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -138,6 +138,7 @@ def test_with_a_logit_difference_model_the_risk_is_the_combined_models(tokenizer
     assert record["forget_total"] < 0 < products(step, step)  # the combined model forgets; the assistant learns
 
 
+@pytest.mark.slow
 def test_a_run_with_g_effect_trains_exactly_as_without_and_writes_the_plot(tmp_path, cache_dir):
     from obliviate.cli import run
     from obliviate.experiment import run_unlearning

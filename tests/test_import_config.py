@@ -128,6 +128,7 @@ def test_keys_without_effect_there_are_dropped_and_the_rest_maps():
     assert ours["overall.seed"] == 1 and ours["overall.cache_dir"] == "./.cache"
 
 
+@pytest.mark.slow
 def test_the_entry_point_prints_a_valid_config_or_one_line(tmp_path):
     source = tmp_path / "npo.json"
     source.write_text(json.dumps(WMDP_NPO_WAGLE))

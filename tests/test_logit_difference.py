@@ -243,6 +243,7 @@ def tiny(tmp_path, cache_dir):
             "--eval.max_new_tokens", "4", "--eval.metrics", "prob,rouge_l_recall", "--lora.r", "4"]
 
 
+@pytest.mark.slow
 def test_a_uld_run_saves_a_folder_that_evaluate_reloads(tiny, tmp_path, cache_dir):
     assert cli("--config_file", str(ROOT / "configs/synthetic/uld.json"), *tiny, "--unlearn.ULD.num_layers", "1",
                "--unlearn.save_model", "true", "--logger.name", "uld", "--attack.datasets", "relearn",
@@ -255,8 +256,8 @@ def test_a_uld_run_saves_a_folder_that_evaluate_reloads(tiny, tmp_path, cache_di
     assert json.loads((folder / "env.json").read_text())["trainable_parameters"] > 0
     after = json.loads((folder / "metrics.json").read_text())["after"]
     assert "forget" in json.loads((folder / "attacks.json").read_text())["relearn"][0]
-    target = next(f for f in (cache_dir / "finetuned").iterdir()
-                  if json.loads((f / "recipe.json").read_text())["role"] == "target")
+    target = next(f.parent for f in (cache_dir / "finetuned").glob("*/recipe.json")
+                  if json.loads(f.read_text())["role"] == "target")
     saved, original = load_file(folder / "model" / "model.safetensors"), load_file(target / "model.safetensors")
     assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)  # untouched
     assert evaluate_cli("--config_file", str(ROOT / "configs/synthetic/uld.json"), *tiny, "--overall.model_name",
@@ -266,6 +267,7 @@ def test_a_uld_run_saves_a_folder_that_evaluate_reloads(tiny, tmp_path, cache_di
     assert again["evaluated"]["retain"] == after["retain"]
 
 
+@pytest.mark.slow
 def test_an_offset_run_with_its_own_assistant_model(tiny, tmp_path):
     assert cli("--config_file", str(ROOT / "configs/synthetic/offset_npo.json"), *tiny, "--unlearn.Offset.assistant",
                "tiny-random-llama", "--logger.name", "offset") == 0

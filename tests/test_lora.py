@@ -120,6 +120,7 @@ def fast(tmp_path, cache_dir):
             "--lora.enabled", "true"]
 
 
+@pytest.mark.slow
 def test_the_run_folder_holds_a_loadable_adapter_and_the_merged_model(fast, tmp_path, cache_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -127,8 +128,8 @@ def test_the_run_folder_holds_a_loadable_adapter_and_the_merged_model(fast, tmp_
     assert cli(*fast, "--lora.merge", "true", "--lora.r", "4", "--logger.name", "lora") == 0
     folder = tmp_path / "results" / "synthetic" / "NPO" / "lora"
     assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["r"] == 4
-    target = next(f for f in (cache_dir / "finetuned").iterdir()
-                  if json.loads((f / "recipe.json").read_text())["role"] == "target")
+    target = next(f.parent for f in (cache_dir / "finetuned").glob("*/recipe.json")
+                  if json.loads(f.read_text())["role"] == "target")
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(target), folder / "adapter")
     merged = AutoModelForCausalLM.from_pretrained(folder / "model")
     ids = torch.tensor([[1, 20, 300, 4000, 5]])

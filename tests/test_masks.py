@@ -159,7 +159,8 @@ def test_wanda_refuses_non_linear_parameters(tiny):
 # ---------------------------------------------------------------- files and checks
 def test_safetensors_round_trip_with_metadata(tiny, tmp_path):
     model, forget, retain = tiny
-    options = Mask(score="magnitude", ratio=0.5, granularity="tensor", include=["mlp"], exclude=[], mu=1e-6, out="")
+    options = Mask(score="magnitude", ratio=0.5, granularity="tensor", include=["mlp"], exclude=[], mu=1e-6, out="",
+                   overwrite=False)
     mask = build_mask(model, forget, retain, options, 4, 0, {"model": "tiny"})
     mask.save(tmp_path / "m.safetensors")
     loaded = ParameterMask.load(tmp_path / "m.safetensors")

@@ -59,6 +59,7 @@ def refusals_of(term, tokenizer, row):
 
 
 @pytest.mark.parametrize("config,term", [("me_gd.json", "me"), ("idk_ap.json", "idk")])
+@pytest.mark.slow
 def test_synthetic_configs_run_on_a_tiny_model(tmp_path, cache_dir, config, term):
     import json
     from pathlib import Path

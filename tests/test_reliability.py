@@ -236,6 +236,7 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, cache_dir, capsys, ar
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_run_in_one_line_and_marks_it_failed(tmp_path, cache_dir):
     import os
     import signal

@@ -10,6 +10,8 @@ from obliviate.cli import run
 from obliviate.experiment import run_unlearning
 from obliviate.loggers.json_logger import RunFolder, RunOptions
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

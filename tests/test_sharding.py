@@ -28,6 +28,8 @@ from safetensors.torch import load_file
 from obliviate.cli import run
 from obliviate.experiment import run_unlearning
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sharding")]
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_TOLERANCE, RESUMED_TOLERANCE = 5e-5, 5e-4
 EVALUATION_TOLERANCE = {"none": 1e-9, "fsdp": 1e-6}

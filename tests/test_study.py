@@ -17,6 +17,8 @@ from obliviate.study.results import FinishedCell, selected_settings
 from obliviate.study.runner import StudyFailed, run_study
 from obliviate.study.spec import load_study, selection_rule
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

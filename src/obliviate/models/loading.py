@@ -187,7 +187,9 @@ def _load_logit_difference(folder: Path, cache_dir: Path, device: torch.device, 
 
 
 def source_tokenizer(source: ModelSource, cache_dir: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer of ``source`` (no weights loaded)."""
+    """The tokenizer of ``source`` (no weights loaded; a logit-difference folder reads with its target's)."""
+    if source.kind == "logit_difference":
+        return source_tokenizer(resolve_model(read_spec(Path(source.name)).target), cache_dir)
     return load_tokenizer(_weights_location(source, cache_dir))
 
 
