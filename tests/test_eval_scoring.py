@@ -77,3 +77,24 @@ def test_an_answer_cut_off_entirely_is_refused_not_scored(tokenizer):
     queries = [Query("Question: where was the old bridge built?\nAnswer:", "Far away.")]
     with pytest.raises(UserError, match="an evaluated prompt has 12 tokens, and dataset.max_length 12 cuts its answer"):
         answer_tokens(model, tokenizer, queries, 12, 4)
+
+
+def test_lm_eval_requests_with_shared_contexts_score_as_lm_evals_own_model(tokenizer):
+    """SharedContextLM runs each context once; lm-eval's HFLM runs context + continuation whole per request. Same
+    log-likelihoods and greedy flags, in request order: contexts shared by several choices, a context ending in
+    a space (lm-eval moves it to the continuation), an empty context (the prefix token), a one-token choice."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from obliviate.evaluation.lm_eval_model import SharedContextLM
+
+    model = tiny_random_llama(tokenizer).eval()
+    pairs = [("Question: Who bakes?\nAnswer:", f" {name} bakes bread.") for name in ("Ana", "Bo", "Cy", "Di")]
+    pairs += [("The river runs ", "north"), ("", "A whole text with no context."), ("Pick one: A or B?", " A"),
+              ("Question: Who bakes?\nAnswer:", " Ed")]
+    requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3).loglikelihood(requests)
+    ours = SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=3).loglikelihood(requests)
+    assert [greedy for _, greedy in ours] == [greedy for _, greedy in theirs]
+    assert [value for value, _ in ours] == pytest.approx([value for value, _ in theirs], abs=1e-4)
+    assert len({value for value, _ in ours}) == len(pairs)  # distinct requests, not one value repeated

@@ -264,6 +264,16 @@ def test_two_runs_needing_the_same_uncached_target_fine_tune_it_once(tmp_path, c
 
 
 # ------------------------------------------------------------------ studies: Ctrl-C and cells already running
+def write_one_cell_study(tmp_path: Path, cache_dir: Path) -> None:
+    """study.json: GA on the tiny model, one seed, one cell."""
+    spec = {"name": "s", "results_root": str(tmp_path / "studies"), "seeds": [0], "forget_metrics": ["prob"],
+            "utility_metric": "prob",
+            "methods": {"GA": {"config_file": str(ROOT / "configs" / "synthetic" / "ga.json")}},
+            "overrides": {"overall.model_name": "tiny-random-llama", "overall.cache_dir": str(cache_dir),
+                          "dataset.data_dir": str(tmp_path / "data"), "finetune.enabled": False,
+                          "eval.metrics": ["prob"]}}
+    (tmp_path / "study.json").write_text(json.dumps(spec))
+
 def test_ctrl_c_during_a_study_is_one_line_and_status_130(tmp_path, cache_dir, capsys, monkeypatch):
     import obliviate.study.runner as runner
 
@@ -272,13 +282,7 @@ def test_ctrl_c_during_a_study_is_one_line_and_status_130(tmp_path, cache_dir, c
     def interrupted(settings):
         raise KeyboardInterrupt
     monkeypatch.setattr(runner, "run_unlearning", interrupted)
-    spec = {"name": "s", "results_root": str(tmp_path / "studies"), "seeds": [0], "forget_metrics": ["prob"],
-            "utility_metric": "prob",
-            "methods": {"GA": {"config_file": str(ROOT / "configs" / "synthetic" / "ga.json")}},
-            "overrides": {"overall.model_name": "tiny-random-llama", "overall.cache_dir": str(cache_dir),
-                          "dataset.data_dir": str(tmp_path / "data"), "finetune.enabled": False,
-                          "eval.metrics": ["prob"]}}
-    (tmp_path / "study.json").write_text(json.dumps(spec))
+    write_one_cell_study(tmp_path, cache_dir)
     assert guarded(lambda: study(["--config_file", str(tmp_path / "study.json")])) == 130
     assert "interrupted in cell 1/1" in one_line(capsys)
 
@@ -290,13 +294,7 @@ def test_a_cell_another_study_is_running_is_one_line_without_a_traceback(tmp_pat
     def running(settings):
         raise UserError("run 'x' is running now (process 1 owns it); choose another --logger.name or wait")
     monkeypatch.setattr(runner, "run_unlearning", running)
-    spec = {"name": "s", "results_root": str(tmp_path / "studies"), "seeds": [0], "forget_metrics": ["prob"],
-            "utility_metric": "prob",
-            "methods": {"GA": {"config_file": str(ROOT / "configs" / "synthetic" / "ga.json")}},
-            "overrides": {"overall.model_name": "tiny-random-llama", "overall.cache_dir": str(cache_dir),
-                          "dataset.data_dir": str(tmp_path / "data"), "finetune.enabled": False,
-                          "eval.metrics": ["prob"]}}
-    (tmp_path / "study.json").write_text(json.dumps(spec))
+    write_one_cell_study(tmp_path, cache_dir)
     with pytest.raises(UserError, match="1 study cells failed"):
         runner.run_study(tmp_path / "study.json", [])
     assert "is running now" in caplog.text and "Traceback" not in caplog.text

@@ -176,10 +176,11 @@ def test_greedy_generation_follows_the_filtered_combination(tokenizer, offset):
 
 def test_lm_eval_scores_and_generates_with_the_combination(tokenizer):
     from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
+
+    from obliviate.evaluation.lm_eval_model import SharedContextLM
 
     model = combined(tokenizer, offset=False, relative_top=0.01)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2)
+    lm = SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=2)
     context, continuation = "Question: Who is Ana?\nAnswer:", " Ana bakes bread."
     request = Instance("loglikelihood", {}, (context, continuation), 0)
     (log_likelihood, _), = lm.loglikelihood([request])

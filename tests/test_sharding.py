@@ -138,7 +138,8 @@ def test_fsdp_on_two_processes_trains_as_one_process_with_twice_the_accumulation
 @pytest.mark.parametrize("sharding", ["none", "fsdp"])
 def test_evaluation_divided_over_processes_equals_one_process_per_example(prepared, launched, sharding):
     tmp_path, cache_dir = prepared
-    evaluate = ["--eval.model", "target", "--eval.max_examples", "7", "--eval.batch_size", "3"]  # 3 batches: uneven
+    evaluate = ["--eval.model", "target", "--eval.max_examples", "7", "--eval.batch_size", "3",  # 3 batches: uneven
+                "--eval.metrics", "prob,rouge_l_recall,truth_ratio,mcq_acc"]  # mcq_acc: lm-eval's batches divided
     launch_once(launched, "alone", command(1, tmp_path, cache_dir, "alone", *evaluate, entry="evaluate.py"))
     shutil.rmtree(cache_dir / "evaluations", ignore_errors=True)  # computed again, not read from the cache
     launch(command(2, tmp_path, cache_dir, f"divided_{sharding}", *evaluate, "--overall.sharding", sharding,

@@ -6,7 +6,9 @@ shifted label is -100 (prompt, padding) contribute nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +17,57 @@ from obliviate.data.tokenize import IGNORE_INDEX, EncodedDataset, TokenBatch
 
 
 def forward_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """Logits [B, T, V] of a causal LM, in at least fp32 for the loss maths (fp64 stays fp64)."""
+    """Logits [B, T, V] of a causal LM, in at least fp32 for the loss maths (fp64 stays fp64); inside
+    :func:`joint_forward`, a batch of that pass is served from it (once)."""
+    joint = _JOINT.get()
+    if joint is not None and (logits := joint.take(model, batch)) is not None:
+        return logits
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+class JointForward:
+    """The logits of several right-padded micro-batches from ONE forward pass of ``model`` over their rows
+    stacked (each padded further on the right to the longest). Attention is causal and padding is on the right,
+    so a row's logits at its own positions are those its own batch's pass gives (to float rounding), while the
+    model runs once: one pass (and, through the summed loss, one backward) instead of one per micro-batch, and
+    under FSDP one all-gather of each layer instead of one per micro-batch."""
+
+    def __init__(self, model: torch.nn.Module, batches: list[TokenBatch]) -> None:
+        self.model = model
+        width = max(batch.input_ids.shape[1] for batch in batches)
+
+        def stacked(name: str) -> torch.Tensor:
+            return torch.cat([F.pad(getattr(batch, name), (0, width - batch.input_ids.shape[1])) for batch in batches])
+
+        logits = forward_logits(model, TokenBatch(stacked("input_ids"), stacked("attention_mask"),
+                                                  stacked("labels"), torch.cat([batch.index for batch in batches])))
+        self.pending: dict[int, torch.Tensor] = {}
+        start = 0
+        for batch in batches:
+            rows, length = batch.input_ids.shape
+            self.pending[id(batch)] = logits[start:start + rows, :length]
+            start += rows
+
+    def take(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor | None:
+        """``batch``'s logits from the joint pass, the first time the same model asks for them with grad (a
+        reference pass without grad, or a second pass after the weights moved, runs the model itself)."""
+        if model is not self.model or not torch.is_grad_enabled():
+            return None
+        return self.pending.pop(id(batch), None)
+
+
+_JOINT: ContextVar[JointForward | None] = ContextVar("joint_forward", default=None)
+
+
+@contextlib.contextmanager
+def joint_forward(model: torch.nn.Module, batches: list[TokenBatch]) -> Iterator[None]:
+    """Within the block, :func:`forward_logits` of ``model`` on any of ``batches`` is served by one joint pass."""
+    token = _JOINT.set(JointForward(model, batches))
+    try:
+        yield
+    finally:
+        _JOINT.reset(token)
 
 
 def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -46,13 +46,16 @@ def check_tasks(names: list[str]) -> None:
 def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int, **options) -> dict:
     """``lm_eval.simple_evaluate`` of the in-process model with ``options`` (tasks, task_manager, ...); its output on
     every process. lm-eval divides requests over processes only for models it loads itself (through its own
-    accelerate launcher); a model passed in is evaluated whole by each process (the same forwards on every process,
-    as sharded weights need), and lm-eval returns the output on the main process, which shares it."""
+    accelerate launcher); with a model passed in, every process runs lm-eval whole, the log-likelihood batches
+    (:class:`~obliviate.evaluation.lm_eval_model.SharedContextLM`) are divided over the processes and gathered
+    (generation requests are not: each process generates all, as sharded weights need), and lm-eval returns the
+    output on the main process, which shares it."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
+
+    from obliviate.evaluation.lm_eval_model import SharedContextLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     return agreed(lm_eval.simple_evaluate(model=lm, bootstrap_iters=0, verbosity="ERROR", **options))
 
 

@@ -59,12 +59,19 @@ class SplitScores:
         self.split, self.examples = split, list(split.examples)
         self.model, self.tokenizer, self.fmt, self.options = model, tokenizer, fmt, options
         self.reference = reference
+        self._scored: dict[Query, AnswerTokens] = {}  # every (prompt, answer) scored so far, whichever metric asked
 
     def prompt(self, question: str) -> str:
         return self.fmt.prompt(self.tokenizer, question)
 
     def tokens(self, queries: list[Query]) -> list[AnswerTokens]:
-        return answer_tokens(self.model, self.tokenizer, queries, self.options.max_length, self.options.batch_size)
+        """Each query's answer-token statistics; a query scored before on this split (the answer of ``prob`` and of
+        the truth ratio on a knowledge split, the wrong options of both) is not scored again."""
+        missing = list(dict.fromkeys(query for query in queries if query not in self._scored))
+        if missing:
+            self._scored.update(zip(missing, answer_tokens(self.model, self.tokenizer, missing,
+                                                           self.options.max_length, self.options.batch_size)))
+        return [self._scored[query] for query in queries]
 
     def nll(self, queries: list[Query]) -> list[float]:
         return [stats.mean_nll for stats in self.tokens(queries)]

@@ -130,23 +130,31 @@ def separate_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 def shared_prompt_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                              answers: list[list[Query]], max_length: int) -> list[list[AnswerTokens]]:
-    """Statistics of each prompt's answers: the prompts run once (left-padded), their key/value caches are
-    repeated for each answer, and the answers (right-padded) continue from them. Tokens are exactly those
-    of :func:`~obliviate.data.tokenize.encode` (prompt with special tokens, answer + EOS, cut at max_length)."""
-    device = next(model.parameters()).device
+    """Statistics of each prompt's answers, the prompt run once (:func:`prefix_statistics`). Tokens are exactly
+    those of :func:`~obliviate.data.tokenize.encode` (prompt with special tokens, answer + EOS, cut at
+    max_length)."""
     prompt_ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
-    width = max(len(ids) for ids in prompt_ids)
-    pad = tokenizer.pad_token_id
-    prompt_batch = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=device)
-    prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)
+    continuations, closing = [], []
+    for ids, options in zip(prompt_ids, answers):
+        encoded = [encode(tokenizer, query, max_length) for query in options]
+        continuations.append([item.input_ids[len(ids):] for item in encoded])
+        closing.append([item.closing_eos for item in encoded])
+    return prefix_statistics(model, prompt_ids, continuations, closing, tokenizer.pad_token_id)
+
+
+def prefix_statistics(model: PreTrainedModel, prefixes: list[list[int]], continuations: list[list[list[int]]],
+                      closing: list[list[bool]], pad: int) -> list[list[AnswerTokens]]:
+    """Statistics of each prefix's continuations (token ids, none empty): the prefixes run once (left-padded),
+    their key/value caches are repeated for each continuation, and the continuations (right-padded) go on
+    from them; ``closing[i][j]``: continuation j of prefix i ends with a closing EOS."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in prefixes)
+    prompt_batch = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prefixes], device=device)
+    prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prefixes], device=device)
     out = model(input_ids=prompt_batch, attention_mask=prompt_mask,
                 position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-    owner, answer_ids, closing = [], [], []
-    for question, (ids, options) in enumerate(zip(prompt_ids, answers)):
-        for encoded in (encode(tokenizer, query, max_length) for query in options):
-            owner.append(question)
-            answer_ids.append(encoded.input_ids[len(ids):])
-            closing.append(encoded.closing_eos)
+    owner = [question for question, options in enumerate(continuations) for _ in options]
+    answer_ids = [ids for options in continuations for ids in options]
     owner_index = torch.tensor(owner, device=device)
     cache = out.past_key_values
     cache.reorder_cache(owner_index)  # one copy of its prompt's keys and values per answer
@@ -158,9 +166,9 @@ def shared_prompt_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokeni
                    position_ids=starts + torch.arange(length, device=device), past_key_values=cache).logits
     # the prompt's last position predicts the first answer token; answer position t predicts token t+1
     predicting = torch.cat([out.logits[owner_index, -1:], logits[:, :-1]], dim=1)
-    flat = aligned_statistics(predicting, batch, answer_mask.bool(), closing)
+    flat = aligned_statistics(predicting, batch, answer_mask.bool(), [flag for flags in closing for flag in flags])
     grouped, position = [], 0
-    for options in answers:
+    for options in continuations:
         grouped.append(flat[position:position + len(options)])
         position += len(options)
     return grouped
@@ -169,7 +177,8 @@ def shared_prompt_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokeni
 @torch.no_grad()
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                    max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations of each prompt (left-padded batches), special tokens removed, stripped."""
+    """Greedy continuations of each prompt (left-padded batches of prompts of similar length, shortest first: less
+    padding to attend over), special tokens removed, stripped, in the order of ``prompts``."""
     model.eval()
     device = next(model.parameters()).device
     side = tokenizer.padding_side
@@ -182,8 +191,15 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda row: lengths[row])
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    result = [""] * len(prompts)
     try:
-        chunks = [prompts[start:start + batch_size] for start in range(0, len(prompts), batch_size)]
-        return [answer for answers in map_batches(chunks, generate, "generating answers") for answer in answers]
+        for rows, answers in zip(chunks, map_batches([[prompts[row] for row in rows] for rows in chunks], generate,
+                                                     "generating answers")):
+            for row, answer in zip(rows, answers):
+                result[row] = answer
     finally:
         tokenizer.padding_side = side
+    return result

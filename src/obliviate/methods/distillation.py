@@ -63,6 +63,7 @@ class UNDIALForget(Term):
 
     name = "undial"
     split = "forget"
+    shares_forward = True
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
@@ -86,6 +87,7 @@ class CEUForget(Term):
 
     name = "ceu"
     split = "forget"
+    shares_forward = True
 
     def __init__(self, ignore_first_n: int) -> None:
         self.ignore_first_n = ignore_first_n

@@ -55,6 +55,8 @@ class MaxEntropyForget(Term):
     """KL(p_θ ‖ Uniform) (or KL(U ‖ p_θ)) on the answer tokens (or every position) of a split (forget for ME+GD;
     ULD's assistant uses it on retain)."""
 
+    shares_forward = True
+
     def __init__(self, divergence: str, split: str = "forget", name: str = "me", positions: str = "answer") -> None:
         self.divergence, self.split, self.name, self.positions = divergence, split, name, positions
 

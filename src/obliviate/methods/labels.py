@@ -78,6 +78,7 @@ class RelabelledForget(Term):
     """NLL of new targets for the forget answers (random, or the starting model's runner-up), cached once."""
 
     split = "forget"
+    shares_forward = True
 
     def __init__(self, kind: str, seed: int = 0) -> None:
         self.kind, self.seed = kind, seed
@@ -104,6 +105,8 @@ class RelabelledForget(Term):
 
 class SequenceMeanNLL(Term):
     """mean over the sequences of ``batch[split]`` of their mean answer-token NLL."""
+
+    shares_forward = True
 
     def __init__(self, split: str) -> None:
         self.split = split

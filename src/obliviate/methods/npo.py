@@ -52,6 +52,7 @@ class NPOForget(Term):
 
     name = "npo"
     split = "forget"
+    shares_forward = True
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
@@ -75,6 +76,7 @@ class SimNPOForget(Term):
 
     name = "simnpo"
     split = "forget"
+    shares_forward = True
 
     def __init__(self, beta: float, delta: float) -> None:
         self.beta, self.delta = beta, delta

@@ -12,6 +12,7 @@ positive quantity named (e.g. ``forget_nll`` rises as the model forgets).
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, TokenBatch
+from obliviate.likelihood import joint_forward
 
 Batch = dict[str, TokenBatch]
 
@@ -51,6 +53,9 @@ class Term(ABC):
 
     name: str
     split: str
+    shares_forward: bool = False
+    """The term reads the trained model only through one ``forward_logits(model, batch[self.split])``, so that
+    pass may be one with other terms' splits (:meth:`Objective.joint_splits`)."""
 
     @property
     def reads(self) -> set[str]:
@@ -150,13 +155,23 @@ class Objective:
     def artifacts(self) -> dict[str, torch.Tensor]:
         return {key: value for _, term in self.terms for key, value in term.artifacts().items()}
 
+    def joint_splits(self) -> list[str]:
+        """The splits whose forward passes run as one (:func:`~obliviate.likelihood.joint_forward`): those of the
+        terms when every term :attr:`~Term.shares_forward` and they read two or more splits; else none (a term
+        that passes the model its own way — RMU's activations, ILU's double backward, SAM's perturbation, the
+        refusal terms' derived batches — keeps one pass per split)."""
+        splits = sorted({term.split for _, term in self.terms})
+        return splits if len(splits) > 1 and all(term.shares_forward for _, term in self.terms) else []
+
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         total = torch.zeros((), device=next(model.parameters()).device)
         logs: dict[str, float] = {}
-        for weight, term in self.terms:
-            value = term(model, batch)
-            total = total + weight * value
-            logs[term.name] = value.item()
-            logs.update(term.extra_logs())
+        together = [batch[split] for split in self.joint_splits() if split in batch]
+        with joint_forward(model, together) if len(together) > 1 else contextlib.nullcontext():
+            for weight, term in self.terms:
+                value = term(model, batch)
+                total = total + weight * value
+                logs[term.name] = value.item()
+                logs.update(term.extra_logs())
         logs["loss"] = total.item()
         return LossOutput(total, logs)

@@ -52,6 +52,7 @@ class DPOForget(Term):
     """Prefer an alternative answer (a perturbed one, or a refusal) to the true answer of each forget question."""
 
     split = "forget"
+    shares_forward = True
 
     def __init__(self, beta: float, win_answers: str, seed: int) -> None:
         self.beta = beta

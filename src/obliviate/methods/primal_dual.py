@@ -53,6 +53,7 @@ class LogitMarginForget(Term):
 
     name = "logit_margin"
     split = "forget"
+    shares_forward = True
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
@@ -64,6 +65,7 @@ class DualRetainConstraint(Term):
 
     name = "retain_constraint"
     split = "retain"
+    shares_forward = True
 
     def __init__(self, initial_dual: float, step_size: float, warmup_epochs: float, eps: float, eps_ratio: float
                  ) -> None:

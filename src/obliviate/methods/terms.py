@@ -18,6 +18,8 @@ from obliviate.models.adapters import is_adapted, without_adapters
 class NLL(Term):
     """NLL(x) = mean −log p_θ(y_t) over the answer tokens of ``batch[split]``."""
 
+    shares_forward = True
+
     def __init__(self, split: str) -> None:
         self.split = split
         self.name = f"{split}_nll"
@@ -63,6 +65,8 @@ class StartingModel:
 
 class KLToReference(Term):
     """KL(π_ref ‖ π_θ) per answer token of ``batch[split]``, π_ref the frozen :class:`StartingModel`."""
+
+    shares_forward = True
 
     def __init__(self, split: str) -> None:
         self.split = split

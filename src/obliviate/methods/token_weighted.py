@@ -72,6 +72,7 @@ class WeightedForgetNLL(Term):
     are cached in :meth:`prepare` and passed to ``weights``."""
 
     split = "forget"
+    shares_forward = True
 
     def __init__(self, name: str, weights: TokenWeights, needs_reference: bool = False) -> None:
         self.name, self.weights, self.needs_reference = name, weights, needs_reference
