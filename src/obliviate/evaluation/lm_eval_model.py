@@ -36,7 +36,8 @@ class SharedContextLM(HFLM):
         for position, ((context, _), context_ids, continuation_ids) in enumerate(requests):
             if len(continuation_ids) >= self.max_length:
                 raise UserError(f"an lm-eval continuation has {len(continuation_ids)} tokens, no fewer than the "
-                                f"model's window of {self.max_length} (it follows {context[-50:]!r})")
+                                f"model's window of {self.max_length} (it follows {context[-50:]!r}); evaluate "
+                                "this task with a model whose window is longer, or leave it out of eval.lm_eval_tasks")
             keep = self.max_length - len(continuation_ids)  # context + continuation fit the model's window
             by_context.setdefault(tuple(context_ids[-keep:]), []).append(position)
             continuations.append(continuation_ids)
