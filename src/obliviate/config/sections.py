@@ -158,6 +158,28 @@ class Eval:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Judge:
+    """An LLM judge of generated answers (the metric judge; leak_at_k with eval.leak_scorer judge)"""
+
+    model: str = option(StrValue(), "the judge: an embedded name, a local model folder or a hub id (backend "
+                        "transformers), or the model name an OpenAI-compatible server serves (backend openai); "
+                        "empty = no judge", "")
+    backend: str = option(ChoiceValue(["transformers", "openai"]), "transformers: the judge runs in this process; "
+                          "openai: POST /v1/chat/completions to eval.judge.url (a vLLM, TGI or llama.cpp server)",
+                          "transformers")
+    url: str = option(StrValue(), "base URL of the OpenAI-compatible server, e.g. http://localhost:8000/v1", "")
+    api_key_env: str = option(StrValue(), "environment variable holding the server's API key (empty = none sent)",
+                              "")
+    forget_template: str = option(StrValue(), "prompt file (.txt with {question}, {answer}, {generation}) judging "
+                                  "whether a forget-split generation reveals the fact; empty = the shipped one", "")
+    correct_template: str = option(StrValue(), "prompt file judging whether a retain/knowledge generation is "
+                                   "correct; empty = the shipped one", "")
+    max_new_tokens: int = option(IntValue(low=1), "tokens the judge may write (its verdict)", 16)
+    timeout_s: float = option(FloatValue(low=0.1), "openai backend: seconds to wait for one answer", 60.0)
+    retries: int = option(IntValue(low=0), "openai backend: further tries after a failed request (backing off)", 3)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Mask:
     """Building a weight mask (make_mask.py, or a missing unlearn.mask_path)"""
 
@@ -227,6 +249,6 @@ class JsonLogger:
 
 
 SECTIONS: dict[str, type] = {"overall": Overall, "unlearn": Unlearn, "dataset": Dataset, "finetune": Finetune,
-                             "eval": Eval, "mask": Mask, "lora": Lora, "attack": Attack, "logger": Logger,
-                             "logger.json": JsonLogger}
+                             "eval": Eval, "eval.judge": Judge, "mask": Mask, "lora": Lora, "attack": Attack,
+                             "logger": Logger, "logger.json": JsonLogger}
 

@@ -11,6 +11,7 @@ from obliviate.config.sections import (
     Eval,
     Finetune,
     JsonLogger,
+    Judge,
     Logger,
     Lora,
     Mask,
@@ -39,6 +40,7 @@ class Settings:
     dataset: Dataset
     finetune: Finetune
     eval: Eval
+    eval_judge: Judge
     mask: Mask
     lora: Lora
     attack: Attack

@@ -37,12 +37,20 @@ class EvalOptions:
     lm_eval_tasks: tuple[str, ...] = ()  # lm-eval's own tasks, evaluated once per model (not per split)
     task_limit: int = 0  # questions per lm-eval task (0 = all)
     knowmem_shots: dict[str, tuple[Example, ...]] = field(default_factory=dict)  # split ('' = any) -> ICL examples
+    probe_training: tuple[Example, ...] = ()  # the linear probe's training examples (the retain split's)
+    judge: Any = None  # the LLM judge (obliviate.evaluation.judge.Judge) or None
 
     def cache_key(self) -> dict[str, Any]:
-        """What of these options changes the numbers (the work folder does not)."""
-        return {"batch_size": self.batch_size, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
-                "lm_eval_tasks": list(self.lm_eval_tasks), "task_limit": self.task_limit,
-                "knowmem_shots": {split: content_hash(list(shots)) for split, shots in self.knowmem_shots.items()}}
+        """What of these options changes the numbers (the work folder does not; an option left unset adds no key,
+        so evaluations cached before it existed stay valid)."""
+        key = {"batch_size": self.batch_size, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
+               "lm_eval_tasks": list(self.lm_eval_tasks), "task_limit": self.task_limit,
+               "knowmem_shots": {split: content_hash(list(shots)) for split, shots in self.knowmem_shots.items()}}
+        if self.probe_training:
+            key["probe_training"] = content_hash(list(self.probe_training))
+        if self.judge is not None:
+            key["judge"] = self.judge.identity
+        return key
 
 
 class Continuation(NamedTuple):

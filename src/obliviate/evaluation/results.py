@@ -4,7 +4,8 @@
 "lm_eval": {<task>: accuracy}, "not_computed": {"<split or model>.<metric>": "which input is missing"}}``.
 ``per_example.json`` (per stage): ``{<split>: {<metric>: [value per example], "generations": {<metric>:
 [{"prompt", "ground_truth", "generation"} per example]}}}``. The names ``model``, ``lm_eval``,
-``not_computed`` and ``generations`` are reserved (no split may take them).
+``not_computed`` and ``generations`` are reserved (no split may take them). A metric with a curve adds its
+points beside its aggregate as ``<metric>@<point>`` (e.g. ``leak_at_k@4``, ``logit_lens@L3``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MODEL, LM_EVAL, NOT_COMPUTED, GENERATIONS = "model", "lm_eval", "not_computed", "generations"
+CURVE_MARK = "@"  # metrics.json: <metric>@<point> is a point of the metric's curve (leak_at_k@4, logit_lens@L3)
 Reads = Literal["qa", "text", "any"]  # what a metric scores: questions, plain texts, or every example
 
 
@@ -22,13 +24,14 @@ class NotComputed(Exception):
 
 @dataclass(frozen=True)
 class MetricResult:
-    """A split's aggregate, the per-example values (None where an example lacks the input) and, for
-    generating metrics, each example's prompt, ground truth and generation."""
+    """A split's aggregate, the per-example values (None where an example lacks the input), for
+    generating metrics each example's prompt, ground truth and generation, and for metrics with a curve
+    (per layer, per k) its named points, recorded beside the aggregate as ``<metric>@<point>``."""
 
     value: float
     per_example: list[float | None]
-    texts: list[dict[str, str]] | None = None
-
+    texts: list[dict[str, Any]] | None = None
+    curve: dict[str, float] | None = None
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Evaluation:
 
     def record(self, split: str, name: str, result: MetricResult) -> None:
         self.splits.setdefault(split, {})[name] = result.value
+        for point, value in (result.curve or {}).items():
+            self.splits[split][f"{name}{CURVE_MARK}{point}"] = value
         self.per_example.setdefault(split, {})[name] = result.per_example
         if result.texts is not None:
             self.generations.setdefault(split, {})[name] = result.texts

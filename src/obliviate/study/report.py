@@ -54,7 +54,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from obliviate.comparison import to_csv, to_markdown  # noqa: E402
 from obliviate.evaluation import METRICS  # noqa: E402
-from obliviate.evaluation.results import LM_EVAL, MODEL  # noqa: E402
+from obliviate.evaluation.results import CURVE_MARK, LM_EVAL, MODEL  # noqa: E402
 from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
 from obliviate.evaluation.splits import Role  # noqa: E402
 from obliviate.io import write_text_atomic  # noqa: E402
@@ -66,7 +66,8 @@ from obliviate.study.results import SELECTION_START, FinishedCell, finished_cell
 def more_knowledge_is_higher(metric: str) -> bool:
     """On the forget split, does a higher value of ``metric`` mean more knowledge? (lm-eval task accuracies,
     e.g. wmdp_bio, do.)"""
-    return METRICS.get(metric).higher_means_knowledge(Role.FORGET) if metric in METRICS else True
+    name = metric.partition(CURVE_MARK)[0]  # a curve's point (leak_at_k@4) reads as its metric
+    return METRICS.get(name).higher_means_knowledge(Role.FORGET) if name in METRICS else True
 
 
 def _recovered(before: float | None, after: float | None, attacked: float | None) -> float | None:
