@@ -140,6 +140,15 @@ class Eval:
     probes: list[str] = option(ListValue(RegisteredName("probe")), "prompt-level probes of the forget set, each "
                                "evaluated as a split forget_<probe>: paraphrased questions, a few-shot context of "
                                "retain facts, an instruction to ignore restrictions", [])
+    leak_samples: int = option(IntValue(low=1), "leak_at_k: answers sampled per forget question (K); leak@k is "
+                               "reported for k = 1, 2, 4, ... up to K", 16)
+    leak_temperature: float = option(FloatValue(low=1e-3), "leak_at_k: sampling temperature", 1.0)
+    leak_top_p: float = option(FloatValue(low=1e-3, high=1.0), "leak_at_k: nucleus (top-p) sampling mass", 1.0)
+    leak_scorer: str = option(ChoiceValue(["rouge", "judge"]), "leak_at_k: a sample leaks when its ROUGE-L recall "
+                              "against the answer reaches leak_threshold (rouge), or when eval.judge says it reveals "
+                              "the fact (judge)", "rouge")
+    leak_threshold: float = option(FloatValue(low=0.0, high=1.0), "leak_at_k with leak_scorer rouge: the ROUGE-L "
+                                   "recall at which a sample leaks", 0.5)
     lm_eval_tasks: list[str] = option(ListValue(StrValue()), "lm-eval's own tasks by name (wmdp_bio, wmdp_cyber, "
                                       "mmlu, ...), zero-shot accuracy on the in-process model, also along attacks", [])
     before: bool = option(BoolValue(), "evaluate the starting model", True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.tokenize import PromptFormat, Query, example_query
 from obliviate.evaluation.results import Evaluation, NotComputed, Reads
-from obliviate.evaluation.scoring import AnswerTokens, answer_tokens, greedy_answers
+from obliviate.evaluation.scoring import AnswerTokens, Sampling, answer_tokens, greedy_answers, sampled_answers
 from obliviate.evaluation.splits import Split, base_answer
 
 CONTINUATION_PREFIX_TOKENS, CONTINUATION_TOKENS = 32, 128  # MUSE VerbMem: prefix, and the continuation scored
@@ -29,6 +29,15 @@ def bounded_exp(x: float) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LeakOptions:
+    """leak_at_k: how answers are sampled, and when a sample leaks (ROUGE-L recall >= threshold, or the judge)."""
+
+    sampling: Sampling
+    scorer: str  # "rouge" or "judge"
+    threshold: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalOptions:
     batch_size: int
     max_length: int
@@ -39,6 +48,7 @@ class EvalOptions:
     knowmem_shots: dict[str, tuple[Example, ...]] = field(default_factory=dict)  # split ('' = any) -> ICL examples
     probe_training: tuple[Example, ...] = ()  # the linear probe's training examples (the retain split's)
     judge: Any = None  # the LLM judge (obliviate.evaluation.judge.Judge) or None
+    leak: LeakOptions | None = None  # leak_at_k's sampling and scoring
 
     def cache_key(self) -> dict[str, Any]:
         """What of these options changes the numbers (the work folder does not; an option left unset adds no key,
@@ -50,6 +60,8 @@ class EvalOptions:
             key["probe_training"] = content_hash(list(self.probe_training))
         if self.judge is not None:
             key["judge"] = self.judge.identity
+        if self.leak is not None:
+            key["leak"] = asdict(self.leak)
         return key
 
 
@@ -98,6 +110,14 @@ class SplitScores:
         questions = self.split.questions
         generated = self.generate([self.prompt(e.question) for e in questions], self.options.max_new_tokens)
         return list(zip(questions, generated))
+
+    @cached_property
+    def samples(self) -> list[list[str]]:
+        """Sampled answers (``options.leak``) to each question with the experiment's prompt."""
+        if self.options.leak is None:
+            raise NotComputed("leak_at_k needs its sampling options (eval.leak_samples)")
+        return sampled_answers(self.model, self.tokenizer, [self.prompt(e.question) for e in self.split.questions],
+                               self.options.max_new_tokens, self.options.batch_size, self.options.leak.sampling)
 
     def answer_texts(self) -> list[dict[str, str]]:
         """Prompt, ground truth and greedy answer of each question (what generating metrics keep)."""

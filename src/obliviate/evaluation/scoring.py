@@ -1,4 +1,5 @@
-"""Batched model queries used by the metrics: answer-token statistics under teacher forcing, and greedy answers."""
+"""Batched model queries used by the metrics: answer-token statistics under teacher forcing, and greedy or sampled
+answers."""
 
 from __future__ import annotations
 
@@ -174,30 +175,65 @@ def prefix_statistics(model: PreTrainedModel, prefixes: list[list[int]], continu
     return grouped
 
 
-@torch.no_grad()
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """Ancestral sampling of ``samples`` answers per prompt at ``temperature`` with nucleus ``top_p``; each batch
+    of prompts is seeded by (``seed``, its index), so the samples are the same at any number of processes."""
+
+    samples: int
+    temperature: float
+    top_p: float
+    seed: int
+
+    def batch_seed(self, index: int) -> int:
+        return self.seed * 1_000_003 + index
+
+
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                    max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations of each prompt (left-padded batches of prompts of similar length, shortest first: less
-    padding to attend over), special tokens removed, stripped, in the order of ``prompts``."""
+    """Greedy continuations of each prompt, special tokens removed, stripped, in the order of ``prompts``."""
+    return [answers[0] for answers in generated_answers(model, tokenizer, prompts, max_new_tokens, batch_size)]
+
+
+def sampled_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                    max_new_tokens: int, batch_size: int, sampling: Sampling) -> list[list[str]]:
+    """``sampling.samples`` sampled continuations of each prompt (batches of ``batch_size`` prompts, each repeated
+    ``samples`` times), in the order of ``prompts``."""
+    return generated_answers(model, tokenizer, prompts, max_new_tokens, batch_size, sampling)
+
+
+@torch.no_grad()
+def generated_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                      max_new_tokens: int, batch_size: int, sampling: Sampling | None = None) -> list[list[str]]:
+    """Continuations of each prompt: one greedy, or ``sampling.samples`` sampled. Left-padded batches of prompts of
+    similar length, shortest first (less padding to attend over); special tokens removed, stripped."""
     model.eval()
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    copies = sampling.samples if sampling is not None else 1
 
-    def generate(chunk: list[str]) -> list[str]:
-        inputs = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    def generate(batch: tuple[int, list[str]]) -> list[list[str]]:
+        index, chunk = batch
+        inputs = tokenizer([prompt for prompt in chunk for _ in range(copies)], return_tensors="pt",
+                           padding=True).to(device)
+        options = {"do_sample": False}
+        if sampling is not None:
+            torch.manual_seed(sampling.batch_seed(index))
+            options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **options)
+        texts = [text.strip() for text in tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:],
+                                                                 skip_special_tokens=True)]
+        return [texts[start:start + copies] for start in range(0, len(texts), copies)]
 
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]] if prompts else []
     order = sorted(range(len(prompts)), key=lambda row: lengths[row])
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    result = [""] * len(prompts)
+    batches = [(index, [prompts[row] for row in rows]) for index, rows in enumerate(chunks)]
+    result: list[list[str]] = [[] for _ in prompts]
     try:
-        for rows, answers in zip(chunks, map_batches([[prompts[row] for row in rows] for rows in chunks], generate,
-                                                     "generating answers")):
+        for rows, answers in zip(chunks, map_batches(batches, generate, "generating answers")):
             for row, answer in zip(rows, answers):
                 result[row] = answer
     finally:

@@ -152,11 +152,10 @@ class LogitDifferenceModel(torch.nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int | None = None, max_length: int | None = None, stopping_criteria=None,
                  pad_token_id: int | None = None, eos_token_id: int | list[int] | None = None,
-                 do_sample: bool = False, **unused) -> torch.Tensor:
-        """Greedy decoding of left-padded prompts (the sequences, prompts included, as ``generate`` returns):
-        stops at EOS, at ``stopping_criteria`` (lm-eval's stop strings) or after the token budget."""
-        if do_sample:
-            raise ValueError("a logit-difference model generates greedily only (do_sample=False)")
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, **unused) -> torch.Tensor:
+        """Greedy (or, with ``do_sample``, nucleus-sampled) decoding of left-padded prompts (the sequences, prompts
+        included, as ``generate`` returns): stops at EOS, at ``stopping_criteria`` (lm-eval's stop strings) or
+        after the token budget."""
         budget = max_new_tokens if max_new_tokens is not None else (max_length or 0) - input_ids.shape[1]
         eos = eos_token_id if eos_token_id is not None else self.generation_config.eos_token_id
         eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=input_ids.device)
@@ -168,7 +167,9 @@ class LogitDifferenceModel(torch.nn.Module):
         output = self(sequences, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                       exclude_filtered=True)
         for _ in range(max(budget, 0)):
-            chosen = output.logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
+            logits = output.logits[:, -1]
+            chosen = nucleus_sample(logits, temperature, top_p) if do_sample else logits.argmax(dim=-1)
+            chosen = chosen.masked_fill(finished, pad)
             sequences = torch.cat([sequences, chosen[:, None]], dim=1)
             finished |= torch.isin(chosen, eos_ids)
             if stopping_criteria is not None:
@@ -180,3 +181,13 @@ class LogitDifferenceModel(torch.nn.Module):
             output = self(chosen[:, None], attention_mask=mask, position_ids=positions,
                           past_key_values=output.past_key_values, use_cache=True, exclude_filtered=True)
         return sequences
+
+
+def nucleus_sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row from softmax(logits / T), restricted to the smallest set of most likely tokens whose
+    probability reaches ``top_p`` (Holtzman et al. 2020, nucleus sampling); the torch RNG decides."""
+    probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+    ordered, order = probabilities.sort(dim=-1, descending=True)
+    outside = ordered.cumsum(-1) - ordered >= top_p  # tokens after the nucleus is full
+    ordered = ordered.masked_fill(outside, 0.0)
+    return order.gather(-1, torch.multinomial(ordered, 1)).squeeze(-1)

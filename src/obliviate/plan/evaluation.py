@@ -15,8 +15,9 @@ from obliviate.evaluation.declarations import reference_requirements
 from obliviate.evaluation.during_training import BestRule
 from obliviate.evaluation.lm_eval_tasks import check_tasks
 from obliviate.evaluation.probes import probe_splits
-from obliviate.evaluation.queries import EvalOptions
+from obliviate.evaluation.queries import EvalOptions, LeakOptions
 from obliviate.evaluation.reference import read_reference_run
+from obliviate.evaluation.scoring import Sampling
 from obliviate.evaluation.session import EvaluationPlan
 from obliviate.evaluation.splits import PRIMARY_SPLITS, Split, parse_extra_split
 from obliviate.plan.records import ModelPlan
@@ -65,7 +66,8 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
         check_tasks(e.lm_eval_tasks)
     options = EvalOptions(batch_size=e.batch_size, max_length=d.max_length, max_new_tokens=e.max_new_tokens,
                           work_dir=models.cache_dir, lm_eval_tasks=tuple(e.lm_eval_tasks), task_limit=e.max_examples,
-                          knowmem_shots=knowmem_shots(e.knowmem_shots, {split.name for split in splits}, data_dir))
+                          knowmem_shots=knowmem_shots(e.knowmem_shots, {split.name for split in splits}, data_dir),
+                          leak=leak_options(s) if "leak_at_k" in e.metrics else None)
     needs = reference_requirements(splits, e.metrics)
     retain_logs = read_reference_run(Path(e.retain_logs_path), needs) if e.retain_logs_path else None
     if needs.required_by and models.retain is None and retain_logs is None:
@@ -74,6 +76,13 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
                         "or drop those metrics")
     return EvaluationPlan(splits=splits, metrics=list(e.metrics), options=options, reference_needs=needs,
                           retain_logs=retain_logs)
+
+
+def leak_options(s: Settings) -> LeakOptions:
+    """leak_at_k's sampling (seeded by overall.seed) and scorer."""
+    e = s.eval
+    return LeakOptions(sampling=Sampling(samples=e.leak_samples, temperature=e.leak_temperature, top_p=e.leak_top_p,
+                                         seed=s.overall.seed), scorer=e.leak_scorer, threshold=e.leak_threshold)
 
 
 def knowmem_shots(entries: list[str], split_names: set[str], data_dir: Path) -> dict[str, tuple[Example, ...]]:
