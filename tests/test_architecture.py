@@ -17,7 +17,7 @@ LAYERS = [
     {"models"},
     {"methods", "masks"},
     {"training", "evaluation"},
-    {"attacks", "report", "comparison"},
+    {"attacks", "report", "comparison", "layer_curves", "sequence_plot"},
     {"plan"},
     {"runtime"},
     {"unlearner"},

@@ -214,6 +214,8 @@ def test_the_plan_builds_the_judge_only_when_needed_and_checks_it_first(tmp_path
     assert judge_plan(section(), needed=False, cache_dir=tmp_path) is None
     with pytest.raises(UserError, match="^eval.metrics judge needs eval.judge.model: "):
         judge_plan(section(), needed=True, cache_dir=tmp_path)
+    with pytest.raises(UserError, match="^eval.judge.model: model 'no-such-judge' is not an embedded model"):
+        judge_plan(section(model="no-such-judge"), needed=True, cache_dir=tmp_path)
     with pytest.raises(UserError, match="eval.judge.backend openai needs eval.judge.url"):
         judge_plan(section(model="m", backend="openai"), needed=True, cache_dir=tmp_path)
     with pytest.raises(UserError, match="eval.judge.correct_template"):

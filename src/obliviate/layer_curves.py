@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from obliviate.evaluation.results import CURVE_MARK, Evaluation  # noqa: E402
 
@@ -56,6 +57,7 @@ def plot_layer_curves(stages: dict[str, Evaluation], path: Path) -> bool:
         else:
             axis.axhline(PROBE_CHANCE, color="grey", linewidth=0.8, label="chance")
             axis.set_ylim(0.0, 1.02)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set(title=probe, xlabel="layer", ylabel=PROBES[probe])
         axis.legend(fontsize=7)
     figure.tight_layout()

@@ -9,6 +9,7 @@ from typing import Any
 from obliviate.evaluation.results import NOT_COMPUTED, Evaluation
 from obliviate.evaluation.splits import Role, Split
 from obliviate.io import write_text_atomic
+from obliviate.layer_curves import plot_layer_curves
 from obliviate.loggers import RunFolder
 
 EXAMPLES_SHOWN = 3
@@ -101,13 +102,14 @@ def run_summary(run: RunDescription, results: dict[str, Evaluation], seconds: di
 def write_results(folder: RunFolder, run: RunDescription, results: dict[str, Evaluation], seconds: dict[str, float],
                   environment: dict[str, Any], warnings: list[str]) -> Path:
     """metrics.json (each stage's metrics, and the run's ``warnings`` when there are any), per_example.json,
-    env.json and summary.md; then the run folder is finished (renamed to its final name) and the metrics table
-    printed."""
+    env.json, summary.md and, with white-box metrics, layer_curves.png; then the run folder is finished (renamed to
+    its final name) and the metrics table printed."""
     folder.write_json("metrics.json", {**{stage: e.metrics_record() for stage, e in results.items()},
                                        **({"warnings": warnings} if warnings else {})})
     folder.write_json("per_example.json", {stage: e.per_example_record() for stage, e in results.items()})
     folder.write_json("env.json", {**environment, "wall_time_seconds": seconds})
     write_text_atomic(folder.path("summary.md"), run_summary(run, results, seconds, warnings))
+    plot_layer_curves(results, folder.path("layer_curves.png"))
     finished = folder.finish()
     if results:
         print(metrics_table({stage: e.metrics_record() for stage, e in results.items()}))

@@ -9,9 +9,11 @@ behind (:meth:`Runtime.stopping`) and where a resumed run's training state is (:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -21,8 +23,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
 
 from obliviate.errors import Interrupted
+from obliviate.evaluation.results import Evaluation
 from obliviate.loggers import LOGGERS, RunFolder
-from obliviate.loggers.json_logger import CHECKPOINT, saved_step
+from obliviate.loggers.json_logger import ATTACK_LOG, CHECKPOINT, STAGE_EVALUATION, TRAIN_LOG, saved_step
 from obliviate.plan import ExperimentPlan
 from obliviate.training.checkpoint import Checkpointing, check_folder
 
@@ -87,6 +90,54 @@ class Runtime:
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted (process {self.accelerator.process_index}; the main process says "
                               "what is left on disk)") from None
+
+    def finished_stages(self, names: list[str]) -> int:
+        """How many of the sequence's first stages a resumed run finished: each has its evaluation written, and the
+        last of them its saved state (its weights; without unlearn.save_every there is none, and the sequence starts
+        again). The logs of the stages that run again are cut back (see :meth:`stage_log`)."""
+        count = 0
+        if self.resumed:
+            while count < len(names) and (self.work / STAGE_EVALUATION.format(names[count])).is_file():
+                count += 1
+            if count and saved_step(self.work / f"{CHECKPOINT}_{names[count - 1]}") is None:
+                count = 0
+        shared = [count]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(shared)
+        if self.folder is not None and self.resumed:
+            self.folder.filter_log(ATTACK_LOG, lambda record: False)  # the attacks run again from their start
+        return shared[0]
+
+    def stage_checkpointing(self, name: str, every: int) -> Checkpointing | None:
+        """A sequence stage's own saved state (``checkpoint_<stage>``), resumed when it exists."""
+        if not every:
+            return None
+        checkpoint = Checkpointing(self.work / f"{CHECKPOINT}_{name}", every, False)
+        return replace(checkpoint, resume=self.resumed and checkpoint.saved_step() is not None)
+
+    def stage_log(self, number: int, checkpoint: Checkpointing | None) -> Callable[[dict], None]:
+        """Where stage ``number`` of a sequence logs its steps: train_log.jsonl, each record with its stage. Its
+        records after its saved state, and any of later stages, are dropped first (they are written again)."""
+        if self.folder is None:
+            return lambda record: None
+        saved = (checkpoint.saved_step() if checkpoint is not None and checkpoint.resume else None) or 0
+        self.folder.filter_log(TRAIN_LOG, lambda record: record.get("stage", 0) < number or (
+            record.get("stage") == number and record.get("step", 0) <= saved))
+        folder = self.folder
+        return lambda record: folder.append_jsonl(TRAIN_LOG, {"stage": number, **record})
+
+    def stage_evaluation(self, name: str) -> Evaluation:
+        """The evaluation a finished sequence stage wrote."""
+        return Evaluation.from_dict(json.loads((self.work / STAGE_EVALUATION.format(name)).read_text()))
+
+    def finish_stage(self, name: str, evaluation: Evaluation, previous: str | None) -> None:
+        """Write the stage's evaluation; the previous stage's saved state is no longer needed (only the last finished
+        stage's weights are, to resume after it)."""
+        if self.folder is not None:
+            self.folder.write_json(STAGE_EVALUATION.format(name), evaluation.to_dict())
+            if previous is not None:
+                shutil.rmtree(self.work / f"{CHECKPOINT}_{previous}", ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     def checkpointing(self, every: int, restarted_logs: tuple[str, ...]) -> Checkpointing | None:
         """Checkpoints every ``every`` steps (none for 0); resuming, from the saved state, the logs cut back to its

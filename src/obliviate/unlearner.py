@@ -12,6 +12,7 @@ takes part in every training and evaluation, each on its share of the batches; t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
 from obliviate.attacks import AttackPoints, run_attacks
+from obliviate.data.examples import Example
 from obliviate.data.tokenize import encode_dataset, encode_splits
 from obliviate.environment import Timings, environment_record, peak_memory_mb
 from obliviate.evaluation.during_training import EvaluationPoints
 from obliviate.evaluation.reference import EVALUATED
 from obliviate.evaluation.session import EvaluationSession
+from obliviate.loggers.json_logger import ATTACK_LOG
 from obliviate.masks.mask import ParameterMask
 from obliviate.methods.objective import PrepareContext
 from obliviate.models import adapters
@@ -33,11 +36,13 @@ from obliviate.models.loading import ModelSource, resolve_model, shapes_of
 from obliviate.plan import ExperimentPlan
 from obliviate.report import write_results
 from obliviate.runtime import Runtime
+from obliviate.sequence_plot import plot_sequence
+from obliviate.training.checkpoint import Checkpointing
 from obliviate.training.finetune import FinetuneRecipe
 from obliviate.training.g_effect import G_EFFECT_LOG, GEffectProbe, plot_g_effect
 from obliviate.training.loop import train
 
-EVAL_LOG, ATTACK_LOG = "eval_log.jsonl", "attack_train_log.jsonl"
+EVAL_LOG = "eval_log.jsonl"
 
 
 class Unlearner:
@@ -52,7 +57,7 @@ class Unlearner:
         with self.runtime.stopping():
             model, tokenizer = self._prepare_models(p.models.target or p.models.base, "target")
             assembly = self._unlearn(model, tokenizer)
-            if p.evaluate_after:
+            if p.evaluate_after and not p.sequence:  # a sequence was evaluated after each stage
                 with self.timings.stage("evaluate_after"):
                     self.results["after"] = self.session.evaluate(assembly.evaluated, tokenizer)
             if p.attacks.attacks:
@@ -101,8 +106,14 @@ class Unlearner:
         if p.evaluate_before:
             with self.timings.stage("evaluate_before"):
                 self.results["before"] = self.session.evaluate(assembly.starting, tokenizer, self.source)
-        with self.timings.stage("unlearn"):
-            points = self._train(assembly, tokenizer, mask)
+        if p.sequence:
+            self._unlearn_in_stages(assembly, tokenizer, mask)
+            points = None
+        else:
+            with self.timings.stage("unlearn"):
+                points = self._train(assembly, tokenizer, mask, p.training_data,
+                                     self.runtime.checkpointing(p.training.save_every, restarted_logs=(ATTACK_LOG,)),
+                                     self.folder.log_step if self.folder else lambda record: None)
         if points is not None and p.best is not None:
             with self.timings.stage("evaluate_best"):
                 if self.main:
@@ -133,21 +144,51 @@ class Unlearner:
             self.folder.write_json("mask_stats.json", mask.record(p.mask.path, shapes_of(model)))
         return mask
 
-    def _train(self, assembly: Assembly, tokenizer: PreTrainedTokenizerBase, mask: ParameterMask | None
-               ) -> EvaluationPoints | None:
-        """Train the assembly with the method's objective; its evaluation points when evaluating along the way."""
+    def _unlearn_in_stages(self, assembly: Assembly, tokenizer: PreTrainedTokenizerBase,
+                           mask: ParameterMask | None) -> None:
+        """``unlearn.sequence``: each stage trains from the weights the previous one left (one mask, one LoRA adapter
+        through every stage), then every split is evaluated (``stage_<k>``; the last is ``after``). Each stage's
+        evaluation is written when it ends; a resumed run reads back the stages it finished, loads the last one's
+        weights from its saved state and resumes the stage it was in from its own saved state."""
+        stages = self.plan.sequence
+        finished = self.runtime.finished_stages([stage.name for stage in stages])
+        for index, stage in enumerate(stages):
+            key = "after" if index == len(stages) - 1 else stage.name
+            if index < finished - 1:
+                self.results[key] = self.runtime.stage_evaluation(stage.name)
+                continue
+            checkpoint = self.runtime.stage_checkpointing(stage.name, self.plan.training.save_every)
+            with self.timings.stage(f"unlearn_{stage.name}"):
+                self._train(assembly, tokenizer, mask, stage.training_data, checkpoint,
+                            self.runtime.stage_log(index + 1, checkpoint))
+            if index < finished:  # finished before: its weights are loaded, its evaluation read back
+                self.results[key] = self.runtime.stage_evaluation(stage.name)
+                continue
+            with self.timings.stage(f"evaluate_{stage.name}"):
+                self.results[key] = self.session.evaluate(assembly.evaluated, tokenizer)
+            self.runtime.finish_stage(stage.name, self.results[key], stages[index - 1].name if index else None)
+        if self.main:
+            self.folder.write_json("sequence.json", {"stages": [stage.name for stage in stages],
+                                                     "forget_sets": [stage.forget.name for stage in stages]})
+            plot_sequence(self.results, self.plan.evaluation.splits, self.plan.evaluation.metrics,
+                          self.folder.path("sequence.png"), f"{self.plan.method.name}: sequential unlearning")
+
+    def _train(self, assembly: Assembly, tokenizer: PreTrainedTokenizerBase, mask: ParameterMask | None,
+               training_data: dict[str, list[Example]], checkpoint: Checkpointing | None,
+               on_log: Callable[[dict], None]) -> EvaluationPoints | None:
+        """Train the assembly with the method's objective on ``training_data``; its evaluation points when
+        evaluating along the way."""
         p, t, trained = self.plan, self.plan.training, assembly.trained
         set_seed(t.seed)
         splits = p.objective.splits | {"forget"} | ({"retain"} if t.g_effect_every else set())
-        datasets = encode_splits(tokenizer, p.training_data, splits, p.fmt, p.max_length)
+        datasets = encode_splits(tokenizer, training_data, splits, p.fmt, p.max_length)
         p.objective.prepare(PrepareContext(
-            trained, datasets, t.reference_batch_size, p.models.device, p.training_data,
+            trained, datasets, t.reference_batch_size, p.models.device, training_data,
             lambda examples: encode_dataset(tokenizer, examples, p.fmt, p.max_length),
             t.config.steps_per_epoch(len(datasets["forget"]), self.accelerator.num_processes)))
         probe = (GEffectProbe(t.g_effect_every, self.folder.path(G_EFFECT_LOG), assembly.evaluated,
                               definition=t.g_effect_definition, datasets=datasets, batch_size=t.config.batch_size,
                               seed=t.seed) if t.g_effect_every else None)  # one process only
-        checkpoint = self.runtime.checkpointing(t.save_every, restarted_logs=(ATTACK_LOG,))
         points = None
         if t.eval_every:  # every process evaluates (each its share), the main one records
             def evaluate() -> dict:
@@ -161,7 +202,7 @@ class Unlearner:
                 points(0)  # a resumed state brings the points so far
         parts = {name: part for name, part in (("evaluation_points", points), ("g_effect", probe)) if part is not None}
         result = train(trained, p.objective, datasets, "forget", t.config, self.accelerator, t.seed,
-                       on_log=self.folder.log_step if self.folder else lambda record: None, mask=mask, inspect=probe,
+                       on_log=on_log, mask=mask, inspect=probe,
                        after_step=points, checkpoint=checkpoint.with_parts(parts) if checkpoint else None,
                        description=f"unlearn ({p.method.name})")
         self.state_mb, self.warnings = result.state_mb, self.warnings + result.warnings

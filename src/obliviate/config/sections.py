@@ -85,6 +85,10 @@ class Unlearn(TrainingKeys):
     g_effect_definition: str = option(ChoiceValue(["seed", "probe"]), "G-effect as the seed: the raw step gradient "
                                       "against the risks on the step's own batches; or probe: the applied "
                                       "(clipped, masked) gradient against the risks on drawn probe batches", "seed")
+    sequence: list[str] = option(ListValue(StrValue()), "sequential unlearning: forget sets (data set names; a "
+                                 "slice such as synthetic:forget10[0:5] cuts one) unlearned one after another, each "
+                                 "stage from the previous stage's weights and evaluated after it; every one within "
+                                 "dataset.forget_dataset_name; empty = one stage", [])
     mask_path: str = option(StrValue(), "weight mask (.safetensors, or WAGLE .pt): loaded if it exists, else built "
                             "from the mask section and saved there; empty for no mask", "")
 

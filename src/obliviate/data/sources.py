@@ -8,11 +8,15 @@ Accepted names (``dataset.forget_dataset_name`` and friends):
 * a hub dataset id ``owner/name[:config][@split]`` (split defaults to ``train``, or the only split),
   e.g. ``locuslab/TOFU:forget10`` or ``cais/wmdp:wmdp-bio@test``. Offline, a hub id that is not in the
   local cache is an error that says how to point at a local copy.
+
+Any name may end with a slice ``[start:stop]`` of its records (Python's, 0-based; either bound may be left out),
+e.g. ``synthetic:forget10[0:5]``: the forget sets of a sequence (``unlearn.sequence``) cut from one data set.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from obliviate.hub import hub_offline
 
 SYNTHETIC_PREFIX = "synthetic:"
 LOCAL_SUFFIXES = (".json", ".jsonl")
+SLICE = re.compile(r"^(?P<name>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
 
 
 def synthetic_file(split: str, data_dir: Path) -> Path:
@@ -84,6 +89,13 @@ def _read_hub(name: str) -> list[dict]:
 
 def load_examples(name: str, data_dir: Path) -> list[Example]:
     """Resolve a dataset name (see the module docstring) and return its examples (never empty)."""
+    if cut := SLICE.match(name):
+        whole = load_examples(cut["name"], data_dir)
+        part = whole[slice(*(int(bound) if bound else None for bound in (cut["start"], cut["stop"])))]
+        if not part:
+            raise UserError(f"dataset '{name}' is empty: '{cut['name']}' has {len(whole)} records; choose a slice "
+                            "within them")
+        return part
     if name.startswith(SYNTHETIC_PREFIX):
         records = _read_local(synthetic_file(name[len(SYNTHETIC_PREFIX):], data_dir), name)
     elif Path(name).is_file():

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 LOGGERS: Registry[type] = Registry("logger")
 OWNER_FILE = "owner.json"
 CHECKPOINT = "checkpoint"  # the resumable training state (unlearn.save_every), removed when the run finishes
+TRAIN_LOG, ATTACK_LOG = "train_log.jsonl", "attack_train_log.jsonl"
+STAGE_EVALUATION = "{}_evaluation.json"  # a finished stage of a sequence, until the run finishes
 PROGRESS = "progress.json"  # in the checkpoint: the step it was saved at
 RESULT_FILES = ("metrics.json", "per_example.json", "summary.md", "env.json")  # what only a finished run has
 # keys that may differ on resuming (the checkpoint itself refuses an accumulation that changes the examples per step)
@@ -203,6 +205,14 @@ class RunFolder:
             kept = [line for line in path.read_text().splitlines() if _step_of(line) <= last]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
 
+    def filter_log(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Keep only the records of the log ``name`` that ``keep`` accepts (a resumed stage's records after its saved
+        state, which it writes again)."""
+        path = self.path(name)
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and keep(json.loads(line))]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+
     def path(self, name: str) -> Path:
         return self.work / name
 
@@ -214,7 +224,7 @@ class RunFolder:
         save_file({key: value.contiguous().cpu() for key, value in tensors.items()}, str(self.path(name)))
 
     def log_step(self, record: dict[str, Any]) -> None:
-        self.append_jsonl("train_log.jsonl", record)
+        self.append_jsonl(TRAIN_LOG, record)
 
     def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         """One line of ``name``; with trackers, its numbers as scalars at the record's step."""
@@ -245,8 +255,10 @@ class RunFolder:
         return destination
 
     def finish(self) -> Path:
-        for name in (CHECKPOINT, CHECKPOINT + ".old", CHECKPOINT + ".tmp"):  # training state: no longer needed
-            shutil.rmtree(self.path(name), ignore_errors=True)
+        for state in self.work.glob(f"{CHECKPOINT}*"):  # training states (of a sequence's stages too): not needed
+            shutil.rmtree(state, ignore_errors=True)
+        for evaluation in self.work.glob(STAGE_EVALUATION.format("*")):  # in metrics.json by now
+            evaluation.unlink()
         return self._release(self.final)
 
     def fail(self, reason: str, details: dict[str, Any]) -> Path:

@@ -27,6 +27,7 @@ from obliviate.methods.base import Method
 from obliviate.models.loading import ModelSource
 from obliviate.plan.evaluation import best_rule, evaluation_plan, prompt_format
 from obliviate.plan.records import ExperimentPlan, ModelPlan, OutputPlan, TrainingPlan
+from obliviate.plan.sequence import sequence_stages
 from obliviate.plan.sources import (
     check_lora,
     check_sharding,
@@ -69,7 +70,8 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
         raise UserError(f"{name} (or finetune.enabled, or unlearn.g_effect_every) needs {', '.join(missing)} data; "
                         f"set dataset.{missing[0]}_dataset_name")
     models = model_plan(s, fmt, data)
-    evaluation = evaluation_plan(s, data, data_dir, models, unlearning)
+    stages = sequence_stages(s, method, data, data_dir)
+    evaluation = evaluation_plan(s, data, data_dir, models, unlearning, [stage.forget for stage in stages])
     splits = {**{split.name: list(split.examples) for split in evaluation.splits}, **data}  # all that trains
     common = {"fmt": fmt, "max_length": s.dataset.max_length, "data": data, "models": models, "lora": s.lora,
               "mask_recipe": mask_recipe(s, models), "evaluation": evaluation, "evaluate_before": s.eval.before,
@@ -80,7 +82,8 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     if method is None:
         evaluated = common["evaluated_model"]
         name = (evaluated.source if isinstance(evaluated, FinetuneRecipe) else evaluated).name
-        return ExperimentPlan(method=None, objective=None, training_data=data, mask=None, attacks=None, best=None,
+        return ExperimentPlan(method=None, objective=None, training_data=data, sequence=(), mask=None, attacks=None,
+                              best=None,
                               training=None, output=_output(s, EVALUATIONS, set()),
                               description=_description(s, evaluation, f"{s.eval.model}: {name}"),
                               **{**common, "warnings": announced(common["warnings"])})
@@ -99,7 +102,8 @@ def plan(settings: Settings, unlearning: bool = True) -> ExperimentPlan:
     common["warnings"] = announced(
         common["warnings"] + foreign_mask(mask and mask.existing, models, Path(s.unlearn.mask_path)))
     return ExperimentPlan(
-        method=method, objective=objective, training_data=method.training_data(data), mask=mask, attacks=attacks,
+        method=method, objective=objective, training_data=method.training_data(data), sequence=stages, mask=mask,
+        attacks=attacks,
         best=best_rule(s, evaluation), training=_training(s), output=_output(s, method.name, method.sections()),
         description=_description(s, evaluation, f"{method.name} unlearning of {models.target_source.name}"), **common)
 

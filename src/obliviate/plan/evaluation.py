@@ -20,6 +20,7 @@ from obliviate.evaluation.reference import read_reference_run
 from obliviate.evaluation.scoring import Sampling
 from obliviate.evaluation.session import EvaluationPlan
 from obliviate.evaluation.splits import PRIMARY_SPLITS, Split, parse_extra_split
+from obliviate.plan.judging import judge_plan
 from obliviate.plan.records import ModelPlan
 
 
@@ -35,7 +36,7 @@ def prompt_format(template: str, chat: bool) -> PromptFormat:
 
 
 def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path, models: ModelPlan,
-                    unlearning: bool) -> EvaluationPlan:
+                    unlearning: bool, stage_splits: list[Split]) -> EvaluationPlan:
     e, d = s.eval, s.dataset
     evaluates = not unlearning or e.before or e.after or s.unlearn.eval_every or s.attack.datasets
     if evaluates and not e.metrics and not e.lm_eval_tasks:
@@ -49,7 +50,7 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
     if len({name for name, _, _ in extra}) != len(extra):
         raise UserError("eval.extra_splits names a split twice; give each extra split its own name")
     splits += [Split(name, role, tuple(load_examples(dataset, data_dir))) for name, role, dataset in extra]
-    splits = [split.limited(e.max_examples) for split in splits]
+    splits = [split.limited(e.max_examples) for split in splits] + stage_splits  # the stages' already limited
     if e.probes:
         by_name = {split.name: split for split in splits}
         if "forget" not in by_name:
@@ -64,10 +65,16 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
                             "or evaluate the saved model with --overall.sharding none")
     if e.lm_eval_tasks:
         check_tasks(e.lm_eval_tasks)
+    by_metric, by_leak = "judge" in e.metrics, "leak_at_k" in e.metrics and e.leak_scorer == "judge"
+    judge = judge_plan(s.eval_judge, bool(evaluates) and (by_metric or by_leak), models.cache_dir,
+                       needed_by="eval.metrics judge" if by_metric else "eval.leak_scorer judge",
+                       batch_size=e.batch_size, device=s.overall.device)
+    retain = next((split for split in splits if split.name == "retain"), None)
     options = EvalOptions(batch_size=e.batch_size, max_length=d.max_length, max_new_tokens=e.max_new_tokens,
                           work_dir=models.cache_dir, lm_eval_tasks=tuple(e.lm_eval_tasks), task_limit=e.max_examples,
                           knowmem_shots=knowmem_shots(e.knowmem_shots, {split.name for split in splits}, data_dir),
-                          leak=leak_options(s) if "leak_at_k" in e.metrics else None)
+                          leak=leak_options(s) if "leak_at_k" in e.metrics else None, judge=judge,
+                          probe_training=retain.examples if retain and "linear_probe" in e.metrics else ())
     needs = reference_requirements(splits, e.metrics)
     retain_logs = read_reference_run(Path(e.retain_logs_path), needs) if e.retain_logs_path else None
     if needs.required_by and models.retain is None and retain_logs is None:

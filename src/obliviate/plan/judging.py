@@ -28,7 +28,11 @@ def judge_plan(keys: JudgeKeys, needed: bool, cache_dir: Path, *, needed_by: str
 
 def _backend(keys: JudgeKeys, cache_dir: Path, batch_size: int, device: str) -> Backend:
     if keys.backend == "transformers":
-        return TransformersBackend(keys.model, cache_dir, keys.max_new_tokens, batch_size, device)
+        try:
+            return TransformersBackend(keys.model, cache_dir, keys.max_new_tokens, batch_size, device)
+        except UserError as error:  # resolve_model's message speaks of the evaluated model's key
+            raise UserError("eval.judge.model: " + str(error).replace("--overall.model_name", "--eval.judge.model")
+                            ) from None
     if not keys.url:
         raise UserError("eval.judge.backend openai needs eval.judge.url, the server's base URL (e.g. "
                         "http://localhost:8000/v1)")

@@ -27,6 +27,7 @@ from obliviate.methods.base import Method
 from obliviate.methods.objective import Objective
 from obliviate.models.loading import ModelSource, load_model
 from obliviate.models.sharding import shard
+from obliviate.plan.sequence import SequenceStage
 from obliviate.report import RunDescription
 from obliviate.training.finetune import FinetuneRecipe
 from obliviate.training.schedule import TrainingConfig
@@ -121,6 +122,7 @@ class ExperimentPlan:
     max_length: int
     data: dict[str, list[Example]]  # loaded data by split: forget, retain and the method's own
     training_data: dict[str, list[Example]]  # what the method trains on (ULD adds paraphrases)
+    sequence: tuple[SequenceStage, ...]  # unlearn.sequence's stages (empty: one stage on training_data)
     models: ModelPlan
     lora: Lora
     mask: MaskPlan | None
@@ -144,6 +146,7 @@ class ExperimentPlan:
         since it ran is run again (its config alone would not show it)."""
         parts = {"data": {name: content_hash(examples) for name, examples in self.data.items()},
                  "training_data": {name: content_hash(examples) for name, examples in self.training_data.items()},
+                 "sequence": [content_hash(stage.training_data["forget"]) for stage in self.sequence],
                  "evaluated": {split.name: content_hash(list(split.examples)) for split in self.evaluation.splits},
                  "attacks": [[a.name, content_hash(a.train), content_hash(a.test)]
                              for a in (self.attacks.attacks if self.attacks else [])],

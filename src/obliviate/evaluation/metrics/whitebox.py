@@ -3,14 +3,16 @@
 Output-level metrics cannot tell knowledge that is gone from knowledge that is only hidden from the output
 (Hong et al. 2024, "Intrinsic evaluation of unlearning using parametric knowledge traces", arXiv 2406.11614:
 most unlearning methods leave the parametric traces in place and suppress them at inference; Łucki et al.
-2024, "An adversarial perspective on machine unlearning for AI safety", arXiv 2409.18025: knowledge removed by
-RMU, NPO or DPO is largely recovered from the weights and activations). Two probes read every decoder layer
+2024, "An adversarial perspective on machine unlearning for AI safety", arXiv 2409.18025: knowledge unlearned
+by RMU or NPO is largely recovered by white-box attacks, e.g. fine-tuning on unrelated data or removing directions
+in activation space). Two probes read every decoder layer
 ℓ = 1..L, h_ℓ being the layer's output (the residual stream after layer ℓ, before the final norm):
 
 * ``logit_lens`` (nostalgebraist 2020, "interpreting GPT: the logit lens", LessWrong): the model's own final
   norm and output head applied to h_ℓ, p_ℓ(y_t) = softmax(W_U · norm(h_ℓ,t−1))[y_t], teacher-forced on the prompt
   and the answer exactly as ``prob`` tokenises them (answer tokens and the closing EOS scored; prompt and padding
-  never). Per example p_ℓ = exp(mean_t log p_ℓ(y_t)): at ℓ = L it IS ``prob`` (the model's own logits).
+  never). Per example p_ℓ = exp(mean_t log p_ℓ(y_t)): at ℓ = L it IS ``prob`` (the model's own logits; on a
+  knowledge split, ``prob`` before its normalisation over the options).
   Recorded: ``logit_lens@Lℓ`` = mean over examples of p_ℓ; ``logit_lens`` = max over layers of that mean (the
   most the answer can be read out at any depth); per example, its own max over layers. In plain words: how
   probable the true answer looks if the model stopped at layer ℓ. A method that only suppresses the output
@@ -28,11 +30,12 @@ RMU, NPO or DPO is largely recovered from the weights and activations). Two prob
   examples at layer ℓ; ``linear_probe`` = the acc at the layer chosen on retain alone (the best out-of-fold
   acc of a fixed 2-fold split of the retain examples, folds by position: the choice never sees this split);
   per example, its acc at that layer. An example that is also a training example is labelled by the probe of
-  the fold that left it out, so the retain split's numbers are held-out numbers too. In plain words: whether
-  a linear read-out of layer ℓ, learnt where the knowledge is intact, still finds the true answer on the
-  forget set. RMU (Li et al. 2024, "The WMDP benchmark", arXiv 2403.03218) scrambles the representations of a
-  chosen layer on forget data and reports that linear probes no longer recover the knowledge: this curve
-  checks that claim layer by layer.
+  the fold that left it out, so the retain split's numbers are held-out numbers too. The probe is fitted anew
+  for each evaluated model, on that model's own retain representations. In plain words: whether a linear
+  read-out of layer ℓ, learnt on answers the model still knows, finds the true answer on the forget set.
+  RMU (Li et al. 2024, "The WMDP benchmark", arXiv 2403.03218) scrambles the representations of a chosen
+  layer on forget data and reports that linear probes no longer recover the knowledge: this curve checks
+  that claim layer by layer.
 """
 
 from __future__ import annotations
@@ -90,8 +93,8 @@ def readout(model: torch.nn.Module) -> Readout:
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     norm = next((found for path in FINAL_NORMS if (found := _submodule(base, path)) is not None), None)
     if head is None or norm is None:
-        raise UserError(f"the logit lens cannot find the final norm and output head of {type(base).__name__}; use a "
-                        "Llama-style model (norm at model.norm, head from get_output_embeddings())")
+        raise NotComputed(f"the logit lens cannot find the final norm and output head of {type(base).__name__} (a "
+                          "Llama-style model has its norm at model.norm and its head from get_output_embeddings())")
     return Readout(norm, head)
 
 
@@ -112,7 +115,11 @@ def layer_outputs(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     def keep(module: torch.nn.Module, inputs: tuple, output: torch.Tensor | tuple) -> None:
         captured.append(output[0] if isinstance(output, tuple) else output)
 
-    handles = [layer.register_forward_hook(keep) for layer in decoder_layers(model)]
+    try:
+        layers = decoder_layers(model)
+    except UserError as unknown:  # e.g. a ULD/Offset combination of two models: no one layer stack to read
+        raise NotComputed(str(unknown)) from None
+    handles = [layer.register_forward_hook(keep) for layer in layers]
     try:
         yield captured
     finally:
@@ -264,13 +271,14 @@ def layer_accuracies(train: ProbeData, test: ProbeData) -> tuple[np.ndarray, np.
     return np.array(held_out), np.stack(tested)
 
 
-def probe_queries(scores: SplitScores, examples: list[Example]) -> tuple[list[Query], np.ndarray, np.ndarray]:
-    """Each example's true answer (``base_answer`` of the split's role) and its perturbed answers after its
+def probe_queries(scores: SplitScores, examples: list[Example], role: Role
+                  ) -> tuple[list[Query], np.ndarray, np.ndarray]:
+    """Each example's true answer (``base_answer`` of its split's ``role``) and its perturbed answers after its
     question: the queries, their labels and the example each belongs to."""
     queries, labels, owners = [], [], []
     for owner, example in enumerate(examples):
         prompt = scores.prompt(example.question)
-        answers = (base_answer(example, scores.split.role), *example.perturbed_answers)
+        answers = (base_answer(example, role), *example.perturbed_answers)
         queries += [Query(prompt, answer) for answer in answers]
         labels += [1] + [0] * len(example.perturbed_answers)
         owners += [owner] * len(answers)
@@ -279,8 +287,8 @@ def probe_queries(scores: SplitScores, examples: list[Example]) -> tuple[list[Qu
 
 def probe_data(scores: SplitScores, training: list[Example], tested: list[Example]) -> tuple[ProbeData, ProbeData]:
     """The training and tested answers' features, every distinct (prompt, answer) run through the model once."""
-    train_queries, train_labels, train_owners = probe_queries(scores, training)
-    test_queries, test_labels, test_owners = probe_queries(scores, tested)
+    train_queries, train_labels, train_owners = probe_queries(scores, training, Role.RETAIN)
+    test_queries, test_labels, test_owners = probe_queries(scores, tested, scores.split.role)
     distinct = list(dict.fromkeys(train_queries + test_queries))
     features = answer_features(scores.model, scores.tokenizer, distinct, scores.options.max_length,
                                scores.options.batch_size)
@@ -295,7 +303,7 @@ def probe_data(scores: SplitScores, training: list[Example], tested: list[Exampl
 @metric("linear_probe", roles=PROBE_ROLES, runs_sharded=False)
 def linear_probe(scores: SplitScores) -> MetricResult:
     """Accuracy of a retain-trained linear probe telling true from perturbed answers (layer chosen on retain)."""
-    training = list(dict.fromkeys(e for e in scores.options.probe_training if e.perturbed_answers and not e.is_text))
+    training = list(dict.fromkeys(e for e in scores.options.probe_training if e.perturbed_answers))
     if len(training) < FOLDS:
         raise NotComputed(f"the probe trains on the retain split's records with perturbed_answer, and {len(training)} "
                           f"are given (at least {FOLDS}): set dataset.retain_dataset_name to a split whose records "
