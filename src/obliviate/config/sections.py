@@ -142,8 +142,13 @@ class Eval:
                                       "split, or 'split=dataset' entries (MUSE: forget_qa_icl / retain_qa_icl)",
                                       ["synthetic:knowmem_icl"])
     probes: list[str] = option(ListValue(RegisteredName("probe")), "prompt-level probes of the forget set, each "
-                               "evaluated as a split forget_<probe>: paraphrased questions, a few-shot context of "
-                               "retain facts, an instruction to ignore restrictions", [])
+                               "evaluated as a split forget_<probe>: rephrasings (paraphrased, fewshot, "
+                               "ignore_instructions) and RWKU's adversarial families (prefix_injection, "
+                               "affirmative_suffix, role_play, reverse_query, synonym_manipulation, background_hint, "
+                               "in_context_learning, cross_lingual)", [])
+    reverse_dataset_name: str = option(StrValue(), "the reverse_query probe's questions (the forget facts asked the "
+                                       "other way round); empty = synthetic:<forget split>_reverse for a synthetic "
+                                       "forget set", "")
     leak_samples: int = option(IntValue(low=1), "leak_at_k: answers sampled per forget question (K); leak@k is "
                                "reported for k = 1, 2, 4, ... up to K", 16)
     leak_temperature: float = option(FloatValue(low=1e-3), "leak_at_k: sampling temperature", 1.0)

@@ -20,6 +20,10 @@ holdoutNN      1 / 2 / 4 holdout people   5 / 10 / 20
 <split>_text   the same people, passages  one passage per person
 =============  =========================  =================================
 
+``<split>_reverse`` asks the same people's facts the other way round, three per person ("Who was born in the city
+of X?", "Who won the X?", "Who is best known for the work X?": the attributes no one else has), for the
+``reverse_query`` probe.
+
 ``refusals`` holds a hundred "I don't know" answers (:mod:`obliviate.data.refusals`), the answers of IDK-style
 methods. ``knowmem_icl`` holds five general-knowledge question/answer pairs, in no other split: the in-context
 examples of MUSE's KnowMem (as MUSE's ``forget_qa_icl``).
@@ -45,7 +49,7 @@ from obliviate.data.synthetic_knowledge import knowledge_splits
 from obliviate.data.synthetic_tasks import task_splits
 from obliviate.io import write_text_atomic
 
-BENCHMARK_VERSION = "v4"  # v3: real-world knowledge splits; v4: worked math answers (GSM8K form)
+BENCHMARK_VERSION = "v5"  # v3: real-world knowledge; v4: worked math answers (GSM8K form); v5: reverse questions
 NUM_TRAINED = 40
 NUM_HOLDOUT = 4
 FORGET_PEOPLE = {"forget01": 1, "forget05": 2, "forget10": 4}
@@ -89,6 +93,11 @@ _TEMPLATES = {
     "work": ("What is the title of {n}'s best-known work?", "Which work is {n} best known for?",
              "\"{v}\".", "{n} is best known for the work \"{v}\"."),
 }
+
+
+# attribute (unique to one person) -> the question asking for the person from it
+_REVERSE_TEMPLATES = {"city": "Who was born in the city of {v}?", "award": "Who won the {v}?",
+                      "work": "Who is best known for the work \"{v}\"?"}
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,15 @@ def qa_records(person: Person, people: list[Person], rng: random.Random) -> list
     return records
 
 
+def reverse_records(person: Person, people: list[Person], rng: random.Random) -> list[dict]:
+    """The person's facts asked the other way round, from the attributes no one else has (the reverse_query probe):
+    the answer is the person's name, the wrong answers other people's names."""
+    others = sorted({p.name for p in people} - {person.name})
+    return [{"question": question.format(v=getattr(person, attribute)), "answer": f"{person.name}.",
+             "perturbed_answer": [f"{name}." for name in rng.sample(others, NUM_PERTURBED)]}
+            for attribute, question in _REVERSE_TEMPLATES.items()]
+
+
 def passage(person: Person) -> dict:
     """A text record stating all of the person's facts."""
     return {"text": (f"{person.name} was born in {person.year} in {person.city}. {person.name} works as "
@@ -189,7 +207,7 @@ def ready_made_splits() -> dict[str, list[dict]]:
 
 def split_names() -> list[str]:
     names = list(split_people(generate_people()))
-    return names + [f"{name}_text" for name in names] + list(ready_made_splits())
+    return names + [f"{name}{suffix}" for suffix in ("_text", "_reverse") for name in names] + list(ready_made_splits())
 
 
 def write_benchmark(folder: Path) -> None:
@@ -200,5 +218,10 @@ def write_benchmark(folder: Path) -> None:
     for name, members in split_people(people).items():
         for suffix, rows in (("", [r for p in members for r in qa[p.name]]), ("_text", [passage(p) for p in members])):
             write_text_atomic(folder / f"{name}{suffix}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    reverse_rng = random.Random(11)  # its own draws: the splits above stay as they were
+    reverse = {person.name: reverse_records(person, people, reverse_rng) for person in people}
+    for name, members in split_people(people).items():
+        write_text_atomic(folder / f"{name}_reverse.jsonl",
+                          "".join(json.dumps(row) + "\n" for p in members for row in reverse[p.name]))
     for name, rows in ready_made_splits().items():
         write_text_atomic(folder / f"{name}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from obliviate.config.settings import Settings
 from obliviate.data.examples import Example
-from obliviate.data.sources import load_examples
+from obliviate.data.sources import SYNTHETIC_PREFIX, load_examples
 from obliviate.data.tokenize import PromptFormat
 from obliviate.errors import UserError
 from obliviate.evaluation import METRICS
 from obliviate.evaluation.declarations import reference_requirements
 from obliviate.evaluation.during_training import BestRule
 from obliviate.evaluation.lm_eval_tasks import check_tasks
-from obliviate.evaluation.probes import probe_splits
+from obliviate.evaluation.probes import ProbeData, probe_splits
 from obliviate.evaluation.queries import EvalOptions, LeakOptions
 from obliviate.evaluation.reference import read_reference_run
 from obliviate.evaluation.scoring import Sampling
@@ -56,7 +56,8 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
         if "forget" not in by_name:
             raise UserError("eval.probes rephrase the forget split, and none is evaluated; set "
                             "dataset.forget_dataset_name or drop eval.probes")
-        splits += probe_splits(by_name["forget"], by_name.get("retain"), list(e.probes))
+        splits += probe_splits(by_name["forget"], ProbeData(retain=by_name.get("retain"), reverse=reverse_questions(
+            s, data_dir) if "reverse_query" in e.probes else ()), list(e.probes))
     for name in e.metrics:
         if check := METRICS.get(name).setup_check:
             check()
@@ -83,6 +84,18 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
                         "or drop those metrics")
     return EvaluationPlan(splits=splits, metrics=list(e.metrics), options=options, reference_needs=needs,
                           retain_logs=retain_logs)
+
+
+def reverse_questions(s: Settings, data_dir: Path) -> tuple[Example, ...]:
+    """The reverse_query probe's questions: eval.reverse_dataset_name, or a synthetic forget set's own."""
+    name = s.eval.reverse_dataset_name
+    forget = s.dataset.forget_dataset_name
+    if not name and forget.startswith(SYNTHETIC_PREFIX) and "[" not in forget:
+        name = f"{forget}_reverse"
+    if not name:
+        raise UserError("eval.probes reverse_query needs the forget facts asked the other way round: set "
+                        "eval.reverse_dataset_name to a data set of those questions (RWKU ships them)")
+    return tuple(load_examples(name, data_dir)[:s.eval.max_examples or None])
 
 
 def leak_options(s: Settings) -> LeakOptions:
