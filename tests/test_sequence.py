@@ -78,9 +78,26 @@ def test_a_sequence_evaluates_every_stage_and_resumes_to_the_same_result(tmp_pat
             raise KeyboardInterrupt
     monkeypatch.setattr(RunFolder, "append_jsonl", interrupt)
     assert unlearn(argv(tmp_path, cache_dir, "stopped")) == 130
+    saved = "step 2 of stage_1" if stop == (1, 3) else "step 3 of stage_1"  # stage 2 saves first at its step 2
+    assert f"--logger.resume true to continue after {saved}" in capsys.readouterr().err
     monkeypatch.setattr(RunFolder, "append_jsonl", real_append)
     assert unlearn(argv(tmp_path, cache_dir, "stopped", "--logger.resume", "true")) == 0
     resumed = tmp_path / "results" / "synthetic" / "NPO" / "stopped"
     assert json.loads((resumed / "metrics.json").read_text()) == metrics
     again = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"], r["loss"]) for r in again] == [(r["stage"], r["step"], r["loss"]) for r in log]
+
+
+def test_a_study_cell_may_be_a_sequence_and_a_grid_may_vary_it(tmp_path):
+    from obliviate.study.spec import load_study
+
+    two, four = ([f"synthetic:forget10[{a}:{a + 20 // n}]" for a in range(0, 20, 20 // n)] for n in (2, 4))
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"name": "sequences", "seeds": [0], "forget_metrics": ["prob"],
+                                 "overrides": {"dataset.data_dir": str(tmp_path / "data")},
+                                 "methods": {"NPO": {"config_file": str(ROOT / "configs/synthetic/npo.json"),
+                                                     "unlearn.sequence": [two, four]},
+                                             "NPO once": {"config_file": str(ROOT / "configs/synthetic/npo.json")}}}))
+    cells = load_study(study, []).cells
+    sequences = sorted(len(cell.overrides.get("unlearn.sequence", [])) for cell in cells)
+    assert sequences == [0, 2, 4]

@@ -17,8 +17,9 @@ from obliviate.evaluation.evaluator import evaluate
 from obliviate.evaluation.metrics import whitebox
 from obliviate.evaluation.metrics.whitebox import (
     ProbeData,
+    accuracies_on,
     example_accuracies,
-    layer_accuracies,
+    fit_probes,
     layer_name,
     lens_log_probs,
     readout,
@@ -44,8 +45,9 @@ def model(tokenizer):
     return tiny_random_llama(tokenizer).eval()
 
 
-def scores_of(model, tokenizer, name, examples, role, options=OPTIONS):
-    return SplitScores(Split(name, role, tuple(examples), True), model, tokenizer, PromptFormat(), options)
+def scores_of(model, tokenizer, name, examples, role, options=OPTIONS, shared=None):
+    return SplitScores(Split(name, role, tuple(examples), True), model, tokenizer, PromptFormat(), options,
+                       shared=shared)
 
 
 def queries_of(tokenizer, examples):
@@ -135,7 +137,8 @@ def test_probe_finds_the_separable_layer_and_chance_at_the_other():
     rng = np.random.default_rng(0)
     train = synthetic(20, 2, rng, lambda owners: owners % 2)
     test = synthetic(6, 3, rng, lambda owners: np.full(len(owners), -1))
-    held_out, tested = layer_accuracies(train, test)
+    probes = fit_probes(train)
+    held_out, tested = probes.held_out, accuracies_on(probes, test)
     assert held_out == pytest.approx([0.5, 1.0])
     assert int(np.argmax(held_out)) == 1
     assert tested[0] == pytest.approx([0.5] * 6) and tested[1] == pytest.approx([1.0] * 6)
@@ -148,8 +151,9 @@ def test_a_training_example_is_labelled_by_the_probe_that_did_not_see_it():
     labels, owners = np.tile([1, 0], 12), np.repeat(np.arange(12), 2)
     features = rng.normal(size=(24, 1, 200))
     train = ProbeData(features, labels, owners, owners % 2)
-    _, seen = layer_accuracies(train, train)
-    _, unseen = layer_accuracies(train, ProbeData(features, labels, owners, np.full(24, -1)))
+    probes = fit_probes(train)
+    seen = accuracies_on(probes, train)
+    unseen = accuracies_on(probes, ProbeData(features, labels, owners, np.full(24, -1)))
     assert unseen[0].mean() == 1.0
     assert seen[0].mean() < 0.8
 
@@ -177,6 +181,13 @@ def test_linear_probe_compares_the_base_answer_with_the_perturbed_ones_and_runs_
     forget = METRICS.get("linear_probe").compute(
         scores_of(None, tokenizer, "forget", [*FORGET, Example("Q?", "A.")], Role.FORGET, options))
     assert forget.per_example == [1.0, 1.0, None] and forget.value == 1.0
+    asked.clear()  # one evaluation: the probes train once, and a split runs only its own answers
+    shared = {}
+    for name, examples, role in (("retain", RETAIN, Role.RETAIN), ("forget", FORGET, Role.FORGET),
+                                 ("forget_again", FORGET, Role.FORGET)):
+        METRICS.get("linear_probe").compute(scores_of(None, tokenizer, name, examples, role, options, shared))
+    assert len(asked) == sum(1 + len(e.perturbed_answers) for e in RETAIN) + 2 * sum(
+        1 + len(e.perturbed_answers) for e in FORGET)
 
 
 def test_linear_probe_without_retain_training_examples_or_perturbed_answers_is_not_computed(tokenizer):

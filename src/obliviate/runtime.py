@@ -78,11 +78,20 @@ class Runtime:
             dist.all_gather_object(everyone, dict(values))
         return everyone
 
+    def saved_point(self) -> str | None:
+        """Where the newest resumable state stands: "step 4", or "step 2 of stage_2" in a sequence; None without."""
+        if (step := saved_step(self.work / CHECKPOINT)) is not None:
+            return f"step {step}"
+        stages = sorted((path for path in self.work.glob(f"{CHECKPOINT}_stage_*") if path.name[-1].isdigit()),
+                        key=lambda path: int(path.name.rpartition("_")[2]))
+        found = [(path.name.removeprefix(f"{CHECKPOINT}_"), saved_step(path)) for path in stages]
+        return next((f"step {step} of {stage}" for stage, step in reversed(found) if step is not None), None)
+
     @contextlib.contextmanager
     def stopping(self) -> Iterator[None]:
         """The main process marks a run that stops as failed (the run folder says how); the others only say so."""
         if self.folder is not None:
-            with self.folder.marked_failed_on_stop(lambda: saved_step(self.work / CHECKPOINT), self.advice):
+            with self.folder.marked_failed_on_stop(self.saved_point, self.advice):
                 yield
             return
         try:

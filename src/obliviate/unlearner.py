@@ -29,7 +29,7 @@ from obliviate.evaluation.reference import EVALUATED
 from obliviate.evaluation.session import EvaluationSession
 from obliviate.loggers.json_logger import ATTACK_LOG
 from obliviate.masks.mask import ParameterMask
-from obliviate.methods.objective import PrepareContext
+from obliviate.methods.objective import Objective, PrepareContext
 from obliviate.models import adapters
 from obliviate.models.assembly import Assembly
 from obliviate.models.loading import ModelSource, resolve_model, shapes_of
@@ -111,7 +111,7 @@ class Unlearner:
             points = None
         else:
             with self.timings.stage("unlearn"):
-                points = self._train(assembly, tokenizer, mask, p.training_data,
+                points = self._train(assembly, tokenizer, mask, p.objective, p.training_data,
                                      self.runtime.checkpointing(p.training.save_every, restarted_logs=(ATTACK_LOG,)),
                                      self.folder.log_step if self.folder else lambda record: None)
         if points is not None and p.best is not None:
@@ -146,8 +146,9 @@ class Unlearner:
 
     def _unlearn_in_stages(self, assembly: Assembly, tokenizer: PreTrainedTokenizerBase,
                            mask: ParameterMask | None) -> None:
-        """``unlearn.sequence``: each stage trains from the weights the previous one left (one mask, one LoRA adapter
-        through every stage), then every split is evaluated (``stage_<k>``; the last is ``after``). Each stage's
+        """``unlearn.sequence``: each stage trains from the weights the previous one left with a fresh objective (its
+        reference, dual variable, ... from the stage's starting model; one mask, one LoRA adapter through every
+        stage), then every split is evaluated (``stage_<k>``; the last is ``after``). Each stage's
         evaluation is written when it ends; a resumed run reads back the stages it finished, loads the last one's
         weights from its saved state and resumes the stage it was in from its own saved state."""
         stages = self.plan.sequence
@@ -159,7 +160,7 @@ class Unlearner:
                 continue
             checkpoint = self.runtime.stage_checkpointing(stage.name, self.plan.training.save_every)
             with self.timings.stage(f"unlearn_{stage.name}"):
-                self._train(assembly, tokenizer, mask, stage.training_data, checkpoint,
+                self._train(assembly, tokenizer, mask, self.plan.method.objective(), stage.training_data, checkpoint,
                             self.runtime.stage_log(index + 1, checkpoint))
             if index < finished:  # finished before: its weights are loaded, its evaluation read back
                 self.results[key] = self.runtime.stage_evaluation(stage.name)
@@ -174,15 +175,15 @@ class Unlearner:
                           self.folder.path("sequence.png"), f"{self.plan.method.name}: sequential unlearning")
 
     def _train(self, assembly: Assembly, tokenizer: PreTrainedTokenizerBase, mask: ParameterMask | None,
-               training_data: dict[str, list[Example]], checkpoint: Checkpointing | None,
+               objective: Objective, training_data: dict[str, list[Example]], checkpoint: Checkpointing | None,
                on_log: Callable[[dict], None]) -> EvaluationPoints | None:
-        """Train the assembly with the method's objective on ``training_data``; its evaluation points when
-        evaluating along the way."""
+        """Train the assembly with ``objective`` on ``training_data``; its evaluation points when evaluating along
+        the way."""
         p, t, trained = self.plan, self.plan.training, assembly.trained
         set_seed(t.seed)
-        splits = p.objective.splits | {"forget"} | ({"retain"} if t.g_effect_every else set())
+        splits = objective.splits | {"forget"} | ({"retain"} if t.g_effect_every else set())
         datasets = encode_splits(tokenizer, training_data, splits, p.fmt, p.max_length)
-        p.objective.prepare(PrepareContext(
+        objective.prepare(PrepareContext(
             trained, datasets, t.reference_batch_size, p.models.device, training_data,
             lambda examples: encode_dataset(tokenizer, examples, p.fmt, p.max_length),
             t.config.steps_per_epoch(len(datasets["forget"]), self.accelerator.num_processes)))
@@ -201,7 +202,7 @@ class Unlearner:
             if checkpoint is None or not checkpoint.resume:
                 points(0)  # a resumed state brings the points so far
         parts = {name: part for name, part in (("evaluation_points", points), ("g_effect", probe)) if part is not None}
-        result = train(trained, p.objective, datasets, "forget", t.config, self.accelerator, t.seed,
+        result = train(trained, objective, datasets, "forget", t.config, self.accelerator, t.seed,
                        on_log=on_log, mask=mask, inspect=probe,
                        after_step=points, checkpoint=checkpoint.with_parts(parts) if checkpoint else None,
                        description=f"unlearn ({p.method.name})")
@@ -211,7 +212,7 @@ class Unlearner:
             points.plot(self.folder.path("eval_curves.png"), f"{p.method.name}: evaluation during unlearning")
         if probe is not None:
             plot_g_effect(self.folder.path(G_EFFECT_LOG), self.folder.path("g_effect.png"), p.method.name)
-        if self.main and (artifacts := p.objective.artifacts()):
+        if self.main and (artifacts := objective.artifacts()):
             self.folder.write_tensors("artifacts.safetensors", artifacts)
         return points
 

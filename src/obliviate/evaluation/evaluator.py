@@ -31,8 +31,9 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits:
     ``not_computed`` with the reason, never dropped silently."""
     result = Evaluation()
     requested = [METRICS.get(name) for name in metrics]
+    shared: dict = {}  # what metrics compute once for every split of this evaluation (e.g. the linear probes)
     for split in splits:
-        scores = SplitScores(split, model, tokenizer, fmt, options, reference)
+        scores = SplitScores(split, model, tokenizer, fmt, options, reference, shared)
         for declared in requested:
             if not declared.applies_to(split):
                 continue

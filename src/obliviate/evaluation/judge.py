@@ -42,6 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.errors import UserError
 from obliviate.evaluation.scoring import greedy_answers
+from obliviate.evaluation.spread import map_batches
 from obliviate.io import exclusive_lock, write_json_atomic
 from obliviate.models.loading import load_model, resolve_device, resolve_dtype, resolve_model
 
@@ -181,7 +182,8 @@ class OpenAIBackend(Backend):
         self._send("/models", None, tries=1)
 
     def complete(self, prompts: list[str]) -> list[str]:
-        return [self._chat(prompt) for prompt in prompts]
+        """Each prompt asked once: several processes divide the prompts and share the answers."""
+        return map_batches(prompts, self._chat, "judging")
 
     def _chat(self, prompt: str) -> str:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,

@@ -75,10 +75,12 @@ class SplitScores:
     """Everything metrics ask the model about one split; each query runs once, when first needed."""
 
     def __init__(self, split: Split, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
-                 options: EvalOptions, reference: Evaluation | None = None) -> None:
+                 options: EvalOptions, reference: Evaluation | None = None, shared: dict[str, Any] | None = None
+                 ) -> None:
         self.split, self.examples = split, list(split.examples)
         self.model, self.tokenizer, self.fmt, self.options = model, tokenizer, fmt, options
         self.reference = reference
+        self.shared = {} if shared is None else shared  # one evaluation's memo of what no split owns (same model)
         self._scored: dict[Query, AnswerTokens] = {}  # every (prompt, answer) scored so far, whichever metric asked
 
     def prompt(self, question: str) -> str:

@@ -273,11 +273,11 @@ class RunFolder:
         return self._release(self.failed)
 
     @contextlib.contextmanager
-    def marked_failed_on_stop(self, saved_step: Callable[[], int | None], advice: str) -> Iterator[None]:
+    def marked_failed_on_stop(self, saved_point: Callable[[], str | None], advice: str) -> Iterator[None]:
         """A run that stops (non-finite step, Ctrl-C/SIGTERM, any error) leaves ``<name>.failed/`` with
         ``failure.json``, never a folder that looks finished; the error is re-raised as one line saying how to go
-        on (``saved_step``: the step of the resumable state saved so far, if any; ``advice``: what to change after
-        a non-finite step)."""
+        on (``saved_point``: where the resumable state saved so far stands, e.g. "step 4", if there is one;
+        ``advice``: what to change after a non-finite step)."""
         try:
             yield
         except NonFiniteStep as failure:
@@ -285,10 +285,10 @@ class RunFolder:
             raise RunFailed(f"{failure}; the run stopped and its logs are in '{folder}' (no metrics.json); "
                             f"{advice}, then rerun") from None
         except KeyboardInterrupt:
-            saved = saved_step()
-            folder = self.fail("interrupted", {"saved_step": saved})
+            saved = saved_point()
+            folder = self.fail("interrupted", {"saved": saved})
             again = (f"rerun the same command with --logger.name {self.final.name} --logger.resume true to continue "
-                     f"after step {saved}" if saved is not None else "rerun the same command to start again")
+                     f"after {saved}" if saved is not None else "rerun the same command to start again")
             raise Interrupted(f"interrupted; the partial run (logs, no metrics.json) is in '{folder}'; {again}"
                               ) from None
         except BaseException as error:

@@ -252,23 +252,44 @@ def example_accuracies(predicted: np.ndarray, data: ProbeData) -> np.ndarray:
     return result
 
 
-def layer_accuracies(train: ProbeData, test: ProbeData) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer: the out-of-fold accuracy on the training examples [layer] (what chooses the layer) and each
-    tested example's accuracy [layer, example]. A tested example that is a training example is labelled by the
-    probe fitted without its fold; any other by the probe fitted on every training example."""
-    held_out, tested = [], []
+@dataclass(frozen=True)
+class FittedProbes:
+    """Per layer: the probe fitted on every training answer, the probes fitted without each fold, and the
+    out-of-fold accuracy on the training examples (what chooses the layer)."""
+
+    full: list[Pipeline]
+    without_fold: list[list[Pipeline]]
+    held_out: np.ndarray
+
+
+def fit_probes(train: ProbeData) -> FittedProbes:
+    """Every layer's probes on ``train`` (``FOLDS`` + 1 fits per layer)."""
+    full, without_fold, held_out = [], [], []
     for layer in range(train.features.shape[1]):
-        x, x_test = train.features[:, layer], test.features[:, layer]
+        x = train.features[:, layer]
         out_of_fold = np.empty_like(train.labels)
-        predicted = probe().fit(x, train.labels).predict(x_test)
+        fitted = []
         for fold in range(FOLDS):
-            fitted = probe().fit(x[train.folds != fold], train.labels[train.folds != fold])
-            out_of_fold[train.folds == fold] = fitted.predict(x[train.folds == fold])
+            fitted.append(probe().fit(x[train.folds != fold], train.labels[train.folds != fold]))
+            out_of_fold[train.folds == fold] = fitted[-1].predict(x[train.folds == fold])
+        full.append(probe().fit(x, train.labels))
+        without_fold.append(fitted)
+        held_out.append(example_accuracies(out_of_fold, train).mean())
+    return FittedProbes(full, without_fold, np.array(held_out))
+
+
+def accuracies_on(probes: FittedProbes, test: ProbeData) -> np.ndarray:
+    """[layer, example]: each tested example's accuracy. A tested example that is a training example is labelled by
+    the probe fitted without its fold; any other by the probe fitted on every training example."""
+    tested = []
+    for layer, full in enumerate(probes.full):
+        x_test = test.features[:, layer]
+        predicted = full.predict(x_test)
+        for fold, fitted in enumerate(probes.without_fold[layer]):
             if (test.folds == fold).any():
                 predicted[test.folds == fold] = fitted.predict(x_test[test.folds == fold])
-        held_out.append(example_accuracies(out_of_fold, train).mean())
         tested.append(example_accuracies(predicted, test))
-    return np.array(held_out), np.stack(tested)
+    return np.stack(tested)
 
 
 def probe_queries(scores: SplitScores, examples: list[Example], role: Role
@@ -285,19 +306,39 @@ def probe_queries(scores: SplitScores, examples: list[Example], role: Role
     return queries, np.array(labels), np.array(owners)
 
 
-def probe_data(scores: SplitScores, training: list[Example], tested: list[Example]) -> tuple[ProbeData, ProbeData]:
-    """The training and tested answers' features, every distinct (prompt, answer) run through the model once."""
-    train_queries, train_labels, train_owners = probe_queries(scores, training, Role.RETAIN)
-    test_queries, test_labels, test_owners = probe_queries(scores, tested, scores.split.role)
-    distinct = list(dict.fromkeys(train_queries + test_queries))
-    features = answer_features(scores.model, scores.tokenizer, distinct, scores.options.max_length,
+@dataclass(frozen=True)
+class TrainedProbes:
+    """The probes of one evaluation: fitted once on the training answers' features, shared by every split."""
+
+    features: dict[Query, np.ndarray]  # [layer, width] of each training answer
+    fold_of: dict[Example, int]
+    probes: FittedProbes
+
+
+def trained_probes(scores: SplitScores, training: list[Example]) -> TrainedProbes:
+    """The training answers' features and the fitted probes, computed on the first split that asks and kept for the
+    others in the evaluation's shared memo (the model does not change within one evaluation)."""
+    if (found := scores.shared.get("linear_probe")) is None:
+        queries, labels, owners = probe_queries(scores, training, Role.RETAIN)
+        distinct = list(dict.fromkeys(queries))
+        rows = answer_features(scores.model, scores.tokenizer, distinct, scores.options.max_length,
                                scores.options.batch_size)
-    position = {query: row for row, query in enumerate(distinct)}
-    fold_of = {example: index % FOLDS for index, example in enumerate(training)}
-    test_folds = np.array([fold_of.get(example, -1) for example in tested])[test_owners]
-    train = ProbeData(features[[position[q] for q in train_queries]], train_labels, train_owners,
-                      train_owners % FOLDS)
-    return train, ProbeData(features[[position[q] for q in test_queries]], test_labels, test_owners, test_folds)
+        features = dict(zip(distinct, rows))
+        train = ProbeData(np.stack([features[q] for q in queries]), labels, owners, owners % FOLDS)
+        found = scores.shared["linear_probe"] = TrainedProbes(
+            features, {example: index % FOLDS for index, example in enumerate(training)}, fit_probes(train))
+    return found
+
+
+def tested_data(scores: SplitScores, trained: TrainedProbes, tested: list[Example]) -> ProbeData:
+    """The tested answers' features (an answer the probes trained on is not run again) with their folds."""
+    queries, labels, owners = probe_queries(scores, tested, scores.split.role)
+    missing = list(dict.fromkeys(q for q in queries if q not in trained.features))
+    computed = dict(zip(missing, answer_features(scores.model, scores.tokenizer, missing, scores.options.max_length,
+                                                 scores.options.batch_size))) if missing else {}
+    features = np.stack([trained.features[q] if q in trained.features else computed[q] for q in queries])
+    folds = np.array([trained.fold_of.get(example, -1) for example in tested])[owners]
+    return ProbeData(features, labels, owners, folds)
 
 
 @metric("linear_probe", roles=PROBE_ROLES, runs_sharded=False)
@@ -313,7 +354,9 @@ def linear_probe(scores: SplitScores) -> MetricResult:
     if not tested:
         raise NotComputed(f"no record of {scores.split.name} has perturbed_answer (the wrong answers the probe tells "
                           "from the true one)")
-    held_out, accuracies = layer_accuracies(*probe_data(scores, training, tested))
+    trained = trained_probes(scores, training)
+    held_out, accuracies = trained.probes.held_out, accuracies_on(trained.probes, tested_data(scores, trained,
+                                                                                                  tested))
     chosen = int(np.argmax(held_out))
     by_example = dict(zip(map(id, tested), accuracies[chosen].tolist()))
     curve = {layer_name(layer + 1, len(held_out)): float(row.mean()) for layer, row in enumerate(accuracies)}
