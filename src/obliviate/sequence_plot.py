@@ -34,11 +34,11 @@ def plot_sequence(results: dict[str, Evaluation], splits: list[Split], metrics: 
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     positions = list(range(len(stages)))
     for axis, name in zip(axes[0], panels):
-        for split in lines:
+        for colour, split in enumerate(lines):  # one colour per split in every panel
             values = [results[stage].splits.get(split, {}).get(name) for stage in stages]
             if any(isinstance(value, (int, float)) for value in values):
                 axis.plot(positions, [float("nan") if value is None else value for value in values], marker="o",
-                          label=split, linestyle="--" if split == "forget" else "-")
+                          label=split, color=f"C{colour}", linestyle="--" if split == "forget" else "-")
         axis.set(title=name, xlabel="stage")
         first = 0 if "before" in stages else 1
         axis.set_xticks(positions, [str(first + position) for position in positions])
