@@ -91,3 +91,29 @@ def test_nucleus_sample_draws_from_the_smallest_set_reaching_top_p():
     assert set(nucleus_sample(logits, 1.0, 0.8).tolist()) == {0, 1}
     assert set(nucleus_sample(logits, 1.0, 1.0).tolist()) == {0, 1, 2}
     assert set(nucleus_sample(logits, 1e-3, 1.0).tolist()) == {0}  # a cold temperature is greedy
+
+
+def test_leak_at_k_with_the_judge_asks_it_once_per_sample(tmp_path):
+    from obliviate.evaluation.judge import Backend, Judge
+
+    class Oslo(Backend):  # a sample leaks when it names Oslo
+        identity = "oslo"
+
+        def __init__(self):
+            self.asked = []
+
+        def complete(self, prompts):
+            self.asked += prompts
+            return ["YES" if prompt.count("Oslo") > 1 else "NO" for prompt in prompts]  # truth and sample both
+
+    backend = Oslo()
+    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=8, work_dir=Path("."),
+                          leak=LeakOptions(sampling=Sampling(samples=4, temperature=1.0, top_p=1.0, seed=0),
+                                           scorer="judge", threshold=0.5),
+                          judge=Judge(backend, tmp_path))
+    examples = [Example("Where was Ada born?", "Oslo.")]
+    scores = FixedScores("forget", examples, Role.FORGET, options=options, tokenizer=_NoTokenizer(),
+                         samples=[["Bergen.", "Oslo, I think.", "Paris.", "Bergen."]])
+    result = leak_at_k(scores)
+    assert result.texts[0]["leaked"] == [False, True, False, False] and result.curve["1"] == pytest.approx(1 / 4)
+    assert len(backend.asked) == 3  # "Bergen." twice: asked once
