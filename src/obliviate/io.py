@@ -108,13 +108,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(finite_or_null(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def file_digest(path: Path) -> str:
-    """A short hash of a file's bytes."""
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """A short hash of a file's bytes (for cache keys)."""
+    return file_sha256(path)[:16]
 
 
 def read_json_object(path: Path, what: str, hint: str, error: type[UserError] = UserError) -> dict[str, Any]:

