@@ -84,7 +84,7 @@ class Runtime:
             return f"step {step}"
         stages = sorted((path for path in self.work.glob(f"{CHECKPOINT}_stage_*") if path.name[-1].isdigit()),
                         key=lambda path: int(path.name.rpartition("_")[2]))
-        found = [(path.name.removeprefix(f"{CHECKPOINT}_"), saved_step(path)) for path in stages]
+        found = [(path.name.removeprefix(f"{CHECKPOINT}_"), saved_step(path)) for path in stages]  # stage_<k>
         return next((f"step {step} of {stage}" for stage, step in reversed(found) if step is not None), None)
 
     @contextlib.contextmanager
@@ -108,7 +108,7 @@ class Runtime:
         if self.resumed:
             while count < len(names) and (self.work / STAGE_EVALUATION.format(names[count])).is_file():
                 count += 1
-            if count and saved_step(self.work / f"{CHECKPOINT}_{names[count - 1]}") is None:
+            if count and saved_step(self.stage_state(names[count - 1])) is None:
                 count = 0
         shared = [count]
         if self.accelerator.num_processes > 1:
@@ -117,11 +117,15 @@ class Runtime:
             self.folder.filter_log(ATTACK_LOG, lambda record: False)  # the attacks run again from their start
         return shared[0]
 
+    def stage_state(self, name: str) -> Path:
+        """The folder of a sequence stage's saved training state."""
+        return self.work / f"{CHECKPOINT}_{name}"
+
     def stage_checkpointing(self, name: str, every: int) -> Checkpointing | None:
         """A sequence stage's own saved state (``checkpoint_<stage>``), resumed when it exists."""
         if not every:
             return None
-        checkpoint = Checkpointing(self.work / f"{CHECKPOINT}_{name}", every, False)
+        checkpoint = Checkpointing(self.stage_state(name), every, False)
         return replace(checkpoint, resume=self.resumed and checkpoint.saved_step() is not None)
 
     def stage_log(self, number: int, checkpoint: Checkpointing | None) -> Callable[[dict], None]:
@@ -145,7 +149,7 @@ class Runtime:
         if self.folder is not None:
             self.folder.write_json(STAGE_EVALUATION.format(name), evaluation.to_dict())
             if previous is not None:
-                shutil.rmtree(self.work / f"{CHECKPOINT}_{previous}", ignore_errors=True)
+                shutil.rmtree(self.stage_state(previous), ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
     def checkpointing(self, every: int, restarted_logs: tuple[str, ...]) -> Checkpointing | None:

@@ -48,7 +48,7 @@ def sequence_stages(s: Settings, method: Method | None, data: dict[str, list[Exa
     for key, value in (("eval_every", u.eval_every), ("g_effect_every", u.g_effect_every)):
         if value:
             raise UserError(f"unlearn.{key} counts the steps of one run, and unlearn.sequence runs several; the "
-                            "sequence is evaluated after every stage: set --unlearn." + key + " 0")
+                            f"sequence is evaluated after every stage: set --unlearn.{key} 0")
     known = set(data["forget"])
     stages = []
     for index, name in enumerate(u.sequence, 1):
