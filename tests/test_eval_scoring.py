@@ -98,3 +98,83 @@ def test_lm_eval_requests_with_shared_contexts_score_as_lm_evals_own_model(token
     assert [greedy for _, greedy in ours] == [greedy for _, greedy in theirs]
     assert [value for value, _ in ours] == pytest.approx([value for value, _ in theirs], abs=1e-4)
     assert len({value for value, _ in ours}) == len(pairs)  # distinct requests, not one value repeated
+
+
+def test_scored_index_answers_a_request_only_from_the_same_tokens():
+    """A request is answered by a scored answer after the same prefix whose tokens begin with the continuation
+    (e.g. the answer without its closing EOS); another prefix or other tokens are not answered."""
+    from evaluation_helpers import tokens
+
+    from obliviate.evaluation.scoring import ScoredIndex
+
+    index = ScoredIndex()
+    scored = tokens([-0.5, -1.0, -0.1], is_argmax=[True, False, True], token_ids=[7, 8, 2], closing_eos=True)
+    index.add([1, 2, 3], scored)
+    found = index.find([1, 2, 3], [7, 8])
+    assert found.token_ids == (7, 8) and found.log_probs == (-0.5, -1.0) and found.is_argmax == (True, False)
+    assert not found.closing_eos
+    assert index.find([1, 2, 3], [7, 8, 2]) is scored
+    assert index.find([1, 2], [7, 8]) is None  # another prefix
+    assert index.find([1, 2, 3], [7, 9]) is None  # other tokens
+    assert index.find([1, 2, 3], [7, 8, 2, 5]) is None  # longer than anything scored
+
+
+class ForwardCounter:
+    """Counts forward passes of a model (a hook on its top module)."""
+
+    def __init__(self, model):
+        self.count = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, inputs):
+        self.count += 1
+
+
+def test_multiple_choice_reads_the_options_the_truth_ratio_scored_and_gives_lm_evals_accuracy(tokenizer, tmp_path):
+    """mcq_acc after truth_ratio on the same split runs lm-eval without one forward pass of the model (its four
+    choices are the truth ratio's answers), and its accuracy and per-example values are those of lm-eval scoring
+    every choice itself."""
+    from obliviate.data.sources import load_examples
+    from obliviate.data.tokenize import PromptFormat
+    from obliviate.evaluation import METRICS
+    from obliviate.evaluation.queries import EvalOptions, SplitScores
+    from obliviate.evaluation.splits import Role, Split
+
+    examples = load_examples("synthetic:forget05", tmp_path)[:6]
+    model = tiny_random_llama(tokenizer).eval()
+    options = EvalOptions(batch_size=4, max_length=96, max_new_tokens=4, work_dir=tmp_path)
+
+    def scores(score_options):
+        return SplitScores(Split("forget", Role.FORGET, tuple(examples)), model, tokenizer, PromptFormat(), options,
+                           score_options=score_options)
+
+    alone = METRICS.get("mcq_acc").compute(scores(False))
+    shared = scores(True)
+    METRICS.get("truth_ratio").compute(shared)
+    counter = ForwardCounter(model)
+    after_truth_ratio = METRICS.get("mcq_acc").compute(shared)
+    assert counter.count == 0
+    assert after_truth_ratio.per_example == alone.per_example and after_truth_ratio.value == alone.value
+
+
+def test_answers_and_options_scored_in_one_pass_give_the_same_statistics(tokenizer, tmp_path):
+    """With score_options, each prompt runs once for its answer and its options: the answers' statistics are
+    those scored alone, and the truth ratio afterwards needs no forward pass."""
+    from obliviate.data.sources import load_examples
+    from obliviate.data.tokenize import PromptFormat
+    from obliviate.evaluation.queries import EvalOptions, SplitScores
+    from obliviate.evaluation.splits import Role, Split
+
+    examples = load_examples("synthetic:forget05", tmp_path)[:5]
+    model = tiny_random_llama(tokenizer).eval()
+    options = EvalOptions(batch_size=3, max_length=96, max_new_tokens=4, work_dir=tmp_path)
+    split = Split("forget", Role.FORGET, tuple(examples))
+    alone = SplitScores(split, model, tokenizer, PromptFormat(), options)
+    together = SplitScores(split, model, tokenizer, PromptFormat(), options, score_options=True)
+    for ours, theirs in zip(together.answer_tokens, alone.answer_tokens):
+        assert ours.token_ids == theirs.token_ids and ours.is_argmax == theirs.is_argmax
+        assert ours.log_probs == pytest.approx(theirs.log_probs, abs=1e-5)
+    expected = alone.truth_ratios
+    counter = ForwardCounter(model)
+    assert together.truth_ratios == pytest.approx(expected, rel=1e-4)
+    assert counter.count == 0

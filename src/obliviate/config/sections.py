@@ -164,6 +164,10 @@ class Eval:
     after: bool = option(BoolValue(), "evaluate the unlearned model", True)
     max_examples: int = option(IntValue(low=0), "examples per split (0 = all)", 0)
     batch_size: int = option(IntValue(low=1), "evaluation batch size", 8)
+    generation_batch_size: int = option(IntValue(low=0), "prompts per batch when answers are generated (0 = "
+                                        "eval.batch_size); a generation step holds one position's logits where "
+                                        "scoring holds every position's, so it can take a larger batch, and on CPU "
+                                        "it runs faster with one", 0)
     max_new_tokens: int = option(IntValue(low=1), "greedy tokens generated for answers (TOFU and open-unlearning: "
                                  "200)", 200)
     model: str = option(ChoiceValue(["model_name", "target", "retain"]), "what evaluate.py evaluates: "

@@ -50,6 +50,11 @@ class Metric:
     version: int = 1
     setup_check: Callable[[], Any] | None = None
     runs_sharded: bool = True  # works on weights sharded over processes (FSDP)
+    options_on: frozenset[Role] = frozenset()  # roles of split where it scores each question's options
+
+    def scores_options(self, split: Split) -> bool:
+        """Whether it scores the options (base and wrong answers, :meth:`SplitScores.option_queries`) of ``split``."""
+        return self.applies_to(split) and split.role in self.options_on
 
     @property
     def description(self) -> str:
@@ -120,13 +125,14 @@ MODEL_METRICS: Registry[ModelMetric] = Registry("model-level metric")
 
 def metric(name: str, *, reads: Reads = "qa", roles: frozenset[Role] = ALL_ROLES, reference: tuple[str, ...] = (),
            generates: bool = False, knowledge_up: frozenset[Role] = ALL_ROLES, membership: bool = False,
-           version: int = 1, setup_check: Callable[[], Any] | None = None, runs_sharded: bool = True
-           ) -> Callable[[Callable], Callable]:
+           version: int = 1, setup_check: Callable[[], Any] | None = None, runs_sharded: bool = True,
+           options_on: frozenset[Role] = frozenset()) -> Callable[[Callable], Callable]:
     """Register the decorated ``compute(scores) -> MetricResult`` as the per-split metric ``name``."""
 
     def decorate(compute: Callable[[SplitScores], MetricResult]) -> Callable:
         METRICS.register(name)(Metric(name, compute, reads, frozenset(roles), tuple(reference), generates,
-                                      frozenset(knowledge_up), membership, version, setup_check, runs_sharded))
+                                      frozenset(knowledge_up), membership, version, setup_check, runs_sharded,
+                                      frozenset(options_on)))
         if membership:
             MODEL_METRICS.register(f"{name}_auc")(ModelMetric(
                 f"{name}_auc", _forget_vs_holdout_auc(name), frozenset({name}), version=version))

@@ -33,7 +33,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits:
     requested = [METRICS.get(name) for name in metrics]
     shared: dict = {}  # what metrics compute once for every split of this evaluation (e.g. the linear probes)
     for split in splits:
-        scores = SplitScores(split, model, tokenizer, fmt, options, reference, shared)
+        scores = SplitScores(split, model, tokenizer, fmt, options, reference, shared,
+                             score_options=any(declared.scores_options(split) for declared in requested))
         for declared in requested:
             if not declared.applies_to(split):
                 continue

@@ -6,7 +6,9 @@ length; an empty context becomes the prefix token) and computes the metrics; onl
 A multiple-choice question sends its context once per choice, and HFLM runs context + choice whole for each
 (its source: "implement some kind of efficient-request-middleware that lumps together requests with the same
 context"). Here the requests are grouped by context: the context runs once and every continuation goes on from its
-key/value cache (:func:`~obliviate.evaluation.scoring.prefix_statistics`), batches divided over the processes.
+key/value cache (:func:`~obliviate.evaluation.scoring.prefix_statistics`), batches divided over the processes; and a
+request whose tokens were already scored by our own queries (``known``: a multiple-choice split's options are the
+truth ratio's answers) is answered from them with no forward pass.
 Per request the answer is lm-eval's: (Σ_t log p(y_t | context, y_<t), every y_t the argmax), the same numbers as
 HFLM's to float rounding (tested; the log-softmax is taken in fp32, HFLM's in the model's dtype). A sequence
 longer than the model's window loses context tokens from the left, as in HFLM (one more than there: our input
@@ -19,28 +21,38 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from obliviate.errors import UserError
-from obliviate.evaluation.scoring import prefix_statistics
+from obliviate.evaluation.scoring import ScoredIndex, prefix_statistics
 from obliviate.evaluation.spread import map_batches
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # lm-eval's: (strings), context tokens, continuation tokens
 
 
 class SharedContextLM(HFLM):
-    """HFLM over an in-process model whose ``_loglikelihood_tokens`` scores each distinct context once."""
+    """HFLM over an in-process model whose ``_loglikelihood_tokens`` scores each distinct context once, and answers
+    requests already in ``known`` without the model."""
+
+    def __init__(self, *, known: ScoredIndex | None = None, **options) -> None:
+        super().__init__(**options)
+        self.known = known or ScoredIndex()
 
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
                               override_bs: int | None = None) -> list[tuple[float, bool]]:
         self.model.eval()
         by_context: dict[tuple[int, ...], list[int]] = {}
         continuations = []
+        answers: list[tuple[float, bool] | None] = [None] * len(requests)
         for position, ((context, _), context_ids, continuation_ids) in enumerate(requests):
             if len(continuation_ids) >= self.max_length:
                 raise UserError(f"an lm-eval continuation has {len(continuation_ids)} tokens, no fewer than the "
                                 f"model's window of {self.max_length} (it follows {context[-50:]!r}); evaluate "
                                 "this task with a model whose window is longer, or leave it out of eval.lm_eval_tasks")
             keep = self.max_length - len(continuation_ids)  # context + continuation fit the model's window
-            by_context.setdefault(tuple(context_ids[-keep:]), []).append(position)
             continuations.append(continuation_ids)
+            if (scored := self.known.find(context_ids[-keep:], continuation_ids)) is not None:
+                answers[position] = (sum(scored.log_probs), all(scored.is_argmax))
+                self.cache_hook.add_partial("loglikelihood", requests[position][0], answers[position])
+            else:
+                by_context.setdefault(tuple(context_ids[-keep:]), []).append(position)
         groups = list(by_context.items())
         size = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 1)
         chunks = [groups[start:start + size] for start in range(0, len(groups), size)]
@@ -52,7 +64,6 @@ class SharedContextLM(HFLM):
                                            [[False] * len(rows) for _, rows in chunk], self.tokenizer.pad_token_id)
             return [[(sum(stats.log_probs), all(stats.is_argmax)) for stats in group] for group in statistics]
 
-        answers: list[tuple[float, bool] | None] = [None] * len(requests)
         for chunk, scored in zip(chunks, map_batches(chunks, score, "scoring lm-eval choices")):
             for (_, rows), group in zip(chunk, scored):
                 for row, answer in zip(rows, group):

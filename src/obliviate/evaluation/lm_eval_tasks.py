@@ -14,6 +14,7 @@ from functools import lru_cache
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.errors import UserError
+from obliviate.evaluation.scoring import ScoredIndex
 from obliviate.evaluation.spread import agreed
 from obliviate.hub import hub_offline
 
@@ -43,19 +44,20 @@ def check_tasks(names: list[str]) -> None:
                         "data split with mcq_acc") from None
 
 
-def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int, **options) -> dict:
+def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int,
+                known: ScoredIndex | None = None, **options) -> dict:
     """``lm_eval.simple_evaluate`` of the in-process model with ``options`` (tasks, task_manager, ...); its output on
     every process. lm-eval divides requests over processes only for models it loads itself (through its own
     accelerate launcher); with a model passed in, every process runs lm-eval whole, the log-likelihood batches
     (:class:`~obliviate.evaluation.lm_eval_model.SharedContextLM`) are divided over the processes and gathered
     (generation requests are not: each process generates all, as sharded weights need), and lm-eval returns the
-    output on the main process, which shares it."""
+    output on the main process, which shares it. Requests whose tokens are in ``known`` are not run again."""
     import lm_eval
 
     from obliviate.evaluation.lm_eval_model import SharedContextLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, known=known)
     return agreed(lm_eval.simple_evaluate(model=lm, bootstrap_iters=0, verbosity="ERROR", **options))
 
 

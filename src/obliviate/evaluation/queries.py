@@ -13,7 +13,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from obliviate.data.examples import Example, content_hash
 from obliviate.data.tokenize import PromptFormat, Query, example_query
 from obliviate.evaluation.results import Evaluation, NotComputed, Reads
-from obliviate.evaluation.scoring import AnswerTokens, Sampling, answer_tokens, greedy_answers, sampled_answers
+from obliviate.evaluation.scoring import (
+    AnswerTokens,
+    Sampling,
+    ScoredIndex,
+    answer_tokens,
+    greedy_answers,
+    sampled_answers,
+)
 from obliviate.evaluation.splits import Split, base_answer
 
 CONTINUATION_PREFIX_TOKENS, CONTINUATION_TOKENS = 32, 128  # MUSE VerbMem: prefix, and the continuation scored
@@ -41,6 +48,7 @@ class LeakOptions:
 class EvalOptions:
     batch_size: int
     max_length: int
+    generation_batch_size: int = 0  # prompts per generation batch (0 = batch_size)
     max_new_tokens: int
     work_dir: Path  # where derived evaluation files (e.g. MCQ JSONL for lm-eval) are written
     lm_eval_tasks: tuple[str, ...] = ()  # lm-eval's own tasks, evaluated once per model (not per split)
@@ -50,12 +58,18 @@ class EvalOptions:
     judge: Any = None  # the LLM judge (obliviate.evaluation.judge.Judge) or None
     leak: LeakOptions | None = None  # leak_at_k's sampling and scoring
 
+    @property
+    def generation_batch(self) -> int:
+        return self.generation_batch_size or self.batch_size
+
     def cache_key(self) -> dict[str, Any]:
         """What of these options changes the numbers (the work folder does not; an option left unset adds no key,
         so evaluations cached before it existed stay valid)."""
         key = {"batch_size": self.batch_size, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
                "lm_eval_tasks": list(self.lm_eval_tasks), "task_limit": self.task_limit,
                "knowmem_shots": {split: content_hash(list(shots)) for split, shots in self.knowmem_shots.items()}}
+        if self.generation_batch_size not in (0, self.batch_size):
+            key["generation_batch_size"] = self.generation_batch_size
         if self.probe_training:
             key["probe_training"] = content_hash(list(self.probe_training))
         if self.judge is not None:
@@ -75,13 +89,15 @@ class SplitScores:
     """Everything metrics ask the model about one split; each query runs once, when first needed."""
 
     def __init__(self, split: Split, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
-                 options: EvalOptions, reference: Evaluation | None = None, shared: dict[str, Any] | None = None
-                 ) -> None:
+                 options: EvalOptions, reference: Evaluation | None = None, shared: dict[str, Any] | None = None,
+                 score_options: bool = False) -> None:
         self.split, self.examples = split, list(split.examples)
         self.model, self.tokenizer, self.fmt, self.options = model, tokenizer, fmt, options
         self.reference = reference
         self.shared = {} if shared is None else shared  # one evaluation's memo of what no split owns (same model)
+        self.score_options = score_options  # a metric will score the questions' options: score them with the answers
         self._scored: dict[Query, AnswerTokens] = {}  # every (prompt, answer) scored so far, whichever metric asked
+        self.scored_index = ScoredIndex()  # the same by token ids (what lm-eval's requests are)
 
     def prompt(self, question: str) -> str:
         return self.fmt.prompt(self.tokenizer, question)
@@ -91,20 +107,36 @@ class SplitScores:
         the truth ratio on a knowledge split, the wrong options of both) is not scored again."""
         missing = list(dict.fromkeys(query for query in queries if query not in self._scored))
         if missing:
-            self._scored.update(zip(missing, answer_tokens(self.model, self.tokenizer, missing,
-                                                           self.options.max_length, self.options.batch_size)))
+            scored = answer_tokens(self.model, self.tokenizer, missing, self.options.max_length,
+                                   self.options.batch_size)
+            self._scored.update(zip(missing, scored))
+            for query, statistics in zip(missing, scored):
+                if query.prompt:  # the prompt's tokens as encode() has them
+                    self.scored_index.add(self.tokenizer(query.prompt)["input_ids"], statistics)
         return [self._scored[query] for query in queries]
 
     def nll(self, queries: list[Query]) -> list[float]:
         return [stats.mean_nll for stats in self.tokens(queries)]
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        return greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens, self.options.batch_size)
+        return greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens, self.options.generation_batch)
+
+    def option_queries(self, example: Example) -> list[Query]:
+        """A question's options after its prompt: the base answer of the split's role
+        (:func:`~obliviate.evaluation.splits.base_answer`), then its wrong (perturbed) answers."""
+        prompt = self.prompt(example.question)
+        return [Query(prompt, answer) for answer in (base_answer(example, self.split.role), *example.perturbed_answers)]
 
     @cached_property
     def answer_tokens(self) -> list[AnswerTokens]:
-        """Teacher-forced token statistics of each example's own answer or text (one forward pass, shared)."""
-        return self.tokens([example_query(self.tokenizer, e, self.fmt) for e in self.examples])
+        """Teacher-forced token statistics of each example's own answer or text (one forward pass, shared). When a
+        metric will score the questions' options too (``score_options``), they are scored in the same pass: each
+        prompt runs once for its answer and its options."""
+        own = [example_query(self.tokenizer, e, self.fmt) for e in self.examples]
+        if not self.score_options:
+            return self.tokens(own)
+        options = [query for e in self.split.questions for query in self.option_queries(e)]
+        return self.tokens(own + options)[:len(own)]
 
     @cached_property
     def answers(self) -> list[tuple[Example, str]]:
@@ -119,7 +151,7 @@ class SplitScores:
         if self.options.leak is None:
             raise NotComputed("leak_at_k needs its sampling options (eval.leak_samples)")
         return sampled_answers(self.model, self.tokenizer, [self.prompt(e.question) for e in self.split.questions],
-                               self.options.max_new_tokens, self.options.batch_size, self.options.leak.sampling)
+                               self.options.max_new_tokens, self.options.generation_batch, self.options.leak.sampling)
 
     def answer_texts(self) -> list[dict[str, str]]:
         """Prompt, ground truth and greedy answer of each question (what generating metrics keep)."""
@@ -161,12 +193,7 @@ class SplitScores:
         if not usable:
             raise NotComputed(f"no record of {self.split.name} has perturbed_answer (the wrong answers of the "
                               "truth ratio)")
-        queries = []
-        for example in usable:
-            prompt = self.prompt(example.question)
-            queries += [Query(prompt, answer) for answer in (base_answer(example, self.split.role),
-                                                             *example.perturbed_answers)]
-        values = iter(self.nll(queries))
+        values = iter(self.nll([query for example in usable for query in self.option_queries(example)]))
         ratios: dict[int, float] = {}
         for example in usable:
             base = next(values)

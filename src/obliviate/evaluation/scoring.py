@@ -47,7 +47,37 @@ class AnswerTokens:
         """The same statistics without the closing EOS (at least one token is kept)."""
         if not self.closing_eos or len(self.token_ids) < 2:
             return self
-        return AnswerTokens(self.token_ids[:-1], self.log_probs[:-1], self.is_argmax[:-1], self.standardised[:-1])
+        return self.first(len(self.token_ids) - 1)
+
+    def first(self, count: int) -> "AnswerTokens":
+        """The statistics of the first ``count`` tokens (a closing EOS is kept only when all are)."""
+        if count == len(self.token_ids):
+            return self
+        return AnswerTokens(self.token_ids[:count], self.log_probs[:count], self.is_argmax[:count],
+                            self.standardised[:count])
+
+
+class ScoredIndex:
+    """Answer-token statistics already computed, found by token ids.
+
+    A request (prefix ids, continuation ids) is answered by any scored answer after the same prefix whose tokens
+    begin with the continuation: log p(y_t | prefix, y_<t) depends only on the tokens before t, so the first
+    tokens of a longer answer (e.g. an answer scored with its closing EOS) are the continuation's statistics.
+    Nothing else matches, so a request tokenized differently is computed, never approximated."""
+
+    def __init__(self) -> None:
+        self._by_prefix: dict[tuple[int, ...], list[AnswerTokens]] = {}
+
+    def add(self, prefix: list[int], statistics: AnswerTokens) -> None:
+        self._by_prefix.setdefault(tuple(prefix), []).append(statistics)
+
+    def find(self, prefix: list[int], continuation: list[int]) -> AnswerTokens | None:
+        """The statistics of ``continuation``'s tokens after ``prefix``, or None when none was scored."""
+        wanted = tuple(continuation)
+        for statistics in self._by_prefix.get(tuple(prefix), ()):
+            if statistics.token_ids[:len(wanted)] == wanted:
+                return statistics.first(len(wanted))
+        return None
 
 
 def aligned_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,

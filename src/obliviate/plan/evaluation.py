@@ -71,7 +71,8 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
                        needed_by="eval.metrics judge" if by_metric else "eval.leak_scorer judge",
                        batch_size=e.batch_size, device=s.overall.device)
     retain = next((split for split in splits if split.name == "retain"), None)
-    options = EvalOptions(batch_size=e.batch_size, max_length=d.max_length, max_new_tokens=e.max_new_tokens,
+    options = EvalOptions(batch_size=e.batch_size, generation_batch_size=e.generation_batch_size,
+                          max_length=d.max_length, max_new_tokens=e.max_new_tokens,
                           work_dir=models.cache_dir, lm_eval_tasks=tuple(e.lm_eval_tasks), task_limit=e.max_examples,
                           knowmem_shots=knowmem_shots(e.knowmem_shots, {split.name for split in splits}, data_dir),
                           leak=leak_options(s) if "leak_at_k" in e.metrics else None, judge=judge,

@@ -4,7 +4,9 @@ A split's questions with wrong answers become four-way questions (the base answe
 the truth ratio compares: the paraphrase on forget/retain whose TOFU wrong answers perturb it, the answer on
 knowledge splits; and up to three wrong ones, in a fixed order); they are written as JSONL and evaluated
 with the task template
-``lm-evaluation-harness/obliviate/qa_mcq.yaml`` (log-likelihood of each choice, metric ``acc``).
+``lm-evaluation-harness/obliviate/qa_mcq.yaml`` (log-likelihood of each choice, metric ``acc``). Choices the split
+has already scored with the same tokens (the truth ratio's answers, ``prob``'s) are read from its scores, not run
+again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 from obliviate.evaluation.declarations import MetricResult, NotComputed, metric
 from obliviate.evaluation.lm_eval_tasks import run_lm_eval
 from obliviate.evaluation.queries import SplitScores
-from obliviate.evaluation.splits import base_answer
+from obliviate.evaluation.splits import ALL_ROLES, base_answer
 
 TASKS_DIR = Path(__file__).resolve().parents[4] / "lm-evaluation-harness"
 TEMPLATE = TASKS_DIR / "obliviate" / "qa_mcq.yaml"
@@ -48,7 +50,7 @@ def _task_manager():
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
-@metric("mcq_acc")
+@metric("mcq_acc", options_on=ALL_ROLES)
 def mcq_accuracy(scores: SplitScores) -> MetricResult:
     """Four-way multiple-choice accuracy (true answer against three wrong ones) through lm-eval."""
     rows = mcq_rows(scores)
@@ -63,7 +65,7 @@ def mcq_accuracy(scores: SplitScores) -> MetricResult:
     task = yaml.safe_load(TEMPLATE.read_text())
     task["task"] = f"{task['task']}_{scores.split.name}"
     task["dataset_kwargs"]["data_files"]["test"] = str(data_file.resolve())
-    output = run_lm_eval(scores.model, scores.tokenizer, scores.options.batch_size, tasks=[task],
+    output = run_lm_eval(scores.model, scores.tokenizer, scores.options.batch_size, scores.scored_index, tasks=[task],
                          task_manager=_task_manager(), log_samples=True)
     samples = iter(sorted(output["samples"][task["task"]], key=lambda sample: sample["doc_id"]))
     per_example = [float(next(samples)["acc"]) if e.perturbed_answers else None for e in scores.split.questions]

@@ -23,7 +23,6 @@ from statistics import harmonic_mean
 
 from scipy.stats import ks_2samp
 
-from obliviate.data.tokenize import Query
 from obliviate.evaluation.declarations import MetricResult, ModelInputs, NotComputed, mean_of, metric, model_metric
 from obliviate.evaluation.queries import SplitScores
 from obliviate.evaluation.rouge import rouge_l
@@ -34,7 +33,7 @@ FORGET_QUALITY_FLOOR = 1e-300
 UTILITY_METRICS = ("prob", "rouge_l_recall", "truth_ratio")
 
 
-@metric("prob", reads="any", version=2)
+@metric("prob", reads="any", version=2, options_on=frozenset({Role.KNOWLEDGE}))
 def answer_probability(scores: SplitScores) -> MetricResult:
     """exp(−mean answer NLL); on knowledge splits TOFU's normalised form over the options."""
     probabilities: list[float | None] = [math.exp(-stats.mean_nll) for stats in scores.answer_tokens]
@@ -49,8 +48,7 @@ def normalised_probabilities(scores: SplitScores) -> list[float | None]:
     if not any(e.perturbed_answers for e in scores.examples):
         raise NotComputed(f"prob on the knowledge split {scores.split.name} is normalised over the options, and no "
                           "record has perturbed_answer")
-    queries = [Query(scores.prompt(e.question), wrong) for e in scores.examples for wrong in e.perturbed_answers]
-    wrong = iter(scores.nll(queries))
+    wrong = iter(scores.nll([query for e in scores.examples for query in scores.option_queries(e)[1:]]))
     true_nlls = [stats.mean_nll for stats in scores.answer_tokens]
     return [option_share(nll, [next(wrong) for _ in e.perturbed_answers]) if e.perturbed_answers else None
             for nll, e in zip(true_nlls, scores.examples)]
@@ -78,7 +76,7 @@ def aggregate_truth_ratio(ratios: list[float | None], role: Role) -> float:
     return mean_of([None if r is None else max(0.0, 1.0 - r) for r in ratios])
 
 
-@metric("truth_ratio", knowledge_up=ALL_ROLES - CLOSER_TO_ONE, version=2)
+@metric("truth_ratio", knowledge_up=ALL_ROLES - CLOSER_TO_ONE, version=2, options_on=ALL_ROLES)
 def truth_ratio(scores: SplitScores) -> MetricResult:
     """R = P_perturbed / P_base per example (after the original question), aggregated as TOFU by role."""
     ratios = scores.truth_ratios
@@ -86,7 +84,7 @@ def truth_ratio(scores: SplitScores) -> MetricResult:
 
 
 @metric("forget_quality", roles=frozenset({Role.FORGET}), reference=("truth_ratio",), knowledge_up=frozenset(),
-        version=2)
+        version=2, options_on=frozenset({Role.FORGET}))
 def forget_quality(scores: SplitScores) -> MetricResult:
     """KS-test p-value between this model's and the retain model's per-example forget truth ratios."""
     ours = [r for r in scores.truth_ratios if r is not None]
