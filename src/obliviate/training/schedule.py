@@ -61,7 +61,11 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig, total_steps: int,
                     decayed_elsewhere: set[int] = frozenset()
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW + LambdaLR; parameters whose id is in ``decayed_elsewhere`` (masked ones) get no decay here."""
+    """AdamW + LambdaLR; parameters whose id is in ``decayed_elsewhere`` (masked ones) get no decay here.
+
+    AdamW runs torch's fused kernel (one pass over all parameters): the same update to float rounding as the
+    default per-tensor loop, which torch picks on CPU and which took 0.63 s of each SmolLM2 step here against
+    0.07 s fused (issue 25's note)."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     plain = [(n, p) for n, p in trainable if without_weight_decay(n, p) or id(p) in decayed_elsewhere]
     plain_ids = {id(p) for _, p in plain}
@@ -69,7 +73,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig, total_steps:
         {"params": [p for _, p in trainable if id(p) not in plain_ids], "weight_decay": config.weight_decay},
         {"params": [p for _, p in plain], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, fused=True)
     warmup = round(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, config.lr_scheduler))
