@@ -373,3 +373,29 @@ def test_examples_for_the_count_of_cut_answers_are_counted_by_their_tokens(token
     short, long, text = Example("Who?", "Ada."), Example("Who?", " ".join(["word"] * 50)), Example("", "w " * 50)
     assert text.is_text  # a plain text is cut by design: not counted
     assert truncated_answers(tokenizer, [short, long, text], PromptFormat(), 16) == 1
+
+
+def test_a_target_from_the_retain_model_builds_the_retain_model_first_and_trains_on_forget_and_replay(
+        tmp_path, cache_dir):
+    """finetune.target_from retain: the target's recipe starts from the retain model's (built first, once), on the
+    forget set plus as many retain examples; its cache key differs from the base-started target's."""
+    import json
+
+    from accelerate import Accelerator
+
+    common = ("--finetune.enabled", "true", "--dataset.forget_dataset_name", "synthetic:forget05",
+              "--dataset.retain_dataset_name", "synthetic:retain95")
+    from_base = plan(parse_config(argv(tmp_path, cache_dir, *common), experiment_schema())).models
+    planned = plan(parse_config(argv(tmp_path, cache_dir, *common, "--finetune.target_from", "retain"),
+                                experiment_schema())).models
+    target, retain = planned.target, planned.retain
+    assert target.start is retain and target.base == retain.source
+    assert target.source != from_base.target.source and retain.source == from_base.retain.source
+    assert len(target.examples) == 20  # 10 forget + 10 replayed retain examples
+    assert {e.question for e in target.examples} <= {e.question for e in from_base.target.examples}
+    retain_questions = {e.question for e in retain.examples}
+    assert sum(e.question in retain_questions for e in target.examples) == 10
+    planned.build(target, "target", Accelerator(cpu=True))
+    assert retain.is_built and target.is_built
+    recipe = json.loads((target.folder / "recipe.json").read_text())
+    assert recipe["base"] == retain.source.identity and recipe["num_examples"] == 20

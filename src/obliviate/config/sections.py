@@ -128,6 +128,10 @@ class Finetune(TrainingKeys):
     warmup_ratio: float = option(FloatValue(low=0.0, high=1.0), "fraction of steps with linear warm-up", 0.1)
     seed: int = option(IntValue(low=0), "fine-tuning seed: one target for every overall.seed, as TOFU fine-tunes "
                        "once and unlearns with several seeds (set it per run to vary the target too)", 0)
+    target_from: str = option(ChoiceValue(["base", "retain"]), "what the target is fine-tuned from: model_name on "
+                              "forget+retain (TOFU), or the retain model on forget plus as many retain examples "
+                              "replayed (the retain model's training is shared: about half the fine-tuning steps; "
+                              "one target per forget split)", "base")
 
 
 @dataclass(frozen=True, kw_only=True)

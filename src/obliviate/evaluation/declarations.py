@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sklearn.metrics import roc_auc_score
-
 from obliviate.evaluation.queries import SplitScores
 from obliviate.evaluation.results import Evaluation, MetricResult, NotComputed, Reads
 from obliviate.evaluation.splits import ALL_ROLES, Role, Split
@@ -157,6 +155,8 @@ def membership_auc(members: list[float], non_members: list[float]) -> float:
     1 = forget examples are recognised as trained on, 0.5 = indistinguishable from never-seen data (the aim
     of unlearning), below 0.5 = the forget set looks less familiar than unseen data (over-unlearning).
     open-unlearning takes holdout as the positive class with negated scores: the same number."""
+    from sklearn.metrics import roc_auc_score  # imported when used: about a second at every start otherwise
+
     return float(roc_auc_score([1] * len(members) + [0] * len(non_members), members + non_members))
 
 

@@ -3,6 +3,7 @@ models come from, what a method may check of the model before any weights load, 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from obliviate.attacks import AttackPlan
@@ -39,22 +40,33 @@ def training_data(s: Settings, method: Method | None, data_dir: Path) -> dict[st
     return {split: load_examples(name, data_dir) for split, name in names.items() if name}
 
 
+def replayed(retain: list[Example], count: int, seed: int) -> list[Example]:
+    """``count`` retain examples (all when fewer), drawn with ``seed``: what a target fine-tuned from the retain
+    model trains on beside the forget set, so that learning the forget facts does not wear its retain facts."""
+    return random.Random(seed).sample(retain, min(count, len(retain)))
+
+
 def model_plan(s: Settings, fmt: PromptFormat, data: dict[str, list[Example]]) -> ModelPlan:
     base = resolve_model(s.overall.model_name)
     device = resolve_device(s.overall.device)
     cache_dir = Path(s.overall.cache_dir)
 
-    def recipe(examples: list[Example]) -> FinetuneRecipe:
-        return FinetuneRecipe(base, examples, s.finetune, fmt, s.dataset.max_length, cache_dir)
+    def recipe(examples: list[Example], start: FinetuneRecipe | None = None) -> FinetuneRecipe:
+        return FinetuneRecipe(base, examples, s.finetune, fmt, s.dataset.max_length, cache_dir, start)
 
     if s.eval.model != "model_name" and not s.finetune.enabled:
         raise UserError(f"eval.model {s.eval.model} needs the fine-tuned models: pass --finetune.enabled true, or "
                         "evaluate a model by name with --eval.model model_name")
-    target = recipe(data["forget"] + data.get("retain", [])) if s.finetune.enabled else None
+    target: FinetuneRecipe | None = None
+    retain: FinetuneRecipe | ModelSource | None = None
     if s.finetune.enabled:
-        retain: FinetuneRecipe | ModelSource | None = recipe(data["retain"])
-    else:
-        retain = resolve_model(s.eval.retain_model_name) if s.eval.retain_model_name else None
+        retain = recipe(data["retain"])
+        if s.finetune.target_from == "retain":
+            target = recipe(data["forget"] + replayed(data["retain"], len(data["forget"]), s.finetune.seed), retain)
+        else:
+            target = recipe(data["forget"] + data.get("retain", []))
+    elif s.eval.retain_model_name:
+        retain = resolve_model(s.eval.retain_model_name)
     sharded = s.overall.sharding == "fsdp"
     # sharded weights keep fp32 master weights; on CUDA they compute in bf16 (models.sharding)
     dtype = resolve_dtype("float32" if sharded and s.overall.dtype == "auto" else s.overall.dtype, device)

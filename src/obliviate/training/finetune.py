@@ -1,8 +1,10 @@
 """Target and retain ("oracle") models made by fine-tuning a base model, cached by content.
 
 As in TOFU, the target model is the base model fine-tuned on forget ∪ retain, and the retain model is
-the base model fine-tuned on retain only: the model unlearning should ideally become. The cache key
-hashes the base model's identity, the SET of training examples (so forget01 ∪ retain99 and
+the base model fine-tuned on retain only: the model unlearning should ideally become. With
+``finetune.target_from retain`` the target instead starts from the retain model (its ``start`` recipe, built
+first) and trains on forget plus as many replayed retain examples: the retain model's training is not done
+twice. The cache key hashes the base model's identity, the SET of training examples (so forget01 ∪ retain99 and
 forget10 ∪ retain90 share one target), the fine-tuning keys, finetune.seed and the prompt format; a second
 run with the same recipe loads the saved folder instead of training.
 """
@@ -42,11 +44,15 @@ class FinetuneRecipe:
     """How to make one fine-tuned model; ``source`` names it before (and whether or not) it is built."""
 
     def __init__(self, base: ModelSource, examples: list[Example], finetune: Finetune, fmt: PromptFormat,
-                 max_length: int, cache_dir: Path) -> None:
+                 max_length: int, cache_dir: Path, start: FinetuneRecipe | None = None) -> None:
+        self.start = start  # a recipe whose model this one continues from (built first), or None for ``base``
+        if start is not None:
+            base = start.source
         self.base, self.examples = base, canonical_examples(examples)
         self.training = TrainingConfig.of(finetune, batch_size=finetune.batch_size)
         self.seed, self.fmt, self.max_length = finetune.seed, fmt, max_length
-        training = {key: value for key, value in asdict(finetune).items() if key not in ("enabled", "seed")}
+        training = {key: value for key, value in asdict(finetune).items()
+                    if key not in ("enabled", "seed", "target_from")}  # target_from shows in the base
         self.description = {
             "version": RECIPE_VERSION, "base": base.identity, "data": content_hash(self.examples),
             "num_examples": len(self.examples), "training": training, "seed": self.seed,
@@ -62,7 +68,11 @@ class FinetuneRecipe:
 
     def check_buildable(self, num_processes: int, role: str) -> None:
         """Fine-tuning runs on one process: the cached model must not depend on how many processes made it."""
-        if num_processes > 1 and not self.is_built:
+        if self.is_built:
+            return
+        if self.start is not None:
+            self.start.check_buildable(num_processes, "retain")
+        if num_processes > 1:
             raise UserError(f"the {role} model is not fine-tuned yet, and fine-tuning runs on one process; prepare it "
                             "first with one process: python src/exec/finetune.py --config_file <this config>")
 
@@ -73,6 +83,8 @@ class FinetuneRecipe:
         if self.is_built:
             return self.source
         self.check_buildable(accelerator.num_processes, role)
+        if self.start is not None:
+            self.start.build(cache_dir, device, dtype, accelerator, "retain")
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         lock = self.folder.with_name(self.folder.name + ".lock")
         with exclusive_lock(lock, f"waiting for another run that fine-tunes the same {role} model ({lock})"):

@@ -43,14 +43,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from obliviate.data.examples import Example
@@ -58,6 +56,9 @@ from obliviate.data.tokenize import IGNORE_INDEX, Query, TokenBatch, collate, en
 from obliviate.errors import UserError
 from obliviate.evaluation.declarations import MetricResult, NotComputed, metric
 from obliviate.evaluation.queries import SplitScores
+
+if TYPE_CHECKING:  # sklearn is imported when a probe is fitted (about a second at every start otherwise)
+    from sklearn.pipeline import Pipeline
 from obliviate.evaluation.splits import Role, base_answer
 from obliviate.evaluation.spread import map_batches
 from obliviate.likelihood import shifted
@@ -237,6 +238,10 @@ class ProbeData:
 
 def probe() -> Pipeline:
     """Standardised features, then an L2 logistic regression with balanced class weights and a fixed seed."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, class_weight="balanced", max_iter=2000,
                                                               random_state=PROBE_SEED))
 
