@@ -85,9 +85,9 @@ def aligned_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.
     """:class:`AnswerTokens` of each row, ``logits[:, t]`` predicting ``targets[:, t]`` where ``mask``."""
     log_p = F.log_softmax(logits.float(), dim=-1)
     picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    p = log_p.exp()
-    mu = (p * log_p).sum(-1)
-    sigma = ((p * log_p.pow(2)).sum(-1) - mu.pow(2)).clamp(min=MIN_VARIANCE).sqrt()
+    weighted = log_p.exp().mul_(log_p)  # p log p, then p log² p in place: one vocabulary-sized temporary, not three
+    mu = weighted.sum(-1)
+    sigma = (weighted.mul_(log_p).sum(-1) - mu.pow(2)).clamp(min=MIN_VARIANCE).sqrt()
     is_argmax = log_p.argmax(-1) == targets
     rows = []
     for row in range(targets.shape[0]):
