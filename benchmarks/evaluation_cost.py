@@ -13,6 +13,7 @@ split of costs between metrics that share queries follows the metric order.
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,69 +29,66 @@ from obliviate.evaluation import METRICS, evaluator, session  # noqa: E402
 from obliviate.experiment import run_evaluation  # noqa: E402
 
 
-def timed_metrics(seconds: dict[tuple[str, str], float]) -> None:
-    """Wrap every registered metric's compute to add its wall time to ``seconds[(split, metric)]``."""
-    for name in METRICS.names():
-        declared = METRICS.get(name)
+class EvaluationClock:
+    """Times the evaluated model's evaluation (``EvaluationSession.evaluate``, its cache bypassed): wall time,
+    seconds per (split, metric) and forward passes of the model; the retain model's reference evaluation is read
+    (or computed) before the clock starts and counts in none of them."""
 
-        def compute(scores, declared=declared):
+    def __init__(self) -> None:
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self.wall, self.forwards, self.running = 0.0, 0, False
+
+    def install(self) -> None:
+        for name in METRICS.names():
+            declared = METRICS.get(name)
+            object.__setattr__(declared, "compute", self._timed(declared.name, declared.compute))
+        register_module_forward_pre_hook(self._count)
+        cached, evaluate = evaluator.cached_evaluation, session.EvaluationSession.evaluate
+
+        def uncached(cache_dir, key, compute):
+            return compute() if self.running else cached(cache_dir, key, compute)
+
+        def timed_evaluate(evaluation_session, model, tokenizer, source=None):
+            evaluation_session.reference()
+            self.running, start = True, time.perf_counter()
+            try:
+                return evaluate(evaluation_session, model, tokenizer, source)
+            finally:
+                self.running, self.wall = False, time.perf_counter() - start
+
+        session.cached_evaluation = uncached
+        session.EvaluationSession.evaluate = timed_evaluate
+
+    def _timed(self, name, compute):
+        def timed(scores):
             start = time.perf_counter()
             try:
-                return original[declared.name](scores)
+                return compute(scores)
             finally:
-                seconds[(scores.split.name, declared.name)] += time.perf_counter() - start
+                if self.running:
+                    self.seconds[(scores.split.name, name)] += time.perf_counter() - start
+        return timed
 
-        original[declared.name] = declared.compute
-        object.__setattr__(declared, "compute", compute)
+    def _count(self, module, inputs) -> None:
+        outer = isinstance(module, PreTrainedModel) and not isinstance(getattr(module, "model", None), PreTrainedModel)
+        if self.running and outer:
+            self.forwards += 1
 
+    def report(self) -> str:
+        totals: dict[str, float] = defaultdict(float)
+        lines = ["| split | metric | seconds |", "|---|---|---|"]
+        for (split, metric), value in self.seconds.items():
+            totals[metric] += value
+            lines.append(f"| {split} | {metric} | {value:.1f} |")
+        lines += ["", "| metric | seconds |", "|---|---|", *(f"| {m} | {v:.1f} |" for m, v in totals.items())]
+        lines += ["", f"evaluation: {self.wall:.1f} s, {self.forwards} forward passes of the model"]
+        return "\n".join(lines)
 
-original: dict = {}
-
-
-def uncached(cache_dir, key, compute):
-    """The evaluated model's evaluation is computed, never read from the cache (the retain model's is)."""
-    if evaluating:
-        return compute()
-    return cached(cache_dir, key, compute)
-
-
-cached = evaluator.cached_evaluation
-evaluating = False
 
 if __name__ == "__main__":
-    seconds: dict[tuple[str, str], float] = defaultdict(float)
-    timed_metrics(seconds)
-    forwards = [0]
-
-    def count(module, inputs):
-        if isinstance(module, PreTrainedModel) and not isinstance(getattr(module, "model", None), PreTrainedModel):
-            forwards[0] += 1
-
-    register_module_forward_pre_hook(count)
-    original_evaluate = session.EvaluationSession.evaluate
-    wall = [0.0]
-
-    def evaluate(self, model, tokenizer, source=None):
-        global evaluating
-        self.reference()  # read (cached) before the clock starts
-        evaluating, start, forwards[0] = True, time.perf_counter(), 0
-        try:
-            return original_evaluate(self, model, tokenizer, source)
-        finally:
-            evaluating, wall[0] = False, time.perf_counter() - start
-
-    session.EvaluationSession.evaluate = evaluate
-    session.cached_evaluation = uncached
+    clock = EvaluationClock()
+    clock.install()
     status = run(run_evaluation, "evaluation_cost.py", [*sys.argv[1:], "--logger.name", "evaluation_cost",
-                                                        "--logger.json.root", "/tmp/obliviate_evaluation_cost",
-                                                        "--logger.overwrite", "true"])
-    totals: dict[str, float] = defaultdict(float)
-    print("| split | metric | seconds |\n|---|---|---|")
-    for (split, metric), value in seconds.items():
-        totals[metric] += value
-        print(f"| {split} | {metric} | {value:.1f} |")
-    print("\n| metric | seconds |\n|---|---|")
-    for metric, value in totals.items():
-        print(f"| {metric} | {value:.1f} |")
-    print(f"\nevaluation: {wall[0]:.1f} s, {forwards[0]} forward passes of the model")
+                                                        "--logger.json.root", tempfile.mkdtemp()])
+    print(clock.report())
     sys.exit(status)

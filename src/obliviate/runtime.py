@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # OBLIVIATE_PROCESS_TIMEOUT (seconds) sets it (the tests use minutes).
 PROCESS_GROUP_TIMEOUT = timedelta(seconds=float(os.environ.get("OBLIVIATE_PROCESS_TIMEOUT", 6 * 3600)))
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+RESTARTED_ON_RESUME = (ATTACK_LOG,)  # logs of what a resumed run does again from its start: the attacks
 
 
 @dataclass
@@ -114,7 +115,8 @@ class Runtime:
         if self.accelerator.num_processes > 1:
             broadcast_object_list(shared)
         if self.folder is not None and self.resumed:
-            self.folder.filter_log(ATTACK_LOG, lambda record: False)  # the attacks run again from their start
+            for name in RESTARTED_ON_RESUME:
+                self.folder.filter_log(name, lambda record: False)
         return shared[0]
 
     def stage_state(self, name: str) -> Path:
@@ -152,15 +154,15 @@ class Runtime:
                 shutil.rmtree(self.stage_state(previous), ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
-    def checkpointing(self, every: int, restarted_logs: tuple[str, ...]) -> Checkpointing | None:
+    def checkpointing(self, every: int) -> Checkpointing | None:
         """Checkpoints every ``every`` steps (none for 0); resuming, from the saved state, the logs cut back to its
-        step (the ``restarted_logs`` emptied: their stage starts again)."""
+        step (those of :data:`RESTARTED_ON_RESUME` emptied: their stage starts again)."""
         checkpoint = Checkpointing(self.work / CHECKPOINT, every, False) if every else None
         if not self.resumed:
             return checkpoint
         saved = checkpoint.saved_step() if checkpoint is not None else None
         if self.folder is not None:
-            self.folder.truncate_logs(saved, restarted=restarted_logs)
+            self.folder.truncate_logs(saved, restarted=RESTARTED_ON_RESUME)
             logger.info("resuming %s after step %s", self.work,
                         saved if saved is not None else "0 (no saved state: from the start)")
         return replace(checkpoint, resume=True) if saved is not None else checkpoint

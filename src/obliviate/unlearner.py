@@ -112,7 +112,7 @@ class Unlearner:
         else:
             with self.timings.stage("unlearn"):
                 points = self._train(assembly, tokenizer, mask, p.objective, p.training_data,
-                                     self.runtime.checkpointing(p.training.save_every, restarted_logs=(ATTACK_LOG,)),
+                                     self.runtime.checkpointing(p.training.save_every),
                                      self.folder.log_step if self.folder else lambda record: None)
         if points is not None and p.best is not None:
             with self.timings.stage("evaluate_best"):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -91,12 +90,12 @@ def writable_folder(root: Path, key: str) -> None:
         raise UserError(f"{key} '{root}' is not writable; name a writable folder for the results")
 
 
-def _step_of(line: str) -> float:
-    """A log line's step; a line torn by a kill during its write counts as after every step (dropped)."""
+def _record(line: str) -> dict[str, Any] | None:
+    """A log line's record; None for a line torn by a kill during its write (or an empty one)."""
     try:
-        return json.loads(line).get("step", 0)
+        return json.loads(line)
     except ValueError:
-        return math.inf
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,15 +201,15 @@ class RunFolder:
         their start), so that records written again are not doubled."""
         for path in self.work.glob("*.jsonl"):
             last = -1 if saved is None or path.name in restarted else saved
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= last]
-            write_text_atomic(path, "".join(line + "\n" for line in kept))
+            self.filter_log(path.name, lambda record, last=last: record.get("step", 0) <= last)
 
     def filter_log(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> None:
-        """Keep only the records of the log ``name`` that ``keep`` accepts (a resumed stage's records after its saved
-        state, which it writes again)."""
+        """Keep only the records of the log ``name`` that ``keep`` accepts (e.g. none after the saved state a run
+        resumes from, which it writes again); a line torn by a kill during its write is dropped."""
         path = self.path(name)
         if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and keep(json.loads(line))]
+            kept = [line for line in path.read_text().splitlines()
+                    if (record := _record(line)) is not None and keep(record)]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def path(self, name: str) -> Path:
