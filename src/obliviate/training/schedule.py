@@ -64,8 +64,8 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig, total_steps:
     """AdamW + LambdaLR; parameters whose id is in ``decayed_elsewhere`` (masked ones) get no decay here.
 
     AdamW runs torch's fused kernel (one pass over all parameters): the same update to float rounding as the
-    default per-tensor loop, which torch picks on CPU and which took 0.63 s of each SmolLM2 step here against
-    0.07 s fused (issue 25's note)."""
+    default per-tensor loop that torch picks on CPU, where an optimiser step over SmolLM2's parameters took 0.63 s
+    against 0.07 s fused (issue 25's note)."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     plain = [(n, p) for n, p in trainable if without_weight_decay(n, p) or id(p) in decayed_elsewhere]
     plain_ids = {id(p) for _, p in plain}
