@@ -130,7 +130,7 @@ class Finetune(TrainingKeys):
                        "once and unlearns with several seeds (set it per run to vary the target too)", 0)
     target_from: str = option(ChoiceValue(["base", "retain"]), "what the target is fine-tuned from: model_name on "
                               "forget+retain (TOFU), or the retain model on forget plus as many retain examples "
-                              "replayed (the retain model's training is shared: about half the fine-tuning steps; "
+                              "replayed (the retain model's training is shared: about 40 % fewer fine-tuning steps; "
                               "one target per forget split)", "base")
 
 

@@ -97,7 +97,6 @@ class SplitScores:
         self.shared = {} if shared is None else shared  # one evaluation's memo of what no split owns (same model)
         self.score_options = score_options  # a metric will score the questions' options: score them with the answers
         self._scored: dict[Query, AnswerTokens] = {}  # every (prompt, answer) scored so far, whichever metric asked
-        self.scored_index = ScoredIndex()  # the same by token ids (what lm-eval's requests are)
 
     def prompt(self, question: str) -> str:
         return self.fmt.prompt(self.tokenizer, question)
@@ -107,13 +106,21 @@ class SplitScores:
         the truth ratio on a knowledge split, the wrong options of both) is not scored again."""
         missing = list(dict.fromkeys(query for query in queries if query not in self._scored))
         if missing:
-            scored = answer_tokens(self.model, self.tokenizer, missing, self.options.max_length,
-                                   self.options.batch_size)
-            self._scored.update(zip(missing, scored))
-            for query, statistics in zip(missing, scored):
-                if query.prompt:  # the prompt's tokens as encode() has them
-                    self.scored_index.add(self.tokenizer(query.prompt)["input_ids"], statistics)
+            self._scored.update(zip(missing, answer_tokens(self.model, self.tokenizer, missing,
+                                                           self.options.max_length, self.options.batch_size)))
         return [self._scored[query] for query in queries]
+
+    def scored_index(self) -> ScoredIndex:
+        """Every answer scored so far, found by token ids (what lm-eval's requests are); each prompt tokenized once,
+        as :func:`~obliviate.data.tokenize.encode` does."""
+        index = ScoredIndex()
+        prompt_ids: dict[str, list[int]] = {}
+        for query, statistics in self._scored.items():
+            if query.prompt:
+                if query.prompt not in prompt_ids:
+                    prompt_ids[query.prompt] = self.tokenizer(query.prompt)["input_ids"]
+                index.add(prompt_ids[query.prompt], statistics)
+        return index
 
     def nll(self, queries: list[Query]) -> list[float]:
         return [stats.mean_nll for stats in self.tokens(queries)]

@@ -22,7 +22,7 @@ import yaml
 from obliviate.evaluation.declarations import MetricResult, NotComputed, metric
 from obliviate.evaluation.lm_eval_tasks import run_lm_eval
 from obliviate.evaluation.queries import SplitScores
-from obliviate.evaluation.splits import ALL_ROLES, base_answer
+from obliviate.evaluation.splits import ALL_ROLES
 
 TASKS_DIR = Path(__file__).resolve().parents[4] / "lm-evaluation-harness"
 TEMPLATE = TASKS_DIR / "obliviate" / "qa_mcq.yaml"
@@ -35,10 +35,10 @@ def mcq_rows(scores: SplitScores) -> list[dict]:
     for example in scores.split.questions:
         if not example.perturbed_answers:
             continue
-        correct = base_answer(example, scores.split.role)
-        choices = [correct, *example.perturbed_answers[: MAX_CHOICES - 1]]
+        options = scores.option_queries(example)[:MAX_CHOICES]  # the base answer, then the wrong ones
+        correct, choices = options[0].answer, [option.answer for option in options]
         random.Random(example.question).shuffle(choices)
-        rows.append({"prompt": scores.prompt(example.question), "choices": choices, "label": choices.index(correct)})
+        rows.append({"prompt": options[0].prompt, "choices": choices, "label": choices.index(correct)})
     return rows
 
 
@@ -65,7 +65,7 @@ def mcq_accuracy(scores: SplitScores) -> MetricResult:
     task = yaml.safe_load(TEMPLATE.read_text())
     task["task"] = f"{task['task']}_{scores.split.name}"
     task["dataset_kwargs"]["data_files"]["test"] = str(data_file.resolve())
-    output = run_lm_eval(scores.model, scores.tokenizer, scores.options.batch_size, scores.scored_index, tasks=[task],
+    output = run_lm_eval(scores.model, scores.tokenizer, scores.options.batch_size, scores.scored_index(), tasks=[task],
                          task_manager=_task_manager(), log_samples=True)
     samples = iter(sorted(output["samples"][task["task"]], key=lambda sample: sample["doc_id"]))
     per_example = [float(next(samples)["acc"]) if e.perturbed_answers else None for e in scores.split.questions]
