@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from obliviate.data.tokenize import IGNORE_INDEX as X
+from obliviate.likelihood import token_nll
 from obliviate.methods.distillation import after_first_answer_tokens, ceu_target, soft_cross_entropy, undial_target
 from obliviate.methods.labels import relabelled_nll, runner_up_targets, sequence_mean_nll
 from obliviate.methods.objective import Term
@@ -134,7 +135,7 @@ def test_adversarial_targets_are_the_top_wrong_token_at_the_predicting_position(
 def test_sequence_mean_nll_weights_each_sequence_equally():
     row0 = (nll_of(PREDICTING[0], 0) + nll_of(PREDICTING[1], 1) + nll_of(PREDICTING[2], 2)) / 3
     row1 = nll_of(PREDICTING[3], 1)
-    assert sequence_mean_nll(LOGITS, LABELS).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    assert sequence_mean_nll(*token_nll(LOGITS, LABELS)).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
 
 
 class Quartic(Term):

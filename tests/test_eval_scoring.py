@@ -7,8 +7,9 @@ import torch
 
 from obliviate.data.tokenize import Query, collate, encode
 from obliviate.errors import UserError
-from obliviate.evaluation.scoring import answer_tokens, separate_statistics, token_statistics
-from obliviate.likelihood import forward_logits, sequence_nll
+from obliviate.evaluation import scoring
+from obliviate.evaluation.scoring import answer_tokens, position_statistics, separate_statistics
+from obliviate.likelihood import forward_logits, sequence_nll, token_nll
 from obliviate.models.embedded import tiny_random_llama
 
 
@@ -17,11 +18,13 @@ def log_softmax(row):
     return [v - total for v in row]
 
 
-def test_token_statistics_against_hand_computation():
-    # one row: a prompt token (label -100) then two answer tokens; vocabulary of 3
-    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 3.0], [1.0, 1.0, 1.0]]])
-    labels = torch.tensor([[-100, 2, 0]])  # position t's logits predict label t+1
-    (stats,) = token_statistics(logits, labels, [True])
+def test_position_statistics_against_hand_computation(monkeypatch):
+    # one answer of two tokens after its prompt, then a second answer of one token; vocabulary of 3
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0], [1.0, 1.0, 1.0]])
+    monkeypatch.setattr(scoring, "CHUNK_LOGITS", 6)  # two positions per chunk: the answers straddle a chunk
+    stats, second = position_statistics(logits, torch.tensor([2, 0, 0]), [2, 1], [True, False])
+    assert second.token_ids == (0,) and second.log_probs == pytest.approx((math.log(1 / 3),), rel=1e-6)
+    assert second.is_argmax == (True,) and not second.closing_eos  # ties: the first maximum is the argmax
     rows = [log_softmax([2.0, 0.0, 0.0]), log_softmax([0.0, 1.0, 3.0])]
     targets = [2, 0]
     assert stats.token_ids == (2, 0)
@@ -43,7 +46,7 @@ def test_answer_tokens_give_the_same_mean_nll_as_the_training_loss(tokenizer):
     stats = answer_tokens(model, tokenizer, queries, 32, 2)
     batch = collate([encode(tokenizer, q, 32) for q in queries], [0, 1, 2], tokenizer.pad_token_id)
     with torch.no_grad():
-        sums, counts = sequence_nll(forward_logits(model, batch), batch.labels)
+        sums, counts = sequence_nll(*token_nll(forward_logits(model, batch), batch.labels))
     assert [s.mean_nll for s in stats] == pytest.approx((sums / counts).tolist(), rel=1e-5)
     assert [len(s.log_probs) for s in stats] == counts.int().tolist()
     assert [s.closing_eos for s in stats] == [True, True, False]

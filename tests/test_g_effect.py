@@ -10,7 +10,7 @@ import torch
 from obliviate.config.sections import Lora
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
-from obliviate.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import forward_logits, mean_nll, token_nll
 from obliviate.models import adapters
 from obliviate.models.anatomy import first_layers
 from obliviate.models.embedded import tiny_random_llama
@@ -48,7 +48,7 @@ def probe_setup(tokenizer, tmp_path):
 
 
 def gradients(model, batch):
-    loss = mean_nll(forward_logits(model, batch), batch.labels)
+    loss = mean_nll(*token_nll(forward_logits(model, batch), batch.labels))
     return dict(zip([n for n, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters()))))
 
 
@@ -125,7 +125,7 @@ def test_with_a_logit_difference_model_the_risk_is_the_combined_models(tokenizer
     trained = [(n, p) for n, p in assistant.named_parameters() if p.requires_grad]
 
     def gradient_of(model):
-        loss = mean_nll(forward_logits(model, batch["forget"]), batch["forget"].labels)
+        loss = mean_nll(*token_nll(forward_logits(model, batch["forget"]), batch["forget"].labels))
         return dict(zip([n for n, _ in trained], torch.autograd.grad(loss, [p for _, p in trained])))
 
     step = gradient_of(assistant)  # ULD's step: the assistant learns the forget answers

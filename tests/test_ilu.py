@@ -10,7 +10,7 @@ from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
 from obliviate.errors import UserError
 from obliviate.experiment import experiment_schema
-from obliviate.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import forward_logits, mean_nll, token_nll
 from obliviate.methods import METHODS
 from obliviate.methods.ilu import InvariancePenalty, logit_scale_gradient
 from obliviate.methods.objective import PrepareContext
@@ -48,7 +48,7 @@ def penalty_of(model, batch, w_form):
 def test_penalty_value_matches_an_independent_computation(setup, w_form):
     model, _, batch = setup
     theta = dict(model.named_parameters())[TRAINED]
-    loss = mean_nll(forward_logits(model, batch["env0"]), batch["env0"].labels)
+    loss = mean_nll(*token_nll(forward_logits(model, batch["env0"]), batch["env0"].labels))
     (g,) = torch.autograd.grad(loss, [theta])
     expected = ((theta * g) ** 2).sum() if w_form == "elementwise" else (theta * g).sum() ** 2
     assert penalty_of(model, batch, w_form).item() == pytest.approx(expected.item(), rel=1e-9)
@@ -59,7 +59,7 @@ def test_logits_form_is_the_squared_derivative_of_the_nll_in_a_logit_scale(setup
     model, _, batch = setup
     logits = forward_logits(model, batch["env0"]).detach()
     w = torch.tensor(1.0, dtype=logits.dtype, requires_grad=True)
-    (derivative,) = torch.autograd.grad(mean_nll(w * logits, batch["env0"].labels), [w])
+    (derivative,) = torch.autograd.grad(mean_nll(*token_nll(w * logits, batch["env0"].labels)), [w])
     assert penalty_of(model, batch, "logits").item() == pytest.approx(derivative.item() ** 2, rel=1e-9)
     # by hand on one answer token (predicted at position 0): z = (0, ln 3), y = 0: p = (1/4, 3/4),
     # E_p[z] − z_y = (3/4)·ln 3

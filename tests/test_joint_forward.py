@@ -87,10 +87,29 @@ def test_methods_that_pass_the_model_their_own_way_keep_one_pass_per_split(name)
 
 def test_a_batch_is_served_once_and_only_with_grad_to_the_same_model(setup):
     model, _, batch = setup
-    joint = JointForward(model, [batch["forget"], batch["retain"]])
+    joint = JointForward(model, [batch["forget"], batch["retain"]], [True, False])
     with torch.no_grad():
-        assert joint.take(model, batch["forget"]) is None  # a reference pass runs the model itself
-    assert joint.take(torch.nn.Linear(1, 1), batch["forget"]) is None
-    served = joint.take(model, batch["forget"])
+        assert joint.take(model, batch["forget"], every_position=True) is None  # a reference pass runs the model
+    assert joint.take(torch.nn.Linear(1, 1), batch["forget"], every_position=True) is None
+    assert joint.take(model, batch["retain"], every_position=True) is None  # its head ran at the answers only
+    served = joint.take(model, batch["forget"], every_position=True)
     torch.testing.assert_close(served, forward_logits(model, batch["forget"]))
-    assert joint.take(model, batch["forget"]) is None  # the second ask (e.g. after a step) runs the model
+    assert joint.take(model, batch["forget"], every_position=True) is None  # the second ask runs the model
+    labels = batch["retain"].labels
+    answers = joint.take(model, batch["retain"], every_position=False)
+    assert answers.shape[0] == int((labels[:, 1:] != -100).sum())
+
+
+@pytest.mark.parametrize("name", ["NPO", "GradDiff", "GA_KL"])
+def test_the_joint_pass_runs_the_head_at_every_position_only_for_a_split_whose_distribution_is_read(setup, name):
+    """NPO and GradDiff read only answer-token NLL: their pass runs the output head at the labelled positions alone;
+    GA+KL's retain KL reads every position of the retain batch, its forget NLL the answers only."""
+    model, context, batch = setup
+    objective = objective_of(name, context)
+    rows = []
+    model.lm_head.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    objective(model, batch)
+    answers = {split: int((data.labels[:, 1:] != -100).sum()) for split, data in batch.items()}
+    whole = {split: data.labels.numel() for split, data in batch.items()}
+    expected = answers["forget"] + (whole["retain"] if name == "GA_KL" else answers["retain"])
+    assert rows[-1] == expected  # the last head call is the trained model's joint pass (GA+KL's reference ran first)

@@ -16,7 +16,7 @@ from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
 from obliviate.experiment import run_unlearning
-from obliviate.likelihood import forward_logits, sequence_nll, token_kl
+from obliviate.likelihood import forward_logits, sequence_nll, token_kl, token_nll
 from obliviate.methods import METHODS
 from obliviate.methods.objective import PrepareContext
 from obliviate.models import adapters
@@ -83,7 +83,7 @@ def test_kl_and_npo_references_come_from_the_adapter_disabled_model(tokenizer):
     npo, kl = (term for _, term in objective.terms)
     assert kl.reference.copy is None  # no second copy of the model
     forget_logits, forget_batch = logits_of(plain, datasets["forget"])
-    sums, _ = sequence_nll(forget_logits, forget_batch.labels)
+    sums, _ = sequence_nll(*token_nll(forget_logits, forget_batch.labels))
     assert torch.allclose(npo.reference_nll, sums, atol=1e-5)  # S_ref of the starting model
     reference_logits, batch = logits_of(plain, datasets["retain"])
     with torch.no_grad():

@@ -5,9 +5,13 @@ import math
 import pytest
 import torch
 
+from obliviate import likelihood
+from obliviate.data.examples import Example
 from obliviate.data.tokenize import IGNORE_INDEX as X
-from obliviate.likelihood import mean_nll, sequence_nll, token_kl, token_nll
+from obliviate.data.tokenize import PromptFormat, encode_dataset
+from obliviate.likelihood import answer_nll, chunked_nll, forward_logits, mean_nll, sequence_nll, token_kl, token_nll
 from obliviate.methods.npo import npo_loss, simnpo_loss
+from obliviate.models.embedded import tiny_random_llama
 
 # Two sequences of 4 positions over a 3-token vocabulary. Labels: position 0 is prompt (ignored),
 # row 1 has padding at the end. After the shift, logits[:, t] predict labels[:, t+1].
@@ -35,24 +39,92 @@ def test_token_nll_counts_only_labelled_positions():
 
 
 def test_sequence_nll_is_a_per_sequence_sum():
-    sums, counts = sequence_nll(LOGITS, LABELS)
+    sums, counts = sequence_nll(*token_nll(LOGITS, LABELS))
     assert sums.tolist() == pytest.approx([sum(ROW0), ROW1[0]], rel=1e-6)
     assert counts.tolist() == [3.0, 1.0]
 
 
 def test_mean_nll_is_the_token_mean_and_matches_cross_entropy():
     expected = (sum(ROW0) + ROW1[0]) / 4
-    assert mean_nll(LOGITS, LABELS).item() == pytest.approx(expected, rel=1e-6)
+    assert mean_nll(*token_nll(LOGITS, LABELS)).item() == pytest.approx(expected, rel=1e-6)
     reference = torch.nn.functional.cross_entropy(LOGITS[:, :-1].reshape(-1, 3), LABELS[:, 1:].reshape(-1))
-    assert mean_nll(LOGITS, LABELS).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert mean_nll(*token_nll(LOGITS, LABELS)).item() == pytest.approx(reference.item(), rel=1e-6)
 
 
 def test_padding_logits_do_not_change_any_loss():
     changed = LOGITS.clone()
     changed[1, 2:] = torch.randn(2, 3) * 100  # positions whose targets are padding
     changed[:, -1] = torch.randn(2, 3) * 100  # the last position predicts nothing
-    for function in (mean_nll, lambda lg, lb: sequence_nll(lg, lb)[0]):
+    for function in (lambda lg, lb: mean_nll(*token_nll(lg, lb)), lambda lg, lb: sequence_nll(*token_nll(lg, lb))[0]):
         assert torch.allclose(function(changed, LABELS), function(LOGITS, LABELS))
+
+
+def test_chunked_nll_hand_values_in_any_chunk_size(monkeypatch):
+    rows = LOGITS[0, :3]  # row 0's three predicting positions
+    expected = ROW0
+    assert chunked_nll(rows, torch.tensor([0, 1, 2])).tolist() == pytest.approx(expected, rel=1e-6)
+    monkeypatch.setattr(likelihood, "CHUNK_LOGITS", 4)  # one row of 3 logits per chunk
+    assert chunked_nll(rows, torch.tensor([0, 1, 2])).tolist() == pytest.approx(expected, rel=1e-6)
+    assert chunked_nll(rows[:0], torch.tensor([], dtype=torch.long)).shape == (0,)
+
+
+def test_chunked_nll_of_bf16_logits_recomputes_each_chunk_with_the_same_gradient(monkeypatch):
+    """bf16 logits: each chunk's fp32 log-softmax is recomputed in backward (not kept); values and gradients are
+    those of the whole fp32 computation."""
+    torch.manual_seed(0)
+    logits = (torch.randn(7, 11) * 3).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 11, (7,))
+    whole = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    (expected_grad,) = torch.autograd.grad((whole * torch.arange(7.0)).sum(), logits)
+    monkeypatch.setattr(likelihood, "CHUNK_LOGITS", 22)  # 2 rows per chunk
+    chunked = chunked_nll(logits, targets)
+    assert chunked.dtype == torch.float32
+    (grad,) = torch.autograd.grad((chunked * torch.arange(7.0)).sum(), logits)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.fixture
+def tiny_batch(tokenizer):
+    model = tiny_random_llama(tokenizer).double()
+    examples = [Example(f"Who is person {i}?", f"Person {i} bakes bread{' every day' * i}.") for i in range(3)]
+    data = encode_dataset(tokenizer, examples, PromptFormat(), 64)
+    return model, data.collate([data[i] for i in range(3)])
+
+
+def test_answer_nll_is_token_nll_of_the_full_logits_with_the_head_at_the_answers_only(tiny_batch):
+    model, batch = tiny_batch
+    head_rows = []
+    model.lm_head.register_forward_hook(lambda module, args, output: head_rows.append(args[0].shape[:-1].numel()))
+    nll, mask = answer_nll(model, batch)
+    (nll * torch.arange(1.0, nll.shape[1] + 1)).sum().backward()
+    gradient = {name: p.grad.clone() for name, p in model.named_parameters()}
+    answers = int((batch.labels[:, 1:] != X).sum())
+    assert head_rows == [answers]  # not batch × length
+    model.zero_grad()
+    expected, expected_mask = token_nll(forward_logits(model, batch), batch.labels)
+    (expected * torch.arange(1.0, nll.shape[1] + 1)).sum().backward()
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(nll, expected, rtol=1e-12, atol=1e-12)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(gradient[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_answer_nll_of_a_model_without_logits_to_keep_computes_every_position(tiny_batch):
+    model, batch = tiny_batch
+
+    class PlainForward(torch.nn.Module):  # a forward without transformers' logits_to_keep
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    nll, mask = answer_nll(PlainForward(), batch)
+    expected, expected_mask = token_nll(forward_logits(model, batch), batch.labels)
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(nll, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_npo_loss_hand_values():

@@ -8,7 +8,7 @@ import torch
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import PromptFormat, encode_dataset
 from obliviate.errors import UserError
-from obliviate.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import forward_logits, mean_nll, token_nll
 from obliviate.methods import METHODS
 from obliviate.methods.objective import PrepareContext
 from obliviate.models.embedded import tiny_random_llama
@@ -33,7 +33,7 @@ def test_registry_is_case_insensitive_and_suggests():
 def test_ga_is_negative_forget_nll(setup):
     model, _, batch = setup
     output = METHODS.get("GA").build()(model, batch)
-    nll = mean_nll(forward_logits(model, batch["forget"]), batch["forget"].labels)
+    nll = mean_nll(*token_nll(forward_logits(model, batch["forget"]), batch["forget"].labels))
     assert output.loss.item() == pytest.approx(-nll.item(), rel=1e-5)
     assert output.logs["forget_nll"] == pytest.approx(nll.item(), rel=1e-5)  # logged as the positive NLL
 

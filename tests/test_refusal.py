@@ -7,7 +7,7 @@ import torch
 from obliviate.data.examples import Example
 from obliviate.data.refusals import refusal_answers
 from obliviate.data.tokenize import PromptFormat, encode_dataset
-from obliviate.likelihood import forward_logits, mean_nll, sequence_nll
+from obliviate.likelihood import forward_logits, mean_nll, sequence_nll, token_nll
 from obliviate.methods import METHODS
 from obliviate.methods.objective import PrepareContext
 from obliviate.methods.refusal import answer_preservation_loss
@@ -42,11 +42,11 @@ def test_idk_and_ap_against_independent_computations(tokenizer):
         partners = encode([Example(forget[i].question, refusals_of(idk, tokenizer, i)) for i in rows])
         batch = partners.collate([partners[0], partners[1]])
         assert idk(model, {"forget": forget_batch}).item() == pytest.approx(
-            mean_nll(forward_logits(model, batch), batch.labels).item(), rel=1e-5)
-        true, _ = sequence_nll(forward_logits(model, retain_batch), retain_batch.labels)
+            mean_nll(*token_nll(forward_logits(model, batch), batch.labels)).item(), rel=1e-5)
+        true, _ = sequence_nll(*token_nll(forward_logits(model, retain_batch), retain_batch.labels))
         partners = encode([Example(retain[i].question, refusals_of(ap, tokenizer, i)) for i in [4, 1]])
         batch = partners.collate([partners[0], partners[1]])
-        refusal, _ = sequence_nll(forward_logits(model, batch), batch.labels)
+        refusal, _ = sequence_nll(*token_nll(forward_logits(model, batch), batch.labels))
         assert ap(model, {"retain": retain_batch}).item() == pytest.approx(
             answer_preservation_loss(true, refusal, 0.1).item(), rel=1e-5)
 

@@ -7,7 +7,7 @@ from accelerate.utils import set_seed
 
 from obliviate.data.examples import Example
 from obliviate.data.tokenize import EncodedDataset, PromptFormat, encode_example
-from obliviate.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import forward_logits, mean_nll, token_nll
 from obliviate.methods import METHODS
 from obliviate.methods.objective import PrepareContext
 from obliviate.models.embedded import tiny_random_llama
@@ -71,7 +71,7 @@ def encoded(tokenizer, question, answer, n=8):
 def full_set_nll(model, data):
     with torch.no_grad():
         batch = data.collate([data[i] for i in range(len(data))])
-        return mean_nll(forward_logits(model, batch), batch.labels).item()
+        return mean_nll(*token_nll(forward_logits(model, batch), batch.labels)).item()
 
 
 def run_graddiff(tokenizer, seed, accumulation=1, scheduler="constant", model=None):

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from obliviate.data.tokenize import Query, collate, encode
 from obliviate.errors import UserError
 from obliviate.evaluation.spread import map_batches
-from obliviate.likelihood import forward_logits, shifted
+from obliviate.likelihood import CHUNK_LOGITS, kept_logits, predicting_labels
 
 MIN_VARIANCE = 1e-6  # σ_t² floor of Min-K%++ (open-unlearning src/evals/metrics/mia/min_k_plus_plus.py)
 
@@ -80,27 +80,31 @@ class ScoredIndex:
         return None
 
 
-def aligned_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                       closing_eos: list[bool]) -> list[AnswerTokens]:
-    """:class:`AnswerTokens` of each row, ``logits[:, t]`` predicting ``targets[:, t]`` where ``mask``."""
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    weighted = log_p.exp().mul_(log_p)  # p log p, then p log² p in place: one vocabulary-sized temporary, not three
-    mu = weighted.sum(-1)
-    sigma = (weighted.mul_(log_p).sum(-1) - mu.pow(2)).clamp(min=MIN_VARIANCE).sqrt()
-    is_argmax = log_p.argmax(-1) == targets
-    rows = []
-    for row in range(targets.shape[0]):
-        keep = mask[row]
-        rows.append(AnswerTokens(tuple(targets[row][keep].tolist()), tuple(picked[row][keep].tolist()),
-                                 tuple(is_argmax[row][keep].tolist()),
-                                 tuple(((picked[row] - mu[row]) / sigma[row])[keep].tolist()), closing_eos[row]))
-    return rows
-
-
-def token_statistics(logits: torch.Tensor, labels: torch.Tensor, closing_eos: list[bool]) -> list[AnswerTokens]:
-    """:class:`AnswerTokens` of each row of a batch (labels −100 outside the answer)."""
-    return aligned_statistics(*shifted(logits, labels), closing_eos)
+def position_statistics(logits: torch.Tensor, targets: torch.Tensor, counts: list[int], closing_eos: list[bool]
+                        ) -> list[AnswerTokens]:
+    """:class:`AnswerTokens` of consecutive answers: ``logits[n]`` ([N, V]) predicts ``targets[n]``, the first
+    ``counts[0]`` positions are the first answer's, and so on. The fp32 log-softmax runs
+    :data:`~obliviate.likelihood.CHUNK_LOGITS` logits at a time."""
+    rows = max(1, CHUNK_LOGITS // max(logits.shape[-1], 1))
+    picked, standardised, is_argmax = [], [], []
+    for part, goal in zip(logits.split(rows), targets.split(rows)):
+        log_p = F.log_softmax(part.float(), dim=-1)
+        chosen = log_p.gather(-1, goal.unsqueeze(-1)).squeeze(-1)
+        weighted = log_p.exp().mul_(log_p)  # p log p, then p log² p in place: one vocabulary-sized temporary
+        mu = weighted.sum(-1)
+        sigma = (weighted.mul_(log_p).sum(-1) - mu.pow(2)).clamp(min=MIN_VARIANCE).sqrt()
+        picked.append(chosen)
+        standardised.append((chosen - mu) / sigma)
+        is_argmax.append(log_p.argmax(-1) == goal)
+    values = [torch.cat(parts).tolist() if parts else [] for parts in (picked, standardised, is_argmax)]
+    token_ids = targets.tolist()
+    answers, start = [], 0
+    for count, closing in zip(counts, closing_eos):
+        span = slice(start, start + count)
+        answers.append(AnswerTokens(tuple(token_ids[span]), tuple(values[0][span]), tuple(values[2][span]),
+                                    tuple(values[1][span]), closing))
+        start += count
+    return answers
 
 
 @torch.no_grad()
@@ -150,7 +154,10 @@ def separate_statistics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
     def score(rows: list[int]) -> list[AnswerTokens]:
         batch = collate([encoded[i] for i in rows], rows, tokenizer.pad_token_id).to(device)
-        return token_statistics(forward_logits(model, batch), batch.labels, [encoded[i].closing_eos for i in rows])
+        keep = predicting_labels(batch.labels)
+        logits = kept_logits(model, batch.input_ids, batch.attention_mask, keep)
+        return position_statistics(logits, batch.labels[:, 1:][keep[:, :-1]], keep.sum(1).tolist(),
+                                   [encoded[i].closing_eos for i in rows])
 
     result: list[AnswerTokens | None] = [None] * len(encoded)
     for rows, statistics in zip(chunks, map_batches(chunks, score, "scoring answers")):
@@ -193,11 +200,19 @@ def prefix_statistics(model: PreTrainedModel, prefixes: list[list[int]], continu
     batch = torch.tensor([ids + [pad] * (length - len(ids)) for ids in answer_ids], device=device)
     answer_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in answer_ids], device=device)
     starts = prompt_mask.sum(-1)[owner_index].unsqueeze(1)
-    logits = model(input_ids=batch, attention_mask=torch.cat([prompt_mask[owner_index], answer_mask], dim=1),
-                   position_ids=starts + torch.arange(length, device=device), past_key_values=cache).logits
-    # the prompt's last position predicts the first answer token; answer position t predicts token t+1
-    predicting = torch.cat([out.logits[owner_index, -1:], logits[:, :-1]], dim=1)
-    flat = aligned_statistics(predicting, batch, answer_mask.bool(), [flag for flags in closing for flag in flags])
+    keep = torch.zeros_like(answer_mask, dtype=torch.bool)
+    keep[:, :-1] = answer_mask[:, 1:].bool()  # answer position t predicts token t+1
+    later = kept_logits(model, batch, torch.cat([prompt_mask[owner_index], answer_mask], dim=1), keep,
+                        position_ids=starts + torch.arange(length, device=device), past_key_values=cache)
+    # the prompt's last position predicts each answer's first token, its own positions the rest: in answer order
+    counts = [len(ids) for ids in answer_ids]
+    order, start = [], len(answer_ids)
+    for row, count in enumerate(counts):
+        order += [row, *range(start, start + count - 1)]
+        start += count - 1
+    predicting = torch.cat([out.logits[owner_index, -1], later])[torch.tensor(order, device=device)]
+    flat = position_statistics(predicting, batch[answer_mask.bool()], counts,
+                               [flag for flags in closing for flag in flags])
     grouped, position = [], 0
     for options in continuations:
         grouped.append(flat[position:position + len(options)])

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.data.tokenize import EncodedDataset
-from obliviate.likelihood import forward_logits, sequence_nll
+from obliviate.likelihood import answer_nll, sequence_nll
 from obliviate.registry import Registry
 
 
@@ -73,7 +73,7 @@ def accumulate_gradients(inputs: ScoringInputs, dataset: EncodedDataset, batches
         parameter.grad = None
     for rows in batches:
         batch = dataset.collate([dataset[row] for row in rows]).to(device)
-        sums, counts = sequence_nll(forward_logits(model, batch), batch.labels)
+        sums, counts = sequence_nll(*answer_nll(model, batch))
         (sums.sum() / counts.sum().clamp(min=1.0)).backward()
 
 

@@ -38,7 +38,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import ChoiceValue, FloatValue, IntValue, ListValue, StrValue
 from obliviate.errors import UserError
-from obliviate.likelihood import forward_logits, mean_nll, shifted
+from obliviate.likelihood import forward_logits, mean_nll, shifted, token_nll
 from obliviate.methods.base import METHODS, Method, ModelFacts
 from obliviate.methods.objective import Batch, CallCountingTerm, Objective, PrepareContext
 
@@ -88,7 +88,7 @@ class InvariancePenalty(CallCountingTerm):
             if self.w_form == "logits":
                 penalty = penalty + logit_scale_gradient(logits, data.labels) ** 2
                 continue
-            grads = torch.autograd.grad(mean_nll(logits, data.labels), parameters, create_graph=True)
+            grads = torch.autograd.grad(mean_nll(*token_nll(logits, data.labels)), parameters, create_graph=True)
             if self.w_form == "elementwise":
                 penalty = penalty + sum(((p * g) ** 2).sum() for p, g in zip(parameters, grads))
             else:

@@ -36,7 +36,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue
 from obliviate.data.tokenize import IGNORE_INDEX, EncodedDataset
-from obliviate.likelihood import PerTokenReference, forward_logits, shifted, token_nll
+from obliviate.likelihood import PerTokenReference, answer_nll, forward_logits, shifted
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import NLL, weight_params
@@ -68,9 +68,8 @@ def relabelled_nll(logits: torch.Tensor, labels: torch.Tensor, new_targets: torc
     return (nll * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def sequence_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """mean over sequences of each sequence's mean answer-token NLL."""
-    nll, mask = token_nll(logits, labels)
+def sequence_mean_nll(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean over sequences of each sequence's mean answer-token NLL, from per-position NLL and mask."""
     return (nll.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).mean()
 
 
@@ -107,6 +106,7 @@ class SequenceMeanNLL(Term):
     """mean over the sequences of ``batch[split]`` of their mean answer-token NLL."""
 
     shares_forward = True
+    reads_distribution = False
 
     def __init__(self, split: str) -> None:
         self.split = split
@@ -114,7 +114,7 @@ class SequenceMeanNLL(Term):
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
-        return sequence_mean_nll(forward_logits(model, data), data.labels)
+        return sequence_mean_nll(*answer_nll(model, data))
 
 
 @METHODS.register("RandomLabel")

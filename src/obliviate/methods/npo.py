@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue
-from obliviate.likelihood import forward_logits, reference_sequence_nll, sequence_nll
+from obliviate.likelihood import answer_nll, reference_sequence_nll, sequence_nll
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import retain_term, weight_params
@@ -53,6 +53,7 @@ class NPOForget(Term):
     name = "npo"
     split = "forget"
     shares_forward = True
+    reads_distribution = False
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
@@ -66,7 +67,7 @@ class NPOForget(Term):
         if self.reference_nll is None:
             raise RuntimeError("NPOForget.prepare() must run before training")
         data = batch[self.split]
-        current, _ = sequence_nll(forward_logits(model, data), data.labels)
+        current, _ = sequence_nll(*answer_nll(model, data))
         reference = self.reference_nll.to(current.device)[data.index]
         return npo_loss(current, reference, self.beta)
 
@@ -77,13 +78,14 @@ class SimNPOForget(Term):
     name = "simnpo"
     split = "forget"
     shares_forward = True
+    reads_distribution = False
 
     def __init__(self, beta: float, delta: float) -> None:
         self.beta, self.delta = beta, delta
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
-        current, lengths = sequence_nll(forward_logits(model, data), data.labels)
+        current, lengths = sequence_nll(*answer_nll(model, data))
         return simnpo_loss(current, lengths, self.beta, self.delta)
 
 

@@ -54,8 +54,11 @@ class Term(ABC):
     name: str
     split: str
     shares_forward: bool = False
-    """The term reads the trained model only through one ``forward_logits(model, batch[self.split])``, so that
-    pass may be one with other terms' splits (:meth:`Objective.joint_splits`)."""
+    """The term reads the trained model only through one ``forward_logits`` or ``answer_nll`` of
+    ``batch[self.split]``, so that pass may be one with other terms' splits (:meth:`Objective.joint_splits`)."""
+    reads_distribution: bool = True
+    """The term reads the whole next-token distribution (``forward_logits``); False when it reads only its answer
+    tokens' NLL (``answer_nll``), so a joint pass runs the output head at those positions alone."""
 
     @property
     def reads(self) -> set[str]:
@@ -166,8 +169,11 @@ class Objective:
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         total = torch.zeros((), device=next(model.parameters()).device)
         logs: dict[str, float] = {}
-        together = [batch[split] for split in self.joint_splits() if split in batch]
-        with joint_forward(model, together) if len(together) > 1 else contextlib.nullcontext():
+        splits = [split for split in self.joint_splits() if split in batch]
+        every_position = [any(term.reads_distribution for _, term in self.terms if term.split == split)
+                          for split in splits]
+        together = [batch[split] for split in splits]
+        with joint_forward(model, together, every_position) if len(together) > 1 else contextlib.nullcontext():
             for weight, term in self.terms:
                 value = term(model, batch)
                 total = total + weight * value

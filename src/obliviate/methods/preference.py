@@ -33,7 +33,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import BoolValue, FloatValue, IntValue
 from obliviate.errors import UserError
-from obliviate.likelihood import forward_logits, reference_sequence_nll, sequence_nll
+from obliviate.likelihood import answer_nll, reference_sequence_nll, sequence_nll
 from obliviate.methods.alternatives import AlternativeAnswers
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
@@ -53,6 +53,7 @@ class DPOForget(Term):
 
     split = "forget"
     shares_forward = True
+    reads_distribution = False
 
     def __init__(self, beta: float, win_answers: str, seed: int) -> None:
         self.beta = beta
@@ -72,8 +73,8 @@ class DPOForget(Term):
             raise RuntimeError("DPOForget.prepare() must run before training")
         lose = batch[self.split]
         win = self.winners.batch_for(lose)
-        lose_nll, _ = sequence_nll(forward_logits(model, lose), lose.labels)
-        win_nll, _ = sequence_nll(forward_logits(model, win), win.labels)
+        lose_nll, _ = sequence_nll(*answer_nll(model, lose))
+        win_nll, _ = sequence_nll(*answer_nll(model, win))
         rows = lose.index.to(self.win_reference.device)
         return dpo_loss(win_nll, self.win_reference[rows].to(win_nll.device), lose_nll,
                         self.lose_reference[rows].to(lose_nll.device), self.beta)

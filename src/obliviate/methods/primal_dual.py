@@ -30,7 +30,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import FloatValue
 from obliviate.data.tokenize import IGNORE_INDEX
-from obliviate.likelihood import forward_logits, mean_nll, reference_sequence_nll, shifted
+from obliviate.likelihood import answer_nll, forward_logits, mean_nll, reference_sequence_nll, shifted
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 
@@ -66,6 +66,7 @@ class DualRetainConstraint(Term):
     name = "retain_constraint"
     split = "retain"
     shares_forward = True
+    reads_distribution = False
 
     def __init__(self, initial_dual: float, step_size: float, warmup_epochs: float, eps: float, eps_ratio: float
                  ) -> None:
@@ -85,7 +86,7 @@ class DualRetainConstraint(Term):
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
-        retain_nll = mean_nll(forward_logits(model, data), data.labels)
+        retain_nll = mean_nll(*answer_nll(model, data))
         self.last_retain_nll = retain_nll.item()
         return self.dual * (retain_nll - self.eps)
 

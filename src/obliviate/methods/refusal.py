@@ -26,7 +26,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import FloatValue, IntValue, StrValue
 from obliviate.errors import UserError
-from obliviate.likelihood import forward_logits, mean_nll, sequence_nll, token_nll
+from obliviate.likelihood import answer_nll, mean_nll, sequence_nll
 from obliviate.methods.alternatives import REFUSALS, AlternativeAnswers
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
@@ -52,7 +52,7 @@ class RefusalNLL(Term):
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         idk = self.refusals.batch_for(batch[self.split])
-        return mean_nll(forward_logits(model, idk), idk.labels)
+        return mean_nll(*answer_nll(model, idk))
 
 
 class PooledRefusalNLL(Term):
@@ -76,7 +76,7 @@ class PooledRefusalNLL(Term):
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         totals, counts = [], []
         for data in (self.refusals.batch_for(batch[self.split]), batch["retain"]):
-            nll, mask = token_nll(forward_logits(model, data), data.labels)
+            nll, mask = answer_nll(model, data)
             totals.append(nll.sum())
             counts.append(mask.sum())
         return sum(totals) / sum(counts).clamp(min=1.0)
@@ -98,8 +98,8 @@ class AnswerPreservation(Term):
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
         idk = self.refusals.batch_for(data)
-        true_nll, _ = sequence_nll(forward_logits(model, data), data.labels)
-        refusal_nll, _ = sequence_nll(forward_logits(model, idk), idk.labels)
+        true_nll, _ = sequence_nll(*answer_nll(model, data))
+        refusal_nll, _ = sequence_nll(*answer_nll(model, idk))
         return answer_preservation_loss(true_nll, refusal_nll, self.beta)
 
 

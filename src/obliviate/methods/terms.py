@@ -10,7 +10,7 @@ from fastargs import Param
 
 from obliviate.config.checkers import ChoiceValue, FloatValue
 from obliviate.data.tokenize import TokenBatch
-from obliviate.likelihood import forward_logits, mean_nll, token_kl
+from obliviate.likelihood import answer_nll, forward_logits, mean_nll, token_kl
 from obliviate.methods.objective import Batch, PrepareContext, Term
 from obliviate.models.adapters import is_adapted, without_adapters
 
@@ -19,6 +19,7 @@ class NLL(Term):
     """NLL(x) = mean −log p_θ(y_t) over the answer tokens of ``batch[split]``."""
 
     shares_forward = True
+    reads_distribution = False
 
     def __init__(self, split: str) -> None:
         self.split = split
@@ -26,7 +27,7 @@ class NLL(Term):
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
-        return mean_nll(forward_logits(model, data), data.labels)
+        return mean_nll(*answer_nll(model, data))
 
 
 class StartingModel:

@@ -38,7 +38,7 @@ import torch
 from fastargs import Param
 
 from obliviate.config.checkers import FloatValue
-from obliviate.likelihood import PerTokenReference, forward_logits, token_nll
+from obliviate.likelihood import PerTokenReference, answer_nll, token_nll
 from obliviate.methods.base import METHODS, Method
 from obliviate.methods.objective import Batch, Objective, PrepareContext, Term
 from obliviate.methods.terms import NLL, weight_params
@@ -73,6 +73,7 @@ class WeightedForgetNLL(Term):
 
     split = "forget"
     shares_forward = True
+    reads_distribution = False
 
     def __init__(self, name: str, weights: TokenWeights, needs_reference: bool = False) -> None:
         self.name, self.weights, self.needs_reference = name, weights, needs_reference
@@ -86,7 +87,7 @@ class WeightedForgetNLL(Term):
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         data = batch[self.split]
-        nll, mask = token_nll(forward_logits(model, data), data.labels)
+        nll, mask = answer_nll(model, data)
         p_reference = None
         if self.needs_reference:
             if self.reference is None:

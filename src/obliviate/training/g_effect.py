@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from obliviate.data.tokenize import EncodedDataset, TokenBatch
-from obliviate.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import answer_nll, mean_nll
 from obliviate.methods.objective import Batch
 from obliviate.training.loop import micro_batches
 
@@ -143,7 +143,7 @@ class GEffectProbe:
         """∇ of the mean over ``batches`` of the evaluated model's mean answer-token NLL."""
         total = [torch.zeros_like(p) for p in parameters]
         for data in batches:
-            risk = mean_nll(forward_logits(self.evaluated, data), data.labels) / len(batches)
+            risk = mean_nll(*answer_nll(self.evaluated, data)) / len(batches)
             for accumulated, g in zip(total, torch.autograd.grad(risk, parameters, allow_unused=True)):
                 if g is not None:
                     accumulated.add_(g)

@@ -22,7 +22,7 @@ from obliviate.data.tokenize import IGNORE_INDEX, collate, encode, example_query
 from obliviate.evaluation.declarations import MetricResult, mean_of, metric
 from obliviate.evaluation.queries import SplitScores
 from obliviate.evaluation.spread import map_batches
-from obliviate.likelihood import forward_logits, mean_nll
+from obliviate.likelihood import answer_nll, mean_nll
 
 
 def gradient_norms(model: torch.nn.Module, batches: list) -> list[float]:
@@ -32,7 +32,7 @@ def gradient_norms(model: torch.nn.Module, batches: list) -> list[float]:
     was_training = model.training
     model.eval()
     def norm(batch) -> float:
-        loss = mean_nll(forward_logits(model, batch), batch.labels)
+        loss = mean_nll(*answer_nll(model, batch))
         gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
         return float(torch.stack([g.float().norm(2) for g in gradients if g is not None]).mean())
 
