@@ -8,9 +8,10 @@ measured if the target still has it. Each variant below evaluates one model thro
 (``src/exec/evaluate.py`` with ``configs/synthetic/npo.json``, the target built and cached by its recipe):
 
 * ``base-<format>``: the base model (SmolLM2-135M-Instruct) before fine-tuning;
-* ``target-<format>-<lr>x<epochs>[-sentence]``: the target fine-tuned with that peak learning rate and number of
-  epochs; ``-sentence`` trains and evaluates on the second data layout, whose answers are full sentences
-  ("<name> was born in the city of <city>.", TOFU's form) instead of the synthetic benchmark's short ones;
+* ``target-<format>-<lr>x<epochs>[-b<batch>][-sentence]``: the target fine-tuned with that peak learning rate,
+  number of epochs and batch size (the config's when not given); ``-sentence`` trains and evaluates on the second
+  data layout, whose answers are full sentences ("<name> was born in the city of <city>.", TOFU's form) instead
+  of the synthetic benchmark's short ones;
 
 ``<format>`` is ``plain`` (``Question: …\\nAnswer:``) or ``chat`` (the tokenizer's chat template,
 ``dataset.chat_template``). Reported per variant: forget and retain probability of the answer (memorised
@@ -39,7 +40,7 @@ SENTENCE_DIR = ROOT / "files" / "data" / "sentence_layout"
 SPLITS = {"forget": "forget10", "retain": "retain90", "holdout": "holdout10"}
 KNOWLEDGE = ("real_authors", "world_facts")
 METRICS = ["prob", "rouge_l_recall", "mcq_acc"]
-VARIANT = re.compile(r"base-(plain|chat)|target-(plain|chat)-[0-9.e+-]+x[0-9]+(-sentence)?")
+VARIANT = re.compile(r"base-(plain|chat)|target-(plain|chat)-[0-9.e+-]+x[0-9]+(-b[0-9]+)?(-sentence)?")
 DEFAULT_VARIANTS = ["base-plain", "base-chat", "target-plain-1e-4x10", "target-plain-1e-4x10-sentence",
                     "target-plain-1e-4x5", "target-plain-3e-4x5", "target-chat-3e-4x5"]
 
@@ -69,7 +70,10 @@ def variant_arguments(variant: str, max_examples: int) -> list[str]:
                  "--logger.name", f"knowledge_{variant}", "--logger.overwrite", "true"]
     if kind == "target":
         lr, epochs = parts[2].removesuffix("-sentence").split("x")
+        epochs, _, batch = epochs.partition("-b")
         arguments += ["--finetune.lr", lr, "--finetune.num_epochs", epochs]
+        if batch:
+            arguments += ["--finetune.batch_size", batch]
     if variant.endswith("-sentence"):
         for role, path in write_sentence_layout().items():
             arguments += [f"--dataset.{role}_dataset_name", str(path)]
