@@ -130,7 +130,7 @@ class LogitDifferenceModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: CacheGroup | None = None,
-                use_cache: bool = False, logits_to_keep: int = 0, exclude_filtered: bool = False,
+                use_cache: bool = False, logits_to_keep: int | torch.Tensor = 0, exclude_filtered: bool = False,
                 **unused) -> CausalLMOutputWithPast:
         """Combined logits of ``input_ids`` (and, with ``use_cache``, the parts' caches)."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
