@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "obliviate"
 
 # The engine's parts from the ground up; a part may import parts of its own layer or below, never above.
 LAYERS = [
-    {"errors", "registry", "io", "hub", "environment"},
+    {"errors", "registry", "io", "hub", "environment", "plotting"},
     {"config", "data"},
     {"likelihood", "loggers"},
     {"models"},

@@ -9,17 +9,13 @@ import io
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from obliviate.errors import UserError  # noqa: E402
-from obliviate.evaluation import METRICS  # noqa: E402
-from obliviate.evaluation.reference import EVALUATED  # noqa: E402
-from obliviate.evaluation.results import NOT_COMPUTED  # noqa: E402
-from obliviate.evaluation.splits import Role  # noqa: E402
-from obliviate.io import write_text_atomic  # noqa: E402
+from obliviate.errors import UserError
+from obliviate.evaluation import METRICS
+from obliviate.evaluation.reference import EVALUATED
+from obliviate.evaluation.results import NOT_COMPUTED
+from obliviate.evaluation.splits import Role
+from obliviate.io import write_text_atomic
+from obliviate.plotting import pyplot
 
 PLOTTED_SPLITS = {"forget": Role.FORGET, "retain": Role.RETAIN}
 
@@ -82,6 +78,7 @@ def to_markdown(columns: list[str], rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    plt = pyplot()
     metrics = plotted_columns(rows)
     figure, axis = plt.subplots(figsize=(max(8, len(metrics) * 1.2), 4.5))
     width = 0.8 / len(rows)

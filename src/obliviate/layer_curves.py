@@ -8,13 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from obliviate.evaluation.results import CURVE_MARK, Evaluation  # noqa: E402
+from obliviate.evaluation.results import CURVE_MARK, Evaluation
+from obliviate.plotting import pyplot
 
 PROBES = {"logit_lens": "p(answer) read at the layer (logit lens, log scale)",
           "linear_probe": "accuracy of the retain-trained linear probe"}
@@ -38,6 +33,9 @@ def layer_points(values: dict[str, float], probe: str) -> list[tuple[int, float]
 def plot_layer_curves(stages: dict[str, Evaluation], path: Path) -> bool:
     """Draw each probe present in ``stages`` (stage name → evaluation) over the layers into ``path`` (PNG);
     False, and nothing written, when no evaluation has a probe's curve on a drawn split."""
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     probes = [probe for probe in PROBES if any(layer_points(evaluation.splits[split], probe)
                                                for evaluation in stages.values() for split in shown_splits(evaluation))]
     if not probes:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
 from obliviate.evaluation.results import CURVE_MARK, Evaluation
 from obliviate.evaluation.splits import Role, Split
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from obliviate.plotting import pyplot
 
 PLOTTED_ROLES = (Role.FORGET, Role.RETAIN)
 
@@ -31,6 +27,7 @@ def plot_sequence(results: dict[str, Evaluation], splits: list[Split], metrics: 
         for split in lines)]
     if not panels:
         return False
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     positions = list(range(len(stages)))
     for axis, name in zip(axes[0], panels):

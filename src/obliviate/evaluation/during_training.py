@@ -29,6 +29,7 @@ import torch
 
 from obliviate.errors import UserError
 from obliviate.models.sharding import local_like
+from obliviate.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\s*(>=|<=)\s*([0-9.eE+-]+)\s*$")
@@ -178,11 +179,7 @@ class EvaluationPoints:
 
 def plot_eval_curves(points: list[Point], path: Path, best_step: int | None, title: str) -> None:
     """One panel per split: each metric against the step, the best step marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     splits = [key for key in points[0] if key != "step"]
     figure, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.8), squeeze=False)
     steps = [p["step"] for p in points]

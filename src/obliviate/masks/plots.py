@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from obliviate.plotting import pyplot
 
 
 def plot_mask_statistics(statistics: dict, path: Path, title: str) -> None:
+    plt = pyplot()
     layers = sorted(statistics["per_layer"], key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
     modules = sorted(statistics["per_module"])
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})

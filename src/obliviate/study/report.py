@@ -46,21 +46,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from obliviate.comparison import to_csv, to_markdown  # noqa: E402
-from obliviate.evaluation import METRICS  # noqa: E402
-from obliviate.evaluation.results import CURVE_MARK, LM_EVAL, MODEL  # noqa: E402
-from obliviate.evaluation.session import TASK_METRIC  # noqa: E402
-from obliviate.evaluation.splits import Role  # noqa: E402
-from obliviate.io import write_text_atomic  # noqa: E402
-from obliviate.study.cells import Study  # noqa: E402
-from obliviate.study.intervals import bootstrap_interval, paired_differences, paired_ratio, with_interval  # noqa: E402
-from obliviate.study.results import SELECTION_START, FinishedCell, finished_cells, selected_settings  # noqa: E402
+from obliviate.comparison import to_csv, to_markdown
+from obliviate.evaluation import METRICS
+from obliviate.evaluation.results import CURVE_MARK, LM_EVAL, MODEL
+from obliviate.evaluation.session import TASK_METRIC
+from obliviate.evaluation.splits import Role
+from obliviate.io import write_text_atomic
+from obliviate.plotting import pyplot
+from obliviate.study.cells import Study
+from obliviate.study.intervals import bootstrap_interval, paired_differences, paired_ratio, with_interval
+from obliviate.study.results import SELECTION_START, FinishedCell, finished_cells, selected_settings
 
 
 def more_knowledge_is_higher(metric: str) -> bool:
@@ -243,6 +238,7 @@ def _second_panel(curves: list[list[dict]], metric: str) -> tuple[str, Callable[
 
 
 def plot_attack_curves(study: Study, cells: list[FinishedCell], path: Path) -> None:
+    plt = pyplot()
     metric = study.forget_metrics[0]
     figure, axes = plt.subplots(2, len(study.attacks), figsize=(5 * len(study.attacks), 7.2), squeeze=False)
     methods = list(dict.fromkeys(c.label for c in cells))
@@ -278,6 +274,9 @@ def plot_attack_curves(study: Study, cells: list[FinishedCell], path: Path) -> N
 def plot_tradeoff(study: Study, rows: list[dict], path: Path) -> None:
     """Forget metric against retain utility: a circle per (method, seed) after unlearning and, joined to it, a
     marker per attack at the attack's end; colour names the method, marker shape the point (two legends)."""
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+
     metric, utility = study.forget_metrics[0], f"retain.{study.utility_metric}.after"
     figure, axis = plt.subplots(figsize=(6.5, 5))
     markers = dict(zip(study.attacks, "^sDvP*X"))

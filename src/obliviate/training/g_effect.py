@@ -51,6 +51,7 @@ import torch
 from obliviate.data.tokenize import EncodedDataset, TokenBatch
 from obliviate.likelihood import answer_nll, mean_nll
 from obliviate.methods.objective import Batch
+from obliviate.plotting import pyplot
 from obliviate.training.loop import micro_batches
 
 G_EFFECT_LOG = "g_effect.jsonl"
@@ -165,10 +166,7 @@ class GEffectProbe:
 
 def plot_g_effect(jsonl: Path, path: Path, title: str) -> None:
     """Two heat maps, blocks × logged steps, of the unlearning and the retention G-effect (red: negative)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.colors import SymLogNorm
 
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
