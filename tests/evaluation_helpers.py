@@ -1,13 +1,12 @@
 """Helpers of the evaluation tests: splits and SplitScores whose model queries are given, not computed."""
 
-from pathlib import Path
 
 from obliviate.data.tokenize import PromptFormat
 from obliviate.evaluation.queries import EvalOptions, SplitScores
 from obliviate.evaluation.scoring import AnswerTokens
 from obliviate.evaluation.splits import PRIMARY_SPLITS, Role, Split
 
-OPTIONS = EvalOptions(batch_size=2, max_length=64, max_new_tokens=8, work_dir=Path("."))
+OPTIONS = EvalOptions(batch_size=2, max_length=64, max_new_tokens=8)
 
 
 def split_of(name, examples, role=None, primary=True):

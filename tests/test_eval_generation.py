@@ -87,7 +87,6 @@ def test_mcq_rows_hold_the_base_answer_of_the_role_and_three_wrong_ones(tokenize
 def test_greedy_answers_do_not_depend_on_the_generation_batch(tokenizer):
     """eval.generation_batch_size changes how many prompts generate together (left-padded), not the answers;
     0 means eval.batch_size."""
-    from pathlib import Path
 
     from obliviate.evaluation.queries import EvalOptions
     from obliviate.evaluation.scoring import greedy_answers
@@ -99,7 +98,7 @@ def test_greedy_answers_do_not_depend_on_the_generation_batch(tokenizer):
     one_by_one = greedy_answers(model, tokenizer, prompts, 6, 1)
     assert greedy_answers(model, tokenizer, prompts, 6, 4) == one_by_one
     assert len(set(one_by_one)) > 1
-    options = EvalOptions(batch_size=3, max_length=64, max_new_tokens=6, work_dir=Path("."))
+    options = EvalOptions(batch_size=3, max_length=64, max_new_tokens=6)
     assert options.generation_batch == 3 and "generation_batch_size" not in options.cache_key()
-    larger = EvalOptions(batch_size=3, generation_batch_size=12, max_length=64, max_new_tokens=6, work_dir=Path("."))
+    larger = EvalOptions(batch_size=3, generation_batch_size=12, max_length=64, max_new_tokens=6)
     assert larger.generation_batch == 12 and larger.cache_key()["generation_batch_size"] == 12

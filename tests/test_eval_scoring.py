@@ -145,7 +145,7 @@ def test_multiple_choice_reads_the_options_the_truth_ratio_scored_and_gives_lm_e
 
     examples = load_examples("synthetic:forget05", tmp_path)[:6]
     model = tiny_random_llama(tokenizer).eval()
-    options = EvalOptions(batch_size=4, max_length=96, max_new_tokens=4, work_dir=tmp_path)
+    options = EvalOptions(batch_size=4, max_length=96, max_new_tokens=4)
 
     def scores(score_options):
         return SplitScores(Split("forget", Role.FORGET, tuple(examples)), model, tokenizer, PromptFormat(), options,
@@ -170,7 +170,7 @@ def test_answers_and_options_scored_in_one_pass_give_the_same_statistics(tokeniz
 
     examples = load_examples("synthetic:forget05", tmp_path)[:5]
     model = tiny_random_llama(tokenizer).eval()
-    options = EvalOptions(batch_size=3, max_length=96, max_new_tokens=4, work_dir=tmp_path)
+    options = EvalOptions(batch_size=3, max_length=96, max_new_tokens=4)
     split = Split("forget", Role.FORGET, tuple(examples))
     alone = SplitScores(split, model, tokenizer, PromptFormat(), options)
     together = SplitScores(split, model, tokenizer, PromptFormat(), options, score_options=True)

@@ -240,7 +240,7 @@ def test_the_judge_metric_scores_greedy_answers_per_role(cache_dir):
     forget = (Example("Where was Ana born?", "Paris"), Example("Where did Ana study?", "Lyon"))
     retain = (Example("Capital of Italy?", "Rome"), Example("Capital of Norway?", "Oslo"))
     splits = [Split("forget", Role.FORGET, forget, True), Split("retain", Role.RETAIN, retain, True)]
-    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=4, work_dir=cache_dir,
+    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=4,
                           judge=Judge(backend, cache_dir))
     result = evaluate(model, tokenizer, splits, PromptFormat(), options, ["rouge_l_recall", "judge"])
     assert result.metrics_record()["forget"]["judge"] == 0.5 and result.metrics_record()["retain"]["judge"] == 1.0

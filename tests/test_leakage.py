@@ -1,7 +1,6 @@
 """leak@k (Reisizadeh et al. 2025): sampled answers scored per question, the unbiased estimator over k-subsets."""
 
 from math import comb
-from pathlib import Path
 
 import pytest
 from evaluation_helpers import FixedScores
@@ -37,7 +36,7 @@ def test_leak_at_k_counts_leaking_samples_per_question():
     examples = [Example("Where was Ada born?", "Oslo."), Example("What does Ada do?", "She is a pilot.")]
     samples = [["Oslo.", "Bergen.", "I don't know.", "Paris."],  # 1 of 4 leaks (recall 1)
                ["a pilot", "nurse", "pilot she is", "no idea"]]  # recall 2/3, 0, 2/3 ("she", "pilot"), 0
-    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=8, work_dir=Path("."), leak=leak_options())
+    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=8, leak=leak_options())
     scores = FixedScores("forget", examples, Role.FORGET, options=options, samples=samples,
                          tokenizer=_NoTokenizer())
     result = leak_at_k(scores)
@@ -45,7 +44,7 @@ def test_leak_at_k_counts_leaking_samples_per_question():
     assert result.curve == pytest.approx({"1": (1 / 4 + 2 / 4) / 2, "2": (3 / 6 + 5 / 6) / 2, "4": 1.0})
     assert result.value == 1.0 and result.texts[1]["leaked"] == [True, False, True, False]
     strict = FixedScores("forget", examples, Role.FORGET, samples=samples, tokenizer=_NoTokenizer(),
-                         options=EvalOptions(batch_size=2, max_length=64, max_new_tokens=8, work_dir=Path("."),
+                         options=EvalOptions(batch_size=2, max_length=64, max_new_tokens=8,
                                              leak=leak_options(threshold=0.9)))
     assert leak_at_k(strict).per_example == [1.0, 0.0]
 
@@ -71,7 +70,7 @@ def test_sampling_is_seeded(tokenizer):
 def test_leak_at_k_through_the_evaluator(tokenizer, tmp_path):
     model = tiny_random_llama(tokenizer)
     forget = Split("forget", Role.FORGET, (Example("Where was Ada born?", "Oslo."), Example("Hi?", "Hello.")), True)
-    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=4, work_dir=tmp_path, leak=leak_options(4))
+    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=4, leak=leak_options(4))
     evaluation = evaluate(model, tokenizer, [forget], PromptFormat(), options, ["leak_at_k"])
     values = evaluation.splits["forget"]
     assert set(values) == {"leak_at_k", "leak_at_k@1", "leak_at_k@2", "leak_at_k@4"}
@@ -107,7 +106,7 @@ def test_leak_at_k_with_the_judge_asks_it_once_per_sample(tmp_path):
             return ["YES" if prompt.count("Oslo") > 1 else "NO" for prompt in prompts]  # truth and sample both
 
     backend = Oslo()
-    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=8, work_dir=Path("."),
+    options = EvalOptions(batch_size=2, max_length=64, max_new_tokens=8,
                           leak=LeakOptions(sampling=Sampling(samples=4, temperature=1.0, top_p=1.0, seed=0),
                                            scorer="judge", threshold=0.5),
                           judge=Judge(backend, tmp_path))

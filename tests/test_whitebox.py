@@ -2,7 +2,6 @@
 last layer; the linear probe's fitting, layer choice and per-example accuracy on synthetic features; the plot."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +30,7 @@ from obliviate.layer_curves import plot_layer_curves
 from obliviate.models.embedded import tiny_random_llama
 
 MAX_LENGTH = 96
-OPTIONS = EvalOptions(batch_size=2, max_length=MAX_LENGTH, max_new_tokens=4, work_dir=Path("."))
+OPTIONS = EvalOptions(batch_size=2, max_length=MAX_LENGTH, max_new_tokens=4)
 FORGET = [Example("Where was Ada born?", "Ada was born in London in 1815.", paraphrased_answer="In London.",
                   perturbed_answers=("In Paris.", "In Rome.")),
           Example("Who wrote Emma?", "Jane Austen.", paraphrased_answer="Austen wrote it.",
@@ -171,7 +170,7 @@ def test_linear_probe_compares_the_base_answer_with_the_perturbed_ones_and_runs_
         return np.array([[[0.0, 0.0], [1.0 if q.answer in true_answers else -1.0, 0.0]] for q in queries])
 
     monkeypatch.setattr(whitebox, "answer_features", fake_features)
-    options = EvalOptions(batch_size=2, max_length=MAX_LENGTH, max_new_tokens=4, work_dir=Path("."),
+    options = EvalOptions(batch_size=2, max_length=MAX_LENGTH, max_new_tokens=4,
                           probe_training=tuple(RETAIN))
     retain = METRICS.get("linear_probe").compute(scores_of(None, tokenizer, "retain", RETAIN, Role.RETAIN, options))
     assert len(asked) == len(set(asked)) == sum(1 + len(e.perturbed_answers) for e in RETAIN)
@@ -193,7 +192,7 @@ def test_linear_probe_compares_the_base_answer_with_the_perturbed_ones_and_runs_
 def test_linear_probe_without_retain_training_examples_or_perturbed_answers_is_not_computed(tokenizer):
     with pytest.raises(NotComputed, match="dataset.retain_dataset_name"):
         METRICS.get("linear_probe").compute(scores_of(None, tokenizer, "forget", FORGET, Role.FORGET))
-    options = EvalOptions(batch_size=2, max_length=MAX_LENGTH, max_new_tokens=4, work_dir=Path("."),
+    options = EvalOptions(batch_size=2, max_length=MAX_LENGTH, max_new_tokens=4,
                           probe_training=tuple(RETAIN))
     plain = [Example("Q?", "A.")]
     with pytest.raises(NotComputed, match="perturbed_answer"):
@@ -201,7 +200,7 @@ def test_linear_probe_without_retain_training_examples_or_perturbed_answers_is_n
 
 
 def test_evaluate_records_both_probes_with_their_layer_curves(model, tokenizer, tmp_path):
-    options = EvalOptions(batch_size=4, max_length=MAX_LENGTH, max_new_tokens=4, work_dir=tmp_path,
+    options = EvalOptions(batch_size=4, max_length=MAX_LENGTH, max_new_tokens=4,
                           probe_training=tuple(RETAIN))
     splits = [Split("forget", Role.FORGET, tuple(FORGET), True), Split("retain", Role.RETAIN, tuple(RETAIN), True)]
     evaluation = evaluate(model, tokenizer, splits, PromptFormat(), options, ["prob", "logit_lens", "linear_probe"])

@@ -44,21 +44,39 @@ def check_tasks(names: list[str]) -> None:
                         "data split with mcq_acc") from None
 
 
-def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int,
-                known: ScoredIndex | None = None, **options) -> dict:
+def _in_process_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int,
+                   known: ScoredIndex | None):
+    from obliviate.evaluation.lm_eval_model import SharedContextLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, known=known)
+
+
+def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int, **options) -> dict:
     """``lm_eval.simple_evaluate`` of the in-process model with ``options`` (tasks, task_manager, ...); its output on
     every process. lm-eval divides requests over processes only for models it loads itself (through its own
     accelerate launcher); with a model passed in, every process runs lm-eval whole, the log-likelihood batches
     (:class:`~obliviate.evaluation.lm_eval_model.SharedContextLM`) are divided over the processes and gathered
     (generation requests are not: each process generates all, as sharded weights need), and lm-eval returns the
-    output on the main process, which shares it. Requests whose tokens are in ``known`` are not run again."""
+    output on the main process, which shares it."""
     import lm_eval
 
-    from obliviate.evaluation.lm_eval_model import SharedContextLM
-
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, known=known)
+    lm = _in_process_lm(model, tokenizer, batch_size, None)
     return agreed(lm_eval.simple_evaluate(model=lm, bootstrap_iters=0, verbosity="ERROR", **options))
+
+
+def evaluate_task_configs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int,
+                          configs: list[dict], task_manager, known: ScoredIndex | None = None) -> dict:
+    """``lm_eval.evaluate`` (lm-eval's public entry below ``simple_evaluate``) of our own zero-shot task configs on
+    the in-process model, samples logged; its output on every process, divided as :func:`run_lm_eval`'s. What
+    ``simple_evaluate`` adds around it is run metadata (an environment report that runs torch's ``collect_env``,
+    about 0.4 s a call) that a per-split metric discards. Requests whose tokens are in ``known`` are not run
+    again."""
+    import lm_eval
+
+    lm = _in_process_lm(model, tokenizer, batch_size, known)
+    return agreed(lm_eval.evaluate(lm=lm, task_dict=task_manager.load(configs), bootstrap_iters=0, log_samples=True,
+                                   verbosity="ERROR"))
 
 
 def task_accuracies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, names: list[str], batch_size: int,

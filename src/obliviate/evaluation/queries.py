@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -50,7 +49,6 @@ class EvalOptions:
     max_length: int
     generation_batch_size: int = 0  # prompts per generation batch (0 = batch_size)
     max_new_tokens: int
-    work_dir: Path  # where derived evaluation files (e.g. MCQ JSONL for lm-eval) are written
     lm_eval_tasks: tuple[str, ...] = ()  # lm-eval's own tasks, evaluated once per model (not per split)
     task_limit: int = 0  # questions per lm-eval task (0 = all)
     knowmem_shots: dict[str, tuple[Example, ...]] = field(default_factory=dict)  # split ('' = any) -> ICL examples
@@ -63,8 +61,8 @@ class EvalOptions:
         return self.generation_batch_size or self.batch_size
 
     def cache_key(self) -> dict[str, Any]:
-        """What of these options changes the numbers (the work folder does not; an option left unset adds no key,
-        so evaluations cached before it existed stay valid)."""
+        """What of these options changes the numbers (an option left unset adds no key, so evaluations cached
+        before it existed stay valid)."""
         key = {"batch_size": self.batch_size, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
                "lm_eval_tasks": list(self.lm_eval_tasks), "task_limit": self.task_limit,
                "knowmem_shots": {split: content_hash(list(shots)) for split, shots in self.knowmem_shots.items()}}

@@ -73,7 +73,7 @@ def evaluation_plan(s: Settings, data: dict[str, list[Example]], data_dir: Path,
     retain = next((split for split in splits if split.name == "retain"), None)
     options = EvalOptions(batch_size=e.batch_size, generation_batch_size=e.generation_batch_size,
                           max_length=d.max_length, max_new_tokens=e.max_new_tokens,
-                          work_dir=models.cache_dir, lm_eval_tasks=tuple(e.lm_eval_tasks), task_limit=e.max_examples,
+                          lm_eval_tasks=tuple(e.lm_eval_tasks), task_limit=e.max_examples,
                           knowmem_shots=knowmem_shots(e.knowmem_shots, {split.name for split in splits}, data_dir),
                           leak=leak_options(s) if "leak_at_k" in e.metrics else None, judge=judge,
                           probe_training=retain.examples if retain and "linear_probe" in e.metrics else ())
