@@ -54,9 +54,10 @@ def predicting_labels(labels: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _heads_at_positions(model_class: type) -> bool:
     """Whether the class's forward takes transformers' ``logits_to_keep`` (every causal LM of the pinned
-    transformers applies it with ``slice_logits_to_keep``, which accepts a boolean mask; remote code may not)."""
+    transformers applies it with ``slice_logits_to_keep``, which accepts a boolean mask; remote code, wrapped or
+    not, may not)."""
     return ("logits_to_keep" in inspect.signature(model_class.forward).parameters
-            and not model_class.__module__.startswith("transformers_modules"))
+            and not any(base.__module__.startswith("transformers_modules") for base in model_class.__mro__))
 
 
 def kept_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor,
