@@ -3,7 +3,8 @@
 A split's questions with wrong answers become four-way questions (the base answer of the split's role, as
 the truth ratio compares: the paraphrase on forget/retain whose TOFU wrong answers perturb it, the answer on
 knowledge splits; and up to three wrong ones, in a fixed order); they are handed to lm-eval in memory (its
-``custom_dataset``: no file, no ``datasets`` builder and cache, which cost about 0.5 s per split) and evaluated
+``custom_dataset``: no file to write) and run through ``lm_eval.evaluate`` (not ``simple_evaluate``, whose
+environment report cost 0.4 s per split) and evaluated
 with the task template ``lm-evaluation-harness/obliviate/qa_mcq.yaml`` (log-likelihood of each choice, metric
 ``acc``). Choices the split
 has already scored with the same tokens (the truth ratio's answers, ``prob``'s) are read from its scores, not run
@@ -70,7 +71,8 @@ def mcq_accuracy(scores: SplitScores) -> MetricResult:
     rows = mcq_rows(scores)
     if not rows:
         raise NotComputed(f"no record of {scores.split.name} has perturbed_answer (the wrong choices)")
-    task = {**_template(), "task": f"{_template()['task']}_{scores.split.name}",
+    template = _template()
+    task = {**template, "task": f"{template['task']}_{scores.split.name}",
             "custom_dataset": functools.partial(_in_memory, rows)}
     output = evaluate_task_configs(scores.model, scores.tokenizer, scores.options.batch_size, [task], _task_manager(),
                                    scores.scored_index())
